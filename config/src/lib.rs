@@ -1,1 +1,3 @@
-//! placeholder
+//! HeliosProxy configuration types: plain data, parsed from TOML, validated, no runtime.
+
+pub mod plugins;

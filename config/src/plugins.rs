@@ -1,0 +1,1 @@
+//! `[plugins]` configuration (owned by the plugin-host work).
