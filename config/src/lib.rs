@@ -1,3 +1,619 @@
 //! HeliosProxy configuration types: plain data, parsed from TOML, validated, no runtime.
+//!
+//! Loading is three steps: parse the TOML, substitute `${VAR}` / `${VAR:-default}` in every string
+//! value (so secrets stay out of the file), then deserialize into [`Config`] with unknown keys
+//! rejected by their full path (`databases.app.pool_sise`). [`Config::validate`] then checks what
+//! serde cannot: references between sections, ranges, and that the userlist can be read.
+//!
+//! Which settings apply on reload (SIGHUP): users (the userlist), pool sizes and timeouts of
+//! existing databases, new databases, and node addresses. Listen addresses, `cores` and `limits`
+//! need a restart; the reload logs which of those changed and were ignored.
 
 pub mod plugins;
+mod userlist;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use userlist::{parse_userlist, Secret, UserEntry, Userlist};
+
+/// Why a configuration could not be loaded, with where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: TOML syntax: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Key {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{path}: environment variable {var} is not set (used at {key}; write ${{{var}:-default}} to give a default)")]
+    MissingEnv {
+        path: PathBuf,
+        key: String,
+        var: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("userlist {path}:{line}: {message}")]
+    Userlist {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listening sockets and the number of shards.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Connection and message limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// How clients authenticate to the proxy.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Upstream PostgreSQL servers, by name.
+    pub nodes: Vec<NodeConfig>,
+    /// The databases clients may connect to, keyed by the name clients use (the alias).
+    pub databases: BTreeMap<String, DatabaseConfig>,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Addresses to accept PostgreSQL clients on (`host:port`). Every shard binds each of them
+    /// with SO_REUSEPORT, so the kernel spreads connections across shards.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Number of shards (one glommio executor pinned per CPU): a number, or `"auto"` for one per
+    /// available CPU.
+    #[serde(default)]
+    pub cores: Cores,
+    /// How long SIGTERM waits for running transactions before closing every connection.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            cores: Cores::Auto,
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:6432".to_string()]
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
+}
+
+/// `cores = 4` or `cores = "auto"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Cores {
+    #[default]
+    Auto,
+    Count(usize),
+}
+
+impl Cores {
+    /// The number of shards to start on this machine.
+    pub fn resolve(self) -> usize {
+        match self {
+            Cores::Count(n) => n,
+            Cores::Auto => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
+    }
+}
+
+impl Serialize for Cores {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cores::Auto => s.serialize_str("auto"),
+            Cores::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Cores {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) if n >= 1 => Ok(Cores::Count(n as usize)),
+            Raw::N(n) => Err(serde::de::Error::custom(format!(
+                "cores must be at least 1, got {n}"
+            ))),
+            Raw::S(s) if s == "auto" => Ok(Cores::Auto),
+            Raw::S(s) => s.parse::<usize>().ok().filter(|n| *n >= 1).map(Cores::Count).ok_or_else(|| {
+                serde::de::Error::custom(format!("cores must be a number or \"auto\", got {s:?}"))
+            }),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Client connections accepted across all shards; one more gets SQLSTATE 53300.
+    #[serde(default = "default_max_clients")]
+    pub max_client_connections: usize,
+    /// Largest message a client may send (bytes, including the 4-byte length). Larger frames get
+    /// 08P01 and a close, before any memory is reserved for them.
+    #[serde(default = "default_max_message")]
+    pub max_message_size_bytes: usize,
+    /// A client that has not finished startup and authentication by then is dropped.
+    #[serde(default = "default_startup_timeout_ms")]
+    pub startup_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_client_connections: default_max_clients(),
+            max_message_size_bytes: default_max_message(),
+            startup_timeout_ms: default_startup_timeout_ms(),
+        }
+    }
+}
+
+fn default_max_clients() -> usize {
+    10_000
+}
+fn default_max_message() -> usize {
+    64 * 1024 * 1024
+}
+fn default_startup_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How clients prove who they are: `scram-sha-256`, `md5` or `trust`.
+    #[serde(default)]
+    pub method: AuthMethod,
+    /// PgBouncer-compatible userlist: `"user" "secret"` per line, where the secret is a plain
+    /// password, `md5<hex>` or a `SCRAM-SHA-256$…` verifier. Relative paths are relative to the
+    /// config file.
+    #[serde(default)]
+    pub userlist: Option<PathBuf>,
+    /// Users allowed into the admin console database (a later feature uses it; must be listed in
+    /// the userlist).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_users: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            method: AuthMethod::ScramSha256,
+            userlist: None,
+            admin_users: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AuthMethod {
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// `[[nodes]]`: one upstream PostgreSQL server.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name databases refer to.
+    pub name: String,
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Time allowed to open a TCP connection and authenticate.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
+/// `[databases.<alias>]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// The node serving this database (default: the first `[[nodes]]` entry).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Database name on the server (default: the alias).
+    #[serde(default)]
+    pub dbname: Option<String>,
+    /// User the proxy logs in as. Without it, the proxy logs in as the client's user with the
+    /// plain-text password from the userlist.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password for `user` (use `${VAR}` to keep it out of the file).
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// `session` (a server connection per client for its whole session) or `transaction`
+    /// (returned to the pool at the end of each transaction).
+    #[serde(default)]
+    pub pool_mode: PoolMode,
+    /// Server connections across all shards; each shard gets its share (logged at start-up).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Idle server connections each shard keeps open and ready (across all shards, like
+    /// pool_size).
+    #[serde(default)]
+    pub min_idle: usize,
+    /// An idle server connection above `min_idle` is closed after this long.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// A server connection is closed (when idle) once it is this old; 0 = no limit.
+    #[serde(default = "default_max_lifetime_ms")]
+    pub max_lifetime_ms: u64,
+    /// How long a client waits in line for a server connection before SQLSTATE 53300.
+    #[serde(default = "default_checkout_timeout_ms")]
+    pub checkout_timeout_ms: u64,
+    /// Named prepared statements each server connection keeps (transaction mode); the least
+    /// recently used is closed past this.
+    #[serde(default = "default_prepared_cache")]
+    pub prepared_statements_per_connection: usize,
+}
+
+fn default_pool_size() -> usize {
+    20
+}
+fn default_idle_timeout_ms() -> u64 {
+    600_000
+}
+fn default_max_lifetime_ms() -> u64 {
+    3_600_000
+}
+fn default_checkout_timeout_ms() -> u64 {
+    5_000
+}
+fn default_prepared_cache() -> usize {
+    512
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            node: None,
+            dbname: None,
+            user: None,
+            password: None,
+            pool_mode: PoolMode::default(),
+            pool_size: default_pool_size(),
+            min_idle: 0,
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_lifetime_ms: default_max_lifetime_ms(),
+            checkout_timeout_ms: default_checkout_timeout_ms(),
+            prepared_statements_per_connection: default_prepared_cache(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Session,
+    #[default]
+    Transaction,
+}
+
+impl Config {
+    /// Reads, substitutes environment variables, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text, path, &|v| std::env::var(v).ok())?;
+        if let Some(ul) = &cfg.auth.userlist {
+            if ul.is_relative() {
+                let base = path.parent().unwrap_or(Path::new("."));
+                cfg.auth.userlist = Some(base.join(ul));
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; `env` looks up variables for `${VAR}` substitution. `path` only names
+    /// the source in errors. Does not validate.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        substitute(&mut value, &mut String::new(), path, env)?;
+        serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Key {
+            path: path.to_path_buf(),
+            key: e.path().to_string(),
+            message: e.inner().to_string(),
+        })
+    }
+
+    /// Checks what the types cannot: cross references and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.server.listen.is_empty() {
+            return bad("server.listen: at least one address is needed".into());
+        }
+        for l in &self.server.listen {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                return bad(format!(
+                    "server.listen: {l:?} is not an IP:port address (for example \"0.0.0.0:6432\")"
+                ));
+            }
+        }
+        if let Cores::Count(n) = self.server.cores {
+            if n > 1024 {
+                return bad(format!("server.cores: {n} is more than 1024"));
+            }
+        }
+        if self.limits.max_message_size_bytes < 1024 {
+            return bad("limits.max_message_size_bytes: must be at least 1024".into());
+        }
+        if self.limits.max_client_connections == 0 {
+            return bad("limits.max_client_connections: must be at least 1".into());
+        }
+        if self.nodes.is_empty() {
+            return bad("nodes: at least one [[nodes]] entry is needed".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for n in &self.nodes {
+            if !names.insert(n.name.as_str()) {
+                return bad(format!("nodes: the name {:?} is used twice", n.name));
+            }
+            if n.host.is_empty() {
+                return bad(format!("nodes.{}.host: empty", n.name));
+            }
+        }
+        if self.databases.is_empty() {
+            return bad("databases: at least one [databases.<name>] table is needed".into());
+        }
+        for (alias, db) in &self.databases {
+            if let Some(node) = &db.node {
+                if !names.contains(node.as_str()) {
+                    return bad(format!(
+                        "databases.{alias}.node: no [[nodes]] entry is named {node:?}"
+                    ));
+                }
+            }
+            if db.pool_size == 0 {
+                return bad(format!("databases.{alias}.pool_size: must be at least 1"));
+            }
+            if db.min_idle > db.pool_size {
+                return bad(format!(
+                    "databases.{alias}.min_idle: {} is more than pool_size {}",
+                    db.min_idle, db.pool_size
+                ));
+            }
+            if db.password.is_some() && db.user.is_none() {
+                return bad(format!(
+                    "databases.{alias}.password: set without databases.{alias}.user"
+                ));
+            }
+            if db.prepared_statements_per_connection == 0 {
+                return bad(format!(
+                    "databases.{alias}.prepared_statements_per_connection: must be at least 1"
+                ));
+            }
+        }
+        for a in &self.auth.admin_users {
+            if a.is_empty() {
+                return bad("auth.admin_users: empty user name".into());
+            }
+        }
+        if self.auth.method != AuthMethod::Trust && self.auth.userlist.is_none() {
+            return bad(format!(
+                "auth.userlist: required with auth.method = {:?} (only \"trust\" works without users)",
+                self.auth.method
+            ));
+        }
+        if let Some(path) = &self.auth.userlist {
+            userlist::load_userlist(path)?;
+        }
+        Ok(())
+    }
+
+    /// The node a database's connections go to.
+    pub fn node_for(&self, db: &DatabaseConfig) -> &NodeConfig {
+        db.node
+            .as_deref()
+            .and_then(|n| self.nodes.iter().find(|x| x.name == n))
+            .unwrap_or(&self.nodes[0])
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string of the tree.
+fn substitute(
+    v: &mut toml::Value,
+    key: &mut String,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match v {
+        toml::Value::String(s) => {
+            if s.contains("${") {
+                *s = expand(s, key, path, env)?;
+            }
+        }
+        toml::Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                let len = key.len();
+                key.push_str(&format!("[{i}]"));
+                substitute(x, key, path, env)?;
+                key.truncate(len);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, x) in t.iter_mut() {
+                let len = key.len();
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+                substitute(x, key, path, env)?;
+                key.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand(
+    s: &str,
+    key: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(ConfigError::Key {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                message: "unterminated ${".into(),
+            });
+        };
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        match (env(name), default) {
+            (Some(val), _) => out.push_str(&val),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(ConfigError::MissingEnv {
+                    path: path.to_path_buf(),
+                    key: key.to_string(),
+                    var: name.to_string(),
+                })
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("t.toml"), &|v| match v {
+            "PGPW" => Some("s3cret".into()),
+            _ => None,
+        })
+    }
+
+    const MIN: &str = r#"
+        [auth]
+        method = "trust"
+        [[nodes]]
+        name = "pg"
+        host = "127.0.0.1"
+        [databases.app]
+        user = "app"
+        password = "${PGPW}"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_env() {
+        let c = parse(MIN).unwrap();
+        c.validate().unwrap();
+        let db = &c.databases["app"];
+        assert_eq!(db.password.as_deref(), Some("s3cret"));
+        assert_eq!(db.pool_mode, PoolMode::Transaction);
+        assert_eq!(c.nodes[0].port, 5432);
+        assert_eq!(c.server.cores, Cores::Auto);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_path() {
+        let text = MIN.replace("user = \"app\"", "user = \"app\"\npool_sise = 3");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("databases.app"), "{e}");
+        assert!(e.contains("pool_sise"), "{e}");
+    }
+
+    #[test]
+    fn env_default_and_missing_env() {
+        let text = MIN.replace("${PGPW}", "${NOPE:-fallback}");
+        assert_eq!(
+            parse(&text).unwrap().databases["app"].password.as_deref(),
+            Some("fallback")
+        );
+        let text = MIN.replace("${PGPW}", "${NOPE}");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("NOPE") && e.contains("databases.app.password"), "{e}");
+    }
+
+    #[test]
+    fn cores_number_or_auto() {
+        let c = parse(&format!("[server]\ncores = 3\n{MIN}")).unwrap();
+        assert_eq!(c.server.cores, Cores::Count(3));
+        let c = parse(&format!("[server]\ncores = \"auto\"\n{MIN}")).unwrap();
+        assert_eq!(c.server.cores, Cores::Auto);
+        assert!(parse(&format!("[server]\ncores = 0\n{MIN}")).is_err());
+        assert!(parse(&format!("[server]\ncores = \"many\"\n{MIN}")).is_err());
+    }
+
+    #[test]
+    fn validation_explains_bad_references() {
+        let text = MIN.replace("user = \"app\"", "user = \"app\"\nnode = \"ghost\"");
+        let e = parse(&text).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("databases.app.node") && e.contains("ghost"), "{e}");
+        let text = MIN.replace("method = \"trust\"", "method = \"md5\"");
+        let e = parse(&text).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("auth.userlist"), "{e}");
+    }
+}
