@@ -177,7 +177,7 @@ impl Client {
         );
         match &r {
             Err(TxnError::Client("io")) => self.conn = None,
-            // pgbench ends a failed transaction block so the next one starts clean.
+            // End a failed transaction block so the next transaction starts clean.
             Err(_) if c.txn_status != b'I' && !matches!(c.simple("ROLLBACK"), Ok(Ok(()))) => {
                 self.conn = None;
             }
