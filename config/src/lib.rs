@@ -147,9 +147,16 @@ impl<'de> Deserialize<'de> for Cores {
                 "cores must be at least 1, got {n}"
             ))),
             Raw::S(s) if s == "auto" => Ok(Cores::Auto),
-            Raw::S(s) => s.parse::<usize>().ok().filter(|n| *n >= 1).map(Cores::Count).ok_or_else(|| {
-                serde::de::Error::custom(format!("cores must be a number or \"auto\", got {s:?}"))
-            }),
+            Raw::S(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(Cores::Count)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "cores must be a number or \"auto\", got {s:?}"
+                    ))
+                }),
         }
     }
 }
@@ -362,10 +369,12 @@ impl Config {
         path: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut value: toml::Value = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut value: toml::Value =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
         substitute(&mut value, &mut String::new(), path, env)?;
         serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Key {
             path: path.to_path_buf(),
@@ -594,7 +603,10 @@ mod tests {
         );
         let text = MIN.replace("${PGPW}", "${NOPE}");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("NOPE") && e.contains("databases.app.password"), "{e}");
+        assert!(
+            e.contains("NOPE") && e.contains("databases.app.password"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -611,7 +623,10 @@ mod tests {
     fn validation_explains_bad_references() {
         let text = MIN.replace("user = \"app\"", "user = \"app\"\nnode = \"ghost\"");
         let e = parse(&text).unwrap().validate().unwrap_err().to_string();
-        assert!(e.contains("databases.app.node") && e.contains("ghost"), "{e}");
+        assert!(
+            e.contains("databases.app.node") && e.contains("ghost"),
+            "{e}"
+        );
         let text = MIN.replace("method = \"trust\"", "method = \"md5\"");
         let e = parse(&text).unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("auth.userlist"), "{e}");

@@ -68,7 +68,10 @@ pub fn parse_userlist(text: &str, path: &Path) -> Result<Userlist, ConfigError> 
         let (name, rest) = quoted(line).map_err(err)?;
         let (secret, rest) = quoted(rest.trim_start()).map_err(err)?;
         if !rest.trim().is_empty() {
-            return Err(err(format!("unexpected text after the secret: {:?}", rest.trim())));
+            return Err(err(format!(
+                "unexpected text after the secret: {:?}",
+                rest.trim()
+            )));
         }
         if name.is_empty() {
             return Err(err("empty user name".into()));
@@ -145,7 +148,9 @@ mod tests {
         assert_eq!(u["alice"].secret, Secret::Plain("plain \"pw\"".into()));
         assert!(matches!(u["bob"].secret, Secret::Md5(_)));
         match &u["carol"].secret {
-            Secret::Scram { iterations, salt, .. } => {
+            Secret::Scram {
+                iterations, salt, ..
+            } => {
                 assert_eq!(*iterations, 4096);
                 assert_eq!(salt, b"salt");
             }

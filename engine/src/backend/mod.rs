@@ -1,0 +1,3 @@
+//! The server side: connections to PostgreSQL and the per-shard pools.
+pub mod pool;
+pub mod server;

@@ -1,0 +1,338 @@
+//! A shard's pool of server connections for one (database alias, user).
+//!
+//! Single-threaded by construction (it lives on one shard), so it is a `RefCell`, never a lock.
+//! Checkout is FIFO: a released connection goes straight to the longest waiter; a waiter gives
+//! up after the checkout timeout with 53300. Idle connections are kept LIFO so the warmest one is
+//! reused first and the coldest ones age out.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use helios_config::PoolMode;
+
+use super::server::{ServerConn, ServerId, ServerTarget};
+use crate::error::{Blame, ProxyError, SqlState};
+
+/// This shard's share of a database's pool settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub alias: String,
+    pub mode: PoolMode,
+    pub target: ServerTarget,
+    /// Server connections on this shard.
+    pub max_size: usize,
+    pub min_idle: usize,
+    pub idle_timeout: Duration,
+    /// Zero: no limit.
+    pub max_lifetime: Duration,
+    pub checkout_timeout: Duration,
+    pub prepared_cap: usize,
+    pub max_frame: usize,
+}
+
+enum WaiterState {
+    Waiting(Option<Waker>),
+    /// A released connection handed straight to this waiter.
+    Handed(Box<ServerConn>),
+    /// Room was freed (a connection was dropped): try to open one.
+    Retry,
+}
+
+struct Waiter {
+    state: RefCell<WaiterState>,
+}
+
+impl Waiter {
+    fn wake_with(&self, s: WaiterState) {
+        let old = std::mem::replace(&mut *self.state.borrow_mut(), s);
+        if let WaiterState::Waiting(Some(w)) = old {
+            w.wake();
+        }
+    }
+}
+
+struct WaitFor(Rc<Waiter>);
+
+impl Future for WaitFor {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.0.state.borrow_mut();
+        match &mut *s {
+            WaiterState::Waiting(w) => {
+                *w = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    }
+}
+
+/// Counters the admin surfaces read.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct PoolCounters {
+    pub checkouts: u64,
+    pub checkout_timeouts: u64,
+    pub connects: u64,
+    pub connect_failures: u64,
+    pub closed_broken: u64,
+    pub closed_idle: u64,
+    pub closed_lifetime: u64,
+}
+
+pub struct Pool {
+    pub settings: RefCell<PoolSettings>,
+    idle: RefCell<Vec<ServerConn>>,
+    /// Open or opening connections, idle and active.
+    total: Cell<usize>,
+    waiters: RefCell<VecDeque<Rc<Waiter>>>,
+    /// ParameterStatus of the first connection: what clients are told at login.
+    pub server_params: RefCell<Option<Rc<Vec<(String, String)>>>>,
+    pub counters: Cell<PoolCounters>,
+    next_id: Rc<Cell<u64>>,
+}
+
+impl Pool {
+    pub fn new(settings: PoolSettings, ids: Rc<Cell<u64>>) -> Pool {
+        Pool {
+            settings: RefCell::new(settings),
+            idle: RefCell::new(Vec::new()),
+            total: Cell::new(0),
+            waiters: RefCell::new(VecDeque::new()),
+            server_params: RefCell::new(None),
+            counters: Cell::new(PoolCounters::default()),
+            next_id: ids,
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut PoolCounters)) {
+        let mut c = self.counters.get();
+        f(&mut c);
+        self.counters.set(c);
+    }
+
+    pub fn total(&self) -> usize {
+        self.total.get()
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().len()
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiters.borrow().len()
+    }
+
+    /// Takes a healthy idle connection, dropping dead or expired ones on the way.
+    fn take_idle(&self) -> Option<ServerConn> {
+        let s = self.settings.borrow();
+        let now = Instant::now();
+        while let Some(c) = self.idle.borrow_mut().pop() {
+            if expired(&c, &s, now) {
+                self.count(|c| c.closed_lifetime += 1);
+                self.forget(c);
+                continue;
+            }
+            // A connection idle for a while may have been killed (pg_terminate_backend, a
+            // restart): check it before handing it out. Hot connections skip the syscall.
+            if now.duration_since(c.last_used) > Duration::from_millis(500)
+                && c.conn.is_broken_while_idle()
+            {
+                self.count(|c| c.closed_broken += 1);
+                self.forget(c);
+                continue;
+            }
+            return Some(c);
+        }
+        None
+    }
+
+    /// Drops a connection and lets a waiter use the freed room.
+    fn forget(&self, c: ServerConn) {
+        drop(c);
+        self.total.set(self.total.get() - 1);
+        if let Some(w) = self.waiters.borrow_mut().pop_front() {
+            w.wake_with(WaiterState::Retry);
+        }
+    }
+
+    async fn open(self: &Rc<Self>) -> Result<ServerConn, ProxyError> {
+        let (target, max_frame, cap) = {
+            let s = self.settings.borrow();
+            (s.target.clone(), s.max_frame, s.prepared_cap)
+        };
+        let id = ServerId(self.next_id.get());
+        self.next_id.set(id.0 + 1);
+        self.count(|c| c.connects += 1);
+        match ServerConn::connect(&target, id, max_frame, cap).await {
+            Ok(c) => {
+                if self.server_params.borrow().is_none() {
+                    *self.server_params.borrow_mut() = Some(c.startup_params.clone());
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                self.count(|c| c.connect_failures += 1);
+                self.total.set(self.total.get() - 1);
+                if let Some(w) = self.waiters.borrow_mut().pop_front() {
+                    w.wake_with(WaiterState::Retry);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A server connection for a client: idle, new, or the next one released, in FIFO order,
+    /// waiting at most the checkout timeout.
+    pub async fn checkout(self: &Rc<Self>) -> Result<ServerConn, ProxyError> {
+        self.count(|c| c.checkouts += 1);
+        let timeout = self.settings.borrow().checkout_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.waiters.borrow().is_empty() {
+                if let Some(c) = self.take_idle() {
+                    return Ok(c);
+                }
+                if self.total.get() < self.settings.borrow().max_size {
+                    self.total.set(self.total.get() + 1);
+                    return self.open().await;
+                }
+            }
+            let waiter = Rc::new(Waiter {
+                state: RefCell::new(WaiterState::Waiting(None)),
+            });
+            self.waiters.borrow_mut().push_back(waiter.clone());
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = glommio::timer::timeout(left, async {
+                WaitFor(waiter.clone()).await;
+                Ok(())
+            })
+            .await;
+            let state = std::mem::replace(&mut *waiter.state.borrow_mut(), WaiterState::Retry);
+            match state {
+                WaiterState::Handed(c) => return Ok(*c),
+                WaiterState::Retry => {
+                    // Room was freed: open a connection now, ahead of later arrivals.
+                    if let Some(c) = self.take_idle() {
+                        return Ok(c);
+                    }
+                    if self.total.get() < self.settings.borrow().max_size {
+                        self.total.set(self.total.get() + 1);
+                        return self.open().await;
+                    }
+                }
+                WaiterState::Waiting(_) => {
+                    self.waiters
+                        .borrow_mut()
+                        .retain(|w| !Rc::ptr_eq(w, &waiter));
+                    self.count(|c| c.checkout_timeouts += 1);
+                    let s = self.settings.borrow();
+                    return Err(ProxyError::error(
+                        SqlState::TOO_MANY_CONNECTIONS,
+                        Blame::Proxy,
+                        format!(
+                            "no server connection available in pool {}/{} within {} ms (pool_size per shard {})",
+                            s.alias,
+                            s.target.user,
+                            timeout.as_millis(),
+                            s.max_size
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Gives a connection back: to the first waiter, to the idle list, or closed if it is
+    /// over the (possibly reloaded, smaller) size or too old.
+    pub fn release(&self, mut c: ServerConn) {
+        c.last_used = Instant::now();
+        let over = {
+            let s = self.settings.borrow();
+            self.total.get() > s.max_size
+                || expired(&c, &s, c.last_used)
+                || !c.reader.buf.is_empty()
+        };
+        if over {
+            self.forget(c);
+            return;
+        }
+        loop {
+            let Some(w) = self.waiters.borrow_mut().pop_front() else {
+                break;
+            };
+            let waiting = matches!(*w.state.borrow(), WaiterState::Waiting(_));
+            if waiting {
+                w.wake_with(WaiterState::Handed(Box::new(c)));
+                return;
+            }
+        }
+        self.idle.borrow_mut().push(c);
+    }
+
+    /// A connection that failed or was left in an unknown state.
+    pub fn discard(&self, c: ServerConn) {
+        self.count(|c| c.closed_broken += 1);
+        self.forget(c);
+    }
+
+    /// Once a second: close idle connections past the idle timeout (down to min_idle) or their
+    /// lifetime, and open connections up to min_idle.
+    pub async fn maintain(self: &Rc<Self>) {
+        let now = Instant::now();
+        let (min_idle, idle_timeout) = {
+            let s = self.settings.borrow();
+            (s.min_idle, s.idle_timeout)
+        };
+        let mut keep = Vec::new();
+        let idle = std::mem::take(&mut *self.idle.borrow_mut());
+        // Oldest-used first: those are the ones to close.
+        let mut idle = idle;
+        idle.sort_by_key(|c| c.last_used);
+        let mut remaining = idle.len();
+        for c in idle {
+            let s = self.settings.borrow().clone();
+            if expired(&c, &s, now) {
+                remaining -= 1;
+                self.count(|c| c.closed_lifetime += 1);
+                self.forget(c);
+            } else if remaining > min_idle && now.duration_since(c.last_used) >= idle_timeout {
+                remaining -= 1;
+                self.count(|c| c.closed_idle += 1);
+                self.forget(c);
+            } else if c.conn.is_broken_while_idle() {
+                remaining -= 1;
+                self.count(|c| c.closed_broken += 1);
+                self.forget(c);
+            } else {
+                keep.push(c);
+            }
+        }
+        // Most recently used last: LIFO order for take_idle.
+        self.idle.borrow_mut().extend(keep);
+        while self.idle.borrow().len() < min_idle
+            && self.total.get() < self.settings.borrow().max_size
+        {
+            self.total.set(self.total.get() + 1);
+            match self.open().await {
+                Ok(c) => self.release(c),
+                Err(e) => {
+                    log::warn!(
+                        "pool {}: keeping min_idle warm: {}",
+                        self.settings.borrow().alias,
+                        e.message
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn expired(c: &ServerConn, s: &PoolSettings, now: Instant) -> bool {
+    !s.max_lifetime.is_zero() && now.duration_since(c.created) >= s.max_lifetime
+}

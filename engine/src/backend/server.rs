@@ -1,0 +1,396 @@
+//! A connection to a PostgreSQL server: opening it and logging in with the proxy's credentials
+//! (SCRAM-SHA-256, md5, cleartext or trust), then the per-connection state pooling needs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use glommio::net::TcpStream;
+use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::message::{backend, frontend};
+
+use crate::error::{Blame, ProxyError, SqlState};
+use crate::net::codec::FrameReader;
+use crate::net::conn::Conn;
+
+/// Where and as whom a pool connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerTarget {
+    pub node: String,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+/// Identifies a server connection in logs and the cancel path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServerId(pub u64);
+
+/// The key a backend process is cancelled with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendKey {
+    pub addr: SocketAddr,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+pub struct ServerConn {
+    pub id: ServerId,
+    pub conn: Conn,
+    pub reader: FrameReader,
+    pub key: BackendKey,
+    /// ParameterStatus values the server reported at login.
+    pub startup_params: Rc<Vec<(String, String)>>,
+    /// Session parameters the proxy has SET on this connection (absent = server default).
+    pub applied: HashMap<String, String>,
+    /// Proxy-named prepared statements that exist on this connection, with their last use.
+    pub prepared: PreparedSet,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    /// Opens a connection and logs in. Errors name the node.
+    pub async fn connect(
+        target: &ServerTarget,
+        id: ServerId,
+        max_frame: usize,
+        prepared_cap: usize,
+    ) -> Result<ServerConn, ProxyError> {
+        let fail = |what: String| {
+            ProxyError::error(
+                SqlState::CONNECTION_FAILURE,
+                Blame::Server,
+                format!(
+                    "heliosproxy cannot connect to server {} ({}:{}): {what}",
+                    target.node, target.host, target.port
+                ),
+            )
+        };
+        let addr = resolve(&target.host, target.port).map_err(|e| fail(e.to_string()))?;
+        let login = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let mut conn = Conn::new(stream);
+            let mut reader = FrameReader::new(max_frame);
+            let (key, params) = login(&mut conn, &mut reader, target, addr)
+                .await
+                .map_err(|e| {
+                    if e.code == SqlState::CONNECTION_FAILURE {
+                        e
+                    } else {
+                        // Keep the server's own SQLSTATE (28P01, 3D000, 53300…) but say where it came from.
+                        ProxyError::error(
+                            e.code,
+                            Blame::Server,
+                            format!(
+                                "server {} refused the proxy's login: {}",
+                                target.node, e.message
+                            ),
+                        )
+                    }
+                })?;
+            Ok::<_, ProxyError>((conn, reader, key, params))
+        };
+        let (conn, reader, key, params) = match glommio::timer::timeout(
+            target.connect_timeout,
+            async { Ok(login.await) },
+        )
+        .await
+        {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(fail(format!(
+                    "timed out after {:?}",
+                    target.connect_timeout
+                )))
+            }
+        };
+        let now = Instant::now();
+        Ok(ServerConn {
+            id,
+            conn,
+            reader,
+            key,
+            startup_params: Rc::new(params),
+            applied: HashMap::new(),
+            prepared: PreparedSet::new(prepared_cap),
+            created: now,
+            last_used: now,
+        })
+    }
+}
+
+fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+}
+
+async fn read_msg(
+    conn: &mut Conn,
+    reader: &mut FrameReader,
+) -> Result<backend::Message, ProxyError> {
+    loop {
+        if let Some(frame) = reader.next_frame().map_err(ProxyError::from)? {
+            let mut b = BytesMut::from(&frame.bytes[..]);
+            return match backend::Message::parse(&mut b) {
+                Ok(Some(m)) => Ok(m),
+                _ => Err(ProxyError::error(
+                    SqlState::PROTOCOL_VIOLATION,
+                    Blame::Server,
+                    "malformed message from server during login",
+                )),
+            };
+        }
+        let n = conn.read_into(reader).await.map_err(|e| {
+            ProxyError::error(SqlState::CONNECTION_FAILURE, Blame::Server, e.to_string())
+        })?;
+        if n == 0 {
+            return Err(ProxyError::error(
+                SqlState::CONNECTION_FAILURE,
+                Blame::Server,
+                "server closed the connection during login",
+            ));
+        }
+    }
+}
+
+async fn flush(conn: &mut Conn) -> Result<(), ProxyError> {
+    conn.flush()
+        .await
+        .map_err(|e| ProxyError::error(SqlState::CONNECTION_FAILURE, Blame::Server, e.to_string()))
+}
+
+fn need_password(target: &ServerTarget) -> Result<&[u8], ProxyError> {
+    target.password.as_deref().map(str::as_bytes).ok_or_else(|| {
+        ProxyError::error(
+            SqlState::INVALID_AUTHORIZATION,
+            Blame::Proxy,
+            format!(
+                "server asks for a password for user {:?} and the proxy has none (set databases.*.password or a plain password in the userlist)",
+                target.user
+            ),
+        )
+    })
+}
+
+fn encode_err(e: std::io::Error) -> ProxyError {
+    ProxyError::error(SqlState::INTERNAL_ERROR, Blame::Proxy, e.to_string())
+}
+
+/// Startup and authentication; returns the backend key and the reported parameters.
+async fn login(
+    conn: &mut Conn,
+    reader: &mut FrameReader,
+    target: &ServerTarget,
+    addr: SocketAddr,
+) -> Result<(BackendKey, Vec<(String, String)>), ProxyError> {
+    frontend::startup_message(
+        [
+            ("user", target.user.as_str()),
+            ("database", target.dbname.as_str()),
+        ],
+        conn.queue(),
+    )
+    .map_err(encode_err)?;
+    flush(conn).await?;
+    let mut scram: Option<ScramSha256> = None;
+    let mut params = Vec::new();
+    let mut key = None;
+    loop {
+        match read_msg(conn, reader).await? {
+            backend::Message::AuthenticationOk => {}
+            backend::Message::AuthenticationCleartextPassword => {
+                frontend::password_message(need_password(target)?, conn.queue())
+                    .map_err(encode_err)?;
+                flush(conn).await?;
+            }
+            backend::Message::AuthenticationMd5Password(body) => {
+                let hash = postgres_protocol::authentication::md5_hash(
+                    target.user.as_bytes(),
+                    need_password(target)?,
+                    body.salt(),
+                );
+                frontend::password_message(hash.as_bytes(), conn.queue()).map_err(encode_err)?;
+                flush(conn).await?;
+            }
+            backend::Message::AuthenticationSasl(body) => {
+                let mut mechs = body.mechanisms();
+                let mut ok = false;
+                while let Ok(Some(m)) = fallible_iterator::FallibleIterator::next(&mut mechs) {
+                    ok |= m == sasl::SCRAM_SHA_256;
+                }
+                if !ok {
+                    return Err(ProxyError::error(
+                        SqlState::INVALID_AUTHORIZATION,
+                        Blame::Server,
+                        "server offers no SASL mechanism the proxy supports",
+                    ));
+                }
+                let s = ScramSha256::new(need_password(target)?, ChannelBinding::unsupported());
+                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), conn.queue())
+                    .map_err(encode_err)?;
+                scram = Some(s);
+                flush(conn).await?;
+            }
+            backend::Message::AuthenticationSaslContinue(body) => {
+                let s = scram.as_mut().ok_or_else(|| unexpected("SASLContinue"))?;
+                s.update(body.data()).map_err(|e| {
+                    ProxyError::error(
+                        SqlState::INVALID_AUTHORIZATION,
+                        Blame::Server,
+                        e.to_string(),
+                    )
+                })?;
+                frontend::sasl_response(s.message(), conn.queue()).map_err(encode_err)?;
+                flush(conn).await?;
+            }
+            backend::Message::AuthenticationSaslFinal(body) => {
+                let mut s = scram.take().ok_or_else(|| unexpected("SASLFinal"))?;
+                s.finish(body.data()).map_err(|e| {
+                    ProxyError::error(
+                        SqlState::INVALID_AUTHORIZATION,
+                        Blame::Server,
+                        format!("server's SCRAM signature did not verify: {e}"),
+                    )
+                })?;
+            }
+            backend::Message::ParameterStatus(p) => {
+                if let (Ok(n), Ok(v)) = (p.name(), p.value()) {
+                    params.push((n.to_string(), v.to_string()));
+                }
+            }
+            backend::Message::BackendKeyData(k) => {
+                key = Some(BackendKey {
+                    addr,
+                    pid: k.process_id(),
+                    secret: k.secret_key(),
+                });
+            }
+            backend::Message::NoticeResponse(_) => {}
+            backend::Message::ReadyForQuery(_) => {
+                let key = key.ok_or_else(|| unexpected("ReadyForQuery before BackendKeyData"))?;
+                return Ok((key, params));
+            }
+            backend::Message::ErrorResponse(body) => {
+                let mut code = String::new();
+                let mut message = String::new();
+                let mut fields = body.fields();
+                while let Ok(Some(f)) = fallible_iterator::FallibleIterator::next(&mut fields) {
+                    match f.type_() {
+                        b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                        b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                        _ => {}
+                    }
+                }
+                let code = known_state(&code);
+                return Err(ProxyError::error(code, Blame::Server, message));
+            }
+            _ => return Err(unexpected("message during login")),
+        }
+    }
+}
+
+fn unexpected(what: &str) -> ProxyError {
+    ProxyError::error(
+        SqlState::PROTOCOL_VIOLATION,
+        Blame::Server,
+        format!("unexpected {what} from server"),
+    )
+}
+
+/// Maps a server SQLSTATE to one of ours (keeping the class for the client).
+fn known_state(code: &str) -> SqlState {
+    match code {
+        "28P01" => SqlState::INVALID_PASSWORD,
+        "3D000" => SqlState::INVALID_CATALOG_NAME,
+        "53300" => SqlState::TOO_MANY_CONNECTIONS,
+        "57P01" => SqlState::ADMIN_SHUTDOWN,
+        c if c.starts_with("28") => SqlState::INVALID_AUTHORIZATION,
+        c if c.starts_with("08") => SqlState::CONNECTION_FAILURE,
+        _ => SqlState::CONNECTION_EXCEPTION,
+    }
+}
+
+/// The proxy-named statements prepared on one server connection, bounded: past the cap, the
+/// least recently used is closed on the server.
+pub struct PreparedSet {
+    cap: usize,
+    tick: u64,
+    entries: HashMap<u64, u64>,
+}
+
+impl PreparedSet {
+    pub fn new(cap: usize) -> Self {
+        PreparedSet {
+            cap,
+            tick: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    pub fn contains(&mut self, id: u64) -> bool {
+        self.tick += 1;
+        match self.entries.get_mut(&id) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `id`; returns the statement to close first if the set was full.
+    pub fn insert(&mut self, id: u64) -> Option<u64> {
+        self.tick += 1;
+        let evict = if self.entries.len() >= self.cap && !self.entries.contains_key(&id) {
+            let (&old, _) = self.entries.iter().min_by_key(|(_, t)| **t)?;
+            self.entries.remove(&old);
+            Some(old)
+        } else {
+            None
+        };
+        self.entries.insert(id, self.tick);
+        evict
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        self.entries.remove(&id);
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_set_evicts_least_recently_used() {
+        let mut p = PreparedSet::new(2);
+        assert_eq!(p.insert(1), None);
+        assert_eq!(p.insert(2), None);
+        assert!(p.contains(1));
+        assert_eq!(p.insert(3), Some(2));
+        assert!(p.contains(1) && p.contains(3) && !p.contains(2));
+    }
+}

@@ -1,0 +1,5 @@
+//! The client side: startup, authentication, and the session state machine.
+pub mod auth;
+pub mod session;
+pub mod sql;
+pub mod startup;

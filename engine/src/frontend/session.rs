@@ -1,0 +1,1064 @@
+//! One client session: the explicit state machine between a client and the server connection
+//! it is attached to (for its whole life in session mode, per transaction in transaction mode).
+//!
+//! The session keeps a queue of the responses it expects from the server ([`Expect`]), one
+//! entry per request it sent, and what to do with each: forward it, swallow it (a Parse or SET
+//! the proxy injected), or synthesize a response the server will never send (a ParseComplete
+//! for a statement the server connection already has). That queue is what lets transaction
+//! pooling move named prepared statements and session settings between server connections,
+//! and it tells exactly when a server connection is free: the queue is empty, the client has no
+//! unfinished extended-protocol batch, and the server said ReadyForQuery idle.
+
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use glommio::net::TcpStream;
+use helios_config::PoolMode;
+
+use super::sql::{self, SessionCommand};
+use super::startup::{queue_error, startup, Login, Startup};
+use crate::backend::pool::Pool;
+use crate::backend::server::{BackendKey, ServerConn};
+use crate::error::{Blame, ProxyError, SqlState};
+use crate::net::codec::{
+    parse_error_fields, put_backend_key, put_command_complete, put_cstr, put_msg,
+    put_parameter_status, put_proxy_error, put_query, put_ready, read_cstr, Frame, FrameReader,
+};
+use crate::net::conn::Conn;
+use crate::shard::{Shard, Statement};
+
+const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
+
+/// A response the session is waiting for, in request order.
+#[derive(Debug, Clone)]
+enum Expect {
+    /// Sent to the client when it reaches the front (the server will not send it).
+    Synthetic(Bytes),
+    /// A synthesized ReadyForQuery with the transaction status at that moment.
+    SyntheticReady,
+    /// ParseComplete; `stmt` is a proxy-named statement, `swallow` if the proxy injected it.
+    Parse {
+        stmt: Option<u64>,
+        swallow: bool,
+    },
+    Bind,
+    /// ParameterDescription (optional) then RowDescription or NoData.
+    Describe,
+    /// Rows, then CommandComplete / EmptyQueryResponse / PortalSuspended.
+    Execute,
+    Close {
+        swallow: bool,
+    },
+    Sync,
+    /// A simple query, until its ReadyForQuery; `track` is applied on its CommandComplete.
+    Query {
+        track: Option<SessionCommand>,
+    },
+    FunctionCall,
+    /// The proxy's own query (SET re-application): every response swallowed.
+    Internal,
+    /// The proxy's raise statement after a refused extended batch: the error is swallowed (the
+    /// client already has one), the ReadyForQuery forwarded.
+    Abort,
+}
+
+impl Expect {
+    fn is_extended(&self) -> bool {
+        matches!(
+            self,
+            Expect::Parse { .. }
+                | Expect::Bind
+                | Expect::Describe
+                | Expect::Execute
+                | Expect::Close { .. }
+        )
+    }
+}
+
+enum Event {
+    Client(io::Result<usize>),
+    Server(io::Result<usize>),
+    Shutdown,
+}
+
+/// Why the session loop ended.
+enum End {
+    /// The client said Terminate or went away.
+    ClientGone,
+    /// Send this error, then close.
+    Fatal(ProxyError),
+    /// The server connection died; the client has been told.
+    ServerGone,
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let cfg = shard.config();
+    let limits = cfg.config.limits.clone();
+    let mut client = Conn::new(stream);
+    let mut reader = FrameReader::new(limits.max_message_size_bytes);
+    let over_limit = shard
+        .shared
+        .clients
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > limits.max_client_connections;
+    let started =
+        glommio::timer::timeout(Duration::from_millis(limits.startup_timeout_ms), async {
+            Ok(startup(&shard, &mut client, &mut reader, over_limit).await)
+        })
+        .await;
+    let login = match started {
+        Ok(Ok(Startup::Login(l))) => l,
+        Ok(Ok(Startup::Done)) | Ok(Err(None)) => return,
+        Ok(Err(Some(e))) => {
+            log::debug!("client {:?}: {e}", client.peer_addr());
+            queue_error(&mut client, &e);
+            client.close().await;
+            return;
+        }
+        Err(_) => {
+            log::info!(
+                "client {:?}: startup/authentication timed out",
+                client.peer_addr()
+            );
+            let e = ProxyError::fatal(
+                SqlState::CONNECTION_FAILURE,
+                Blame::Client,
+                "canceling authentication due to timeout",
+            );
+            queue_error(&mut client, &e);
+            client.close().await;
+            return;
+        }
+    };
+    let Some(pool) = shard.pool(&login.database, &login.user) else {
+        let e = ProxyError::fatal(
+            SqlState::INVALID_CATALOG_NAME,
+            Blame::Client,
+            format!("database \"{}\" does not exist", login.database),
+        );
+        queue_error(&mut client, &e);
+        client.close().await;
+        return;
+    };
+    let session = match Session::begin(shard, client, reader, pool, login).await {
+        Ok(s) => s,
+        Err((mut client, e)) => {
+            queue_error(&mut client, &e);
+            client.close().await;
+            return;
+        }
+    };
+    session.run().await;
+}
+
+struct Session {
+    shard: Rc<Shard>,
+    client: Conn,
+    creader: FrameReader,
+    pool: Rc<Pool>,
+    mode: PoolMode,
+    server: Option<ServerConn>,
+    expect: VecDeque<Expect>,
+    /// The transaction status of the last ReadyForQuery: `I`, `T` or `E`.
+    tx_status: u8,
+    /// The client sent extended-protocol messages since its last Sync.
+    ext_open: bool,
+    /// The proxy refused a message of the current extended batch: drop the rest until Sync.
+    client_skip: bool,
+    /// The server failed a message of the current extended batch and ignores the rest until
+    /// Sync.
+    server_skip: bool,
+    /// Session parameters the client wants (SQL text of the value), beyond server defaults.
+    desired: HashMap<String, String>,
+    startup_desired: HashMap<String, String>,
+    /// The client's named prepared statements (transaction mode).
+    statements: HashMap<Bytes, Rc<Statement>>,
+    cancel_target: Rc<Cell<Option<BackendKey>>>,
+    pid: i32,
+    /// A FATAL error from the server was forwarded: its connection is ending.
+    server_fatal: bool,
+    shutdown_registered: bool,
+}
+
+impl Session {
+    async fn begin(
+        shard: Rc<Shard>,
+        mut client: Conn,
+        creader: FrameReader,
+        pool: Rc<Pool>,
+        login: Login,
+    ) -> Result<Session, (Conn, ProxyError)> {
+        // What clients are told at login comes from the pool's first server connection.
+        let existing = pool.server_params.borrow().clone();
+        let params = match existing {
+            Some(p) => p,
+            None => match pool.checkout().await {
+                Ok(s) => {
+                    let p = s.startup_params.clone();
+                    pool.release(s);
+                    p
+                }
+                Err(mut e) => {
+                    e.fatal = true;
+                    return Err((client, e));
+                }
+            },
+        };
+        let mut desired = HashMap::new();
+        for (k, v) in &login.params {
+            let name = k.to_ascii_lowercase();
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            {
+                log::info!("ignoring startup parameter with an invalid name {k:?}");
+                continue;
+            }
+            let server_default = params.iter().find(|(n, _)| n.eq_ignore_ascii_case(&name));
+            if server_default.is_some_and(|(_, sv)| sv == v) {
+                continue;
+            }
+            desired.insert(name, sql::quote_literal(v));
+        }
+        let out = client.queue();
+        for (name, value) in params.iter() {
+            let client_value = login
+                .params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str());
+            put_parameter_status(out, name, client_value.unwrap_or(value));
+        }
+        let cancel_target = Rc::new(Cell::new(None));
+        let (pid, secret) = shard.register_client(cancel_target.clone());
+        put_backend_key(client.queue(), pid, secret);
+        put_ready(client.queue(), b'I');
+        let mode = pool.settings.borrow().mode;
+        Ok(Session {
+            shard,
+            client,
+            creader,
+            pool,
+            mode,
+            server: None,
+            expect: VecDeque::new(),
+            tx_status: b'I',
+            ext_open: false,
+            client_skip: false,
+            server_skip: false,
+            startup_desired: desired.clone(),
+            desired,
+            statements: HashMap::new(),
+            cancel_target,
+            pid,
+            server_fatal: false,
+            shutdown_registered: false,
+        })
+    }
+
+    async fn run(mut self) {
+        let end = self.main_loop().await;
+        match end {
+            End::ClientGone => {}
+            End::Fatal(e) => {
+                log::debug!("session {}: {e}", self.pid);
+                queue_error(&mut self.client, &e);
+            }
+            End::ServerGone => {}
+        }
+        self.shard.unregister_client(self.pid);
+        self.cancel_target.set(None);
+        if let Some(server) = self.server.take() {
+            let clean = self.expect.is_empty() && self.tx_status == b'I' && !self.server_fatal;
+            if clean && self.mode == PoolMode::Session {
+                let pool = self.pool.clone();
+                glommio::spawn_local(reset_and_release(pool, server)).detach();
+            } else if clean && !self.ext_open {
+                self.pool.release(server);
+            } else {
+                self.pool.discard(server);
+            }
+        }
+        self.client.close().await;
+    }
+
+    fn can_close_for_shutdown(&self) -> bool {
+        match self.mode {
+            PoolMode::Transaction => self.server.is_none(),
+            PoolMode::Session => self.expect.is_empty() && self.tx_status == b'I' && !self.ext_open,
+        }
+    }
+
+    async fn next_event(&mut self) -> Event {
+        std::future::poll_fn(|cx| {
+            if let Some(s) = &mut self.server {
+                if let Poll::Ready(r) = s.conn.poll_read_into(cx, &mut s.reader) {
+                    return Poll::Ready(Event::Server(r));
+                }
+            }
+            if let Poll::Ready(r) = self.client.poll_read_into(cx, &mut self.creader) {
+                return Poll::Ready(Event::Client(r));
+            }
+            if !self.shutdown_registered || self.shard.shutdown.is_set() {
+                // A task's waker stays the same for its life: register once.
+                self.shutdown_registered = true;
+                if self.shard.shutdown.poll(cx).is_ready() && self.can_close_for_shutdown() {
+                    return Poll::Ready(Event::Shutdown);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    async fn main_loop(&mut self) -> End {
+        if self.client.flush().await.is_err() {
+            return End::ClientGone;
+        }
+        loop {
+            match self.next_event().await {
+                Event::Client(Ok(0)) | Event::Client(Err(_)) => return End::ClientGone,
+                Event::Client(Ok(_)) => {
+                    loop {
+                        let frame = match self.creader.next_frame() {
+                            Ok(Some(f)) => f,
+                            Ok(None) => break,
+                            Err(e) => return End::Fatal(e.into()),
+                        };
+                        match self.on_client(frame).await {
+                            Ok(true) => {}
+                            Ok(false) => return End::ClientGone,
+                            Err(e) => return End::Fatal(e),
+                        }
+                    }
+                    if let Some(end) = self.flush_server().await {
+                        return end;
+                    }
+                    if self.client.flush().await.is_err() {
+                        return End::ClientGone;
+                    }
+                    self.maybe_release();
+                }
+                Event::Server(Ok(n)) if n > 0 => {
+                    loop {
+                        let frame = match self.server.as_mut().map(|s| s.reader.next_frame()) {
+                            Some(Ok(Some(f))) => f,
+                            Some(Ok(None)) | None => break,
+                            Some(Err(e)) => {
+                                log::warn!("session {}: bad frame from server: {e:?}", self.pid);
+                                return self.server_lost().await;
+                            }
+                        };
+                        self.on_server(frame);
+                    }
+                    // Backpressure: nothing more is read from the server until the client took
+                    // this batch.
+                    if self.client.flush().await.is_err() {
+                        return End::ClientGone;
+                    }
+                    self.maybe_release();
+                    if self.shard.shutdown.is_set() && self.can_close_for_shutdown() {
+                        return self.shutdown_end();
+                    }
+                }
+                Event::Server(_) => return self.server_lost().await,
+                Event::Shutdown => return self.shutdown_end(),
+            }
+        }
+    }
+
+    fn shutdown_end(&mut self) -> End {
+        End::Fatal(ProxyError::fatal(
+            SqlState::ADMIN_SHUTDOWN,
+            Blame::Proxy,
+            "terminating connection: heliosproxy is shutting down",
+        ))
+    }
+
+    async fn server_lost(&mut self) -> End {
+        if let Some(s) = self.server.take() {
+            log::info!(
+                "session {}: server connection {:?} closed (pid {})",
+                self.pid,
+                s.id,
+                s.key.pid
+            );
+            self.pool.discard(s);
+        }
+        self.cancel_target.set(None);
+        if !self.server_fatal {
+            let e = ProxyError::fatal(
+                SqlState::CONNECTION_FAILURE,
+                Blame::Server,
+                "server closed the connection unexpectedly",
+            );
+            queue_error(&mut self.client, &e);
+        }
+        let _ = self.client.flush().await;
+        End::ServerGone
+    }
+
+    async fn flush_server(&mut self) -> Option<End> {
+        let s = self.server.as_mut()?;
+        if s.conn.pending() == 0 {
+            return None;
+        }
+        if s.conn.flush().await.is_err() {
+            return Some(self.server_lost().await);
+        }
+        None
+    }
+
+    /// Transaction mode: hand the server connection back once the transaction is over.
+    fn maybe_release(&mut self) {
+        if self.mode != PoolMode::Transaction
+            || self.tx_status != b'I'
+            || self.ext_open
+            || self.client_skip
+            || self.server_skip
+            || !self.expect.is_empty()
+        {
+            if self.server.is_some() {
+                log::trace!(
+                    "session {}: keeps its server: tx {} ext_open {} skip {}/{} expect {:?}",
+                    self.pid,
+                    self.tx_status as char,
+                    self.ext_open,
+                    self.client_skip,
+                    self.server_skip,
+                    self.expect
+                );
+            }
+            return;
+        }
+        if let Some(s) = self.server.take() {
+            self.cancel_target.set(None);
+            if s.conn.pending() > 0 || self.server_fatal {
+                self.pool.discard(s);
+            } else {
+                self.pool.release(s);
+            }
+        }
+    }
+
+    // ---- client → server ----
+
+    /// Handles one client message. `Ok(false)`: the client terminated.
+    async fn on_client(&mut self, frame: Frame) -> Result<bool, ProxyError> {
+        if self.client_skip && frame.tag != b'S' && frame.tag != b'X' {
+            return Ok(true);
+        }
+        match frame.tag {
+            b'X' => return Ok(false),
+            b'Q' => self.on_query(frame).await?,
+            b'P' => self.on_parse(frame).await?,
+            b'B' => self.on_bind(frame).await?,
+            b'D' => self.on_describe(frame).await?,
+            b'C' => self.on_close(frame).await?,
+            b'E' => {
+                self.ext_open = true;
+                if self.attach(true).await? {
+                    self.forward(&frame);
+                    self.push(Expect::Execute);
+                }
+            }
+            b'S' => self.on_sync(frame),
+            b'H' => {
+                if self.server.is_some() {
+                    self.forward(&frame);
+                }
+            }
+            b'F' => {
+                if self.attach(false).await? {
+                    self.forward(&frame);
+                    self.push(Expect::FunctionCall);
+                }
+            }
+            b'd' | b'c' | b'f' => {
+                // COPY data goes to the server the COPY runs on; outside a COPY there is none.
+                if self.server.is_some() {
+                    self.forward(&frame);
+                }
+            }
+            t => {
+                return Err(ProxyError::protocol(format!(
+                    "invalid frontend message type {}",
+                    t
+                )))
+            }
+        }
+        Ok(true)
+    }
+
+    fn forward(&mut self, frame: &Frame) {
+        if let Some(s) = &mut self.server {
+            s.conn.queue_frame(&frame.bytes);
+        }
+    }
+
+    /// Makes sure a server connection is attached. On failure the client is told (as an
+    /// extended-protocol or simple-query error) and `Ok(false)` returned.
+    async fn attach(&mut self, extended: bool) -> Result<bool, ProxyError> {
+        if self.server.is_some() {
+            return Ok(true);
+        }
+        match self.pool.checkout().await {
+            Ok(s) => {
+                self.cancel_target.set(Some(s.key));
+                self.server = Some(s);
+                self.server_fatal = false;
+                self.sync_params();
+                Ok(true)
+            }
+            Err(e) => {
+                log::info!("session {}: {}", self.pid, e.message);
+                self.reject(e, extended);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Re-applies the client's session settings where this server connection differs.
+    fn sync_params(&mut self) {
+        let Some(s) = &mut self.server else { return };
+        if s.applied == self.desired {
+            return;
+        }
+        let mut q = String::new();
+        for (k, v) in &self.desired {
+            if s.applied.get(k) != Some(v) {
+                q.push_str(&format!("SET {k} TO {v};"));
+            }
+        }
+        for k in s.applied.keys() {
+            if !self.desired.contains_key(k) {
+                q.push_str(&format!("RESET {k};"));
+            }
+        }
+        s.applied = self.desired.clone();
+        if !q.is_empty() {
+            put_query(s.conn.queue(), &q);
+            self.expect.push_back(Expect::Internal);
+        }
+    }
+
+    /// Tells the client that its request was refused, in the shape the protocol expects: an
+    /// error then ReadyForQuery for a simple query; an error and the rest of the batch
+    /// ignored until Sync for the extended protocol. Inside a transaction the server's
+    /// transaction is failed too, so client and server agree it is aborted.
+    fn reject(&mut self, e: ProxyError, extended: bool) {
+        let mut b = BytesMut::new();
+        put_proxy_error(&mut b, &e);
+        if extended {
+            self.client_skip = true;
+        }
+        match &mut self.server {
+            Some(s) if !extended && self.tx_status != b'I' => {
+                put_query(s.conn.queue(), &sql::raise_statement(e.code.0, &e.message));
+                self.push(Expect::Query { track: None });
+            }
+            Some(_) => {
+                self.push(Expect::Synthetic(b.freeze()));
+                if !extended {
+                    self.push(Expect::SyntheticReady);
+                }
+            }
+            None => {
+                self.client.queue().extend_from_slice(&b);
+                if !extended {
+                    put_ready(self.client.queue(), b'I');
+                }
+            }
+        }
+    }
+
+    /// Answers a simple query without the server (DEALLOCATE of a proxy-tracked statement).
+    fn respond_locally(&mut self, tag: &str) {
+        let mut b = BytesMut::new();
+        put_command_complete(&mut b, tag);
+        if self.server.is_some() {
+            self.push(Expect::Synthetic(b.freeze()));
+            self.push(Expect::SyntheticReady);
+        } else {
+            self.client.queue().extend_from_slice(&b);
+            put_ready(self.client.queue(), self.tx_status);
+        }
+    }
+
+    async fn on_query(&mut self, frame: Frame) -> Result<(), ProxyError> {
+        let body = frame.body();
+        let text = body.strip_suffix(b"\0").unwrap_or(body);
+        let sql_text = std::str::from_utf8(text).unwrap_or("");
+        let mut track = None;
+        if self.mode == PoolMode::Transaction {
+            if let Some(msg) = sql::transaction_mode_unsupported(sql_text) {
+                self.reject(
+                    ProxyError::error(SqlState::FEATURE_NOT_SUPPORTED, Blame::Client, msg),
+                    false,
+                );
+                return Ok(());
+            }
+            match sql::session_command(sql_text) {
+                Some(SessionCommand::Deallocate { name }) => {
+                    if self.statements.remove(name.as_bytes()).is_some() {
+                        self.respond_locally("DEALLOCATE");
+                        return Ok(());
+                    }
+                }
+                Some(SessionCommand::DeallocateAll) => {
+                    self.statements.clear();
+                    self.respond_locally("DEALLOCATE ALL");
+                    return Ok(());
+                }
+                other => track = other,
+            }
+        }
+        if self.attach(false).await? {
+            self.forward(&frame);
+            self.push(Expect::Query { track });
+        }
+        Ok(())
+    }
+
+    async fn on_parse(&mut self, frame: Frame) -> Result<(), ProxyError> {
+        self.ext_open = true;
+        let mut rest = frame.body();
+        let name = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
+        let after_name = rest;
+        let query = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
+        if self.mode == PoolMode::Transaction {
+            if let Some(msg) =
+                sql::transaction_mode_unsupported(std::str::from_utf8(query).unwrap_or(""))
+            {
+                self.reject(
+                    ProxyError::error(SqlState::FEATURE_NOT_SUPPORTED, Blame::Client, msg),
+                    true,
+                );
+                return Ok(());
+            }
+        }
+        if !name.is_empty() && self.mode == PoolMode::Transaction && self.server.is_none() {
+            // Outside a transaction a named Parse is answered here and prepared on a server
+            // at its first Bind/Describe (a parse error then comes with that message). Taking
+            // a server for it could deadlock: libpq's PQprepare blocks the whole client
+            // thread (pgbench -j) while its other connections hold every server connection.
+            let stmt = self
+                .shard
+                .statements
+                .borrow_mut()
+                .intern(self.shard.id, after_name);
+            self.statements.insert(Bytes::copy_from_slice(name), stmt);
+            self.client.queue().extend_from_slice(PARSE_COMPLETE);
+            return Ok(());
+        }
+        if !self.attach(true).await? {
+            return Ok(());
+        }
+        if name.is_empty() || self.mode == PoolMode::Session {
+            self.forward(&frame);
+            self.push(Expect::Parse {
+                stmt: None,
+                swallow: false,
+            });
+            return Ok(());
+        }
+        let stmt = self
+            .shard
+            .statements
+            .borrow_mut()
+            .intern(self.shard.id, after_name);
+        self.statements
+            .insert(Bytes::copy_from_slice(name), stmt.clone());
+        let has = self
+            .server
+            .as_mut()
+            .is_some_and(|s| s.prepared.contains(stmt.id));
+        if has {
+            self.push(Expect::Synthetic(Bytes::from_static(PARSE_COMPLETE)));
+        } else {
+            self.prepare_on_server(&stmt, false);
+        }
+        Ok(())
+    }
+
+    /// Sends the statement's Parse under its proxy name, closing the least recently used
+    /// statement first if the connection's cache is full.
+    fn prepare_on_server(&mut self, stmt: &Statement, swallow: bool) {
+        let Some(s) = &mut self.server else { return };
+        if let Some(evicted) = s.prepared.insert(stmt.id) {
+            let name = format!("_hp_{evicted:x}");
+            put_msg(s.conn.queue(), b'C', |b| {
+                b.put_u8(b'S');
+                put_cstr(b, name.as_bytes());
+            });
+            self.push(Expect::Close { swallow: true });
+        }
+        if let Some(s) = &mut self.server {
+            s.conn.queue_frame(&stmt.parse);
+        }
+        self.push(Expect::Parse {
+            stmt: Some(stmt.id),
+            swallow,
+        });
+    }
+
+    /// The proxy statement for a client statement name, preparing it on the attached server
+    /// if that connection does not have it yet. `None`: the client never prepared it (the
+    /// client has been sent 26000).
+    fn statement_for(&mut self, name: &[u8]) -> Option<Rc<Statement>> {
+        let Some(stmt) = self.statements.get(name).cloned() else {
+            self.reject(
+                ProxyError::error(
+                    SqlState::INVALID_SQL_STATEMENT_NAME,
+                    Blame::Client,
+                    format!(
+                        "prepared statement \"{}\" does not exist",
+                        String::from_utf8_lossy(name)
+                    ),
+                ),
+                true,
+            );
+            return None;
+        };
+        let has = self
+            .server
+            .as_mut()
+            .is_some_and(|s| s.prepared.contains(stmt.id));
+        if !has {
+            self.prepare_on_server(&stmt, true);
+        }
+        Some(stmt)
+    }
+
+    async fn on_bind(&mut self, frame: Frame) -> Result<(), ProxyError> {
+        self.ext_open = true;
+        let mut rest = frame.body();
+        let portal = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Bind"))?;
+        let name = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Bind"))?;
+        if !self.attach(true).await? {
+            return Ok(());
+        }
+        if name.is_empty() || self.mode == PoolMode::Session {
+            self.forward(&frame);
+        } else {
+            let Some(stmt) = self.statement_for(name) else {
+                return Ok(());
+            };
+            if let Some(s) = &mut self.server {
+                // Rewritten straight into the send buffer: no allocation per Bind.
+                put_msg(s.conn.queue(), b'B', |b| {
+                    put_cstr(b, portal);
+                    b.put_slice(&stmt.name);
+                    b.put_slice(rest);
+                });
+            }
+        }
+        self.push(Expect::Bind);
+        Ok(())
+    }
+
+    async fn on_describe(&mut self, frame: Frame) -> Result<(), ProxyError> {
+        self.ext_open = true;
+        let mut rest = frame.body();
+        let kind = *rest
+            .first()
+            .ok_or_else(|| ProxyError::protocol("malformed Describe"))?;
+        rest = &rest[1..];
+        let name =
+            read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Describe"))?;
+        if !self.attach(true).await? {
+            return Ok(());
+        }
+        if kind != b'S' || name.is_empty() || self.mode == PoolMode::Session {
+            self.forward(&frame);
+        } else {
+            let Some(stmt) = self.statement_for(name) else {
+                return Ok(());
+            };
+            if let Some(s) = &mut self.server {
+                put_msg(s.conn.queue(), b'D', |b| {
+                    b.put_u8(b'S');
+                    b.put_slice(&stmt.name);
+                });
+            }
+        }
+        self.push(Expect::Describe);
+        Ok(())
+    }
+
+    async fn on_close(&mut self, frame: Frame) -> Result<(), ProxyError> {
+        self.ext_open = true;
+        let mut rest = frame.body();
+        let kind = *rest
+            .first()
+            .ok_or_else(|| ProxyError::protocol("malformed Close"))?;
+        rest = &rest[1..];
+        let name = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Close"))?;
+        if kind == b'S' && !name.is_empty() && self.mode == PoolMode::Transaction {
+            // The statement stays prepared on server connections (other clients may share it);
+            // only this client's name goes.
+            self.statements.remove(name);
+            if self.server.is_some() {
+                self.push(Expect::Synthetic(Bytes::from_static(CLOSE_COMPLETE)));
+            } else {
+                self.client.queue().extend_from_slice(CLOSE_COMPLETE);
+            }
+            return Ok(());
+        }
+        if self.attach(true).await? {
+            self.forward(&frame);
+            self.push(Expect::Close { swallow: false });
+        }
+        Ok(())
+    }
+
+    fn on_sync(&mut self, frame: Frame) {
+        self.ext_open = false;
+        let skipped = std::mem::replace(&mut self.client_skip, false);
+        if self.server.is_none() {
+            put_ready(self.client.queue(), b'I');
+            return;
+        }
+        self.forward(&frame);
+        if skipped && self.tx_status != b'I' {
+            // The refused message must fail the transaction on the server as well: swallow
+            // this Sync's ReadyForQuery, then let a raise statement produce the real one.
+            self.push(Expect::Internal);
+            if let Some(s) = &mut self.server {
+                put_query(
+                    s.conn.queue(),
+                    &sql::raise_statement("0A000", "statement refused by heliosproxy"),
+                );
+            }
+            self.push(Expect::Abort);
+        } else {
+            self.push(Expect::Sync);
+        }
+    }
+
+    fn push(&mut self, e: Expect) {
+        if self.server_skip {
+            // The server ignores everything up to the next Sync: so must the queue.
+            match e {
+                Expect::Sync | Expect::Internal | Expect::Abort => self.server_skip = false,
+                Expect::Parse { stmt: Some(id), .. } => {
+                    if let Some(s) = &mut self.server {
+                        s.prepared.remove(id);
+                    }
+                    return;
+                }
+                _ => return,
+            }
+        }
+        self.expect.push_back(e);
+        self.drain_synthetic();
+    }
+
+    /// Emits synthesized responses that have reached the front of the queue.
+    fn drain_synthetic(&mut self) {
+        loop {
+            match self.expect.front() {
+                Some(Expect::Synthetic(b)) => {
+                    let b = b.clone();
+                    self.client.queue_frame(&b);
+                }
+                Some(Expect::SyntheticReady) => put_ready(self.client.queue(), self.tx_status),
+                _ => return,
+            }
+            self.expect.pop_front();
+        }
+    }
+
+    // ---- server → client ----
+
+    fn on_server(&mut self, frame: Frame) {
+        let tag = frame.tag;
+        // A cheap clone (a refcount, or nothing) that frees `self` for the handlers below.
+        let front = self.expect.front().cloned();
+        match tag {
+            b'S' | b'A' => {
+                self.client.queue_frame(&frame.bytes);
+                return;
+            }
+            b'N' => {
+                if !matches!(front, Some(Expect::Internal)) {
+                    self.client.queue_frame(&frame.bytes);
+                }
+                return;
+            }
+            _ => {}
+        }
+        let Some(front) = front else {
+            // Unsolicited: a FATAL error before the server closes, most likely.
+            if tag == b'E' {
+                self.note_fatal(&frame);
+            }
+            self.client.queue_frame(&frame.bytes);
+            return;
+        };
+        match front {
+            Expect::Internal => {
+                if tag == b'Z' {
+                    self.tx_status = frame.body().first().copied().unwrap_or(b'I');
+                    self.pop();
+                } else if tag == b'E' {
+                    let f = parse_error_fields(frame.body());
+                    log::warn!(
+                        "session {}: re-applying session settings failed: {}",
+                        self.pid,
+                        String::from_utf8_lossy(f.message)
+                    );
+                    self.note_fatal(&frame);
+                }
+                return;
+            }
+            Expect::Abort => {
+                if tag == b'Z' {
+                    self.tx_status = frame.body().first().copied().unwrap_or(b'I');
+                    self.client.queue_frame(&frame.bytes);
+                    self.pop();
+                }
+                return;
+            }
+            _ => {}
+        }
+        if tag == b'E' {
+            self.note_fatal(&frame);
+            self.client.queue_frame(&frame.bytes);
+            if front.is_extended() {
+                // The server now skips to the next Sync: drop what it will not answer.
+                while let Some(e) = self.expect.front() {
+                    if matches!(e, Expect::Sync | Expect::Internal | Expect::Abort) {
+                        break;
+                    }
+                    if let Some(Expect::Parse { stmt: Some(id), .. }) = self.expect.pop_front() {
+                        if let Some(s) = &mut self.server {
+                            s.prepared.remove(id);
+                        }
+                    }
+                }
+                if self.expect.is_empty() {
+                    self.server_skip = true;
+                }
+                self.drain_synthetic();
+            }
+            return;
+        }
+        let mut forward = true;
+        let done = match (front, tag) {
+            (Expect::Parse { swallow, .. }, b'1') => {
+                forward = !swallow;
+                true
+            }
+            (Expect::Bind, b'2') => true,
+            (Expect::Describe, b'T' | b'n') => true,
+            (Expect::Execute, b'C' | b'I' | b's') => true,
+            (Expect::Close { swallow }, b'3') => {
+                forward = !swallow;
+                true
+            }
+            (Expect::Sync | Expect::Query { .. } | Expect::FunctionCall, b'Z') => {
+                self.tx_status = frame.body().first().copied().unwrap_or(b'I');
+                true
+            }
+            (Expect::Query { track: Some(cmd) }, b'C') => {
+                self.apply_session_command(cmd, frame.body());
+                false
+            }
+            _ => false,
+        };
+        if forward {
+            self.client.queue_frame(&frame.bytes);
+        }
+        if done {
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) {
+        self.expect.pop_front();
+        self.drain_synthetic();
+    }
+
+    fn note_fatal(&mut self, frame: &Frame) {
+        let f = parse_error_fields(frame.body());
+        if f.severity == b"FATAL" || f.severity == b"PANIC" {
+            self.server_fatal = true;
+        }
+    }
+
+    /// A tracked SET/RESET/DISCARD completed: remember what the client now wants and what
+    /// this server connection now has.
+    fn apply_session_command(&mut self, cmd: SessionCommand, complete: &[u8]) {
+        let tag = complete.strip_suffix(b"\0").unwrap_or(complete);
+        let Some(s) = &mut self.server else { return };
+        match cmd {
+            SessionCommand::Set { name, value } if tag == b"SET" => {
+                self.desired.insert(name.clone(), value.clone());
+                s.applied.insert(name, value);
+            }
+            SessionCommand::Reset { name } if tag == b"RESET" => {
+                s.applied.remove(&name);
+                match self.startup_desired.get(&name) {
+                    Some(v) => {
+                        self.desired.insert(name, v.clone());
+                    }
+                    None => {
+                        self.desired.remove(&name);
+                    }
+                }
+            }
+            SessionCommand::ResetAll if tag == b"RESET" => {
+                s.applied.clear();
+                self.desired = self.startup_desired.clone();
+            }
+            SessionCommand::DiscardAll if tag == b"DISCARD ALL" => {
+                s.applied.clear();
+                s.prepared.clear();
+                self.desired = self.startup_desired.clone();
+                self.statements.clear();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Session mode: a released server connection is reset with DISCARD ALL before anyone else
+/// gets it; one that does not answer cleanly is closed.
+async fn reset_and_release(pool: Rc<Pool>, mut s: ServerConn) {
+    put_query(s.conn.queue(), "DISCARD ALL");
+    let ok = glommio::timer::timeout(Duration::from_secs(5), async {
+        if s.conn.flush().await.is_err() {
+            return Ok(false);
+        }
+        loop {
+            match s.reader.next_frame() {
+                Ok(Some(f)) if f.tag == b'Z' => return Ok(f.body() == b"I"),
+                Ok(Some(f)) if f.tag == b'E' => {
+                    log::warn!("DISCARD ALL failed on {:?}", s.id);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => match s.conn.read_into(&mut s.reader).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return Ok(false),
+                },
+                Err(_) => return Ok(false),
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if ok {
+        s.applied.clear();
+        s.prepared.clear();
+        pool.release(s);
+    } else {
+        pool.discard(s);
+    }
+}

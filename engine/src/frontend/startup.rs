@@ -1,0 +1,339 @@
+//! A client's first bytes: SSL/GSS negotiation, CancelRequest, the startup packet, and
+//! authentication against the userlist.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use helios_config::{AuthMethod, Secret};
+
+use super::auth::{md5_check, md5_stored, AuthFailure, ScramKeys, ScramServer, SCRAM_ITERATIONS};
+use crate::error::{Blame, ProxyError, SqlState};
+use crate::net::codec::{
+    parse_startup_params, put_auth, put_msg, read_cstr, read_i32, FrameReader, CANCEL_REQUEST,
+    GSSENC_REQUEST, PROTOCOL_3_0, SSL_REQUEST,
+};
+use crate::net::conn::Conn;
+use crate::shard::{Shard, ShardMsg};
+
+/// A client that completed startup and authentication.
+pub struct Login {
+    pub user: String,
+    pub database: String,
+    /// Startup parameters other than user/database, `options -c` settings included.
+    pub params: Vec<(String, String)>,
+}
+
+/// What the first packets asked for.
+pub enum Startup {
+    Login(Login),
+    /// A CancelRequest (handled) or a client that went away: close without a word.
+    Done,
+}
+
+fn io_gone(_: std::io::Error) -> Option<ProxyError> {
+    None
+}
+
+/// Reads until `reader` yields a startup packet; `Ok(None)` on EOF.
+async fn read_startup(
+    client: &mut Conn,
+    reader: &mut FrameReader,
+) -> Result<Option<bytes::Bytes>, Option<ProxyError>> {
+    loop {
+        if let Some(p) = reader.next_startup().map_err(|e| Some(e.into()))? {
+            return Ok(Some(p));
+        }
+        if client.read_into(reader).await.map_err(io_gone)? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Reads the next typed message of the authentication exchange, which must be `p`.
+async fn read_password_msg(
+    client: &mut Conn,
+    reader: &mut FrameReader,
+) -> Result<bytes::Bytes, Option<ProxyError>> {
+    loop {
+        if let Some(f) = reader.next_frame().map_err(|e| Some(e.into()))? {
+            if f.tag != b'p' {
+                return Err(Some(ProxyError::protocol(format!(
+                    "expected a password message, got message type {:?}",
+                    f.tag as char
+                ))));
+            }
+            return Ok(f.bytes);
+        }
+        if client.read_into(reader).await.map_err(io_gone)? == 0 {
+            return Err(None);
+        }
+    }
+}
+
+/// Startup and authentication. `Err(None)`: the client went away; `Err(Some(e))`: send `e`.
+pub async fn startup(
+    shard: &Rc<Shard>,
+    client: &mut Conn,
+    reader: &mut FrameReader,
+    over_limit: bool,
+) -> Result<Startup, Option<ProxyError>> {
+    let packet = loop {
+        let Some(p) = read_startup(client, reader).await? else {
+            return Ok(Startup::Done);
+        };
+        let mut body = &p[4..];
+        let code = read_i32(&mut body).unwrap_or(0);
+        match code {
+            SSL_REQUEST | GSSENC_REQUEST if p.len() == 8 => {
+                // TLS is not offered yet: the client continues in plain text or gives up.
+                client.queue().extend_from_slice(b"N");
+                client.flush().await.map_err(io_gone)?;
+            }
+            CANCEL_REQUEST if p.len() == 16 => {
+                let pid = read_i32(&mut body).unwrap_or(0);
+                let secret = read_i32(&mut body).unwrap_or(0);
+                let owner = Shard::owner_of(pid);
+                if owner == shard.id {
+                    shard.cancel_local(pid, secret);
+                } else if !shard.shared.send(owner, ShardMsg::Cancel { pid, secret }) {
+                    log::warn!("cancel for shard {owner} dropped: no such shard or inbox full");
+                }
+                return Ok(Startup::Done);
+            }
+            v if v >> 16 == 3 => break (p, v),
+            _ => {
+                return Err(Some(ProxyError::protocol(format!(
+                    "unsupported frontend protocol {}.{}: server supports 3.0",
+                    code >> 16,
+                    code & 0xffff
+                ))))
+            }
+        }
+    };
+    let (packet, version) = packet;
+    let params = parse_startup_params(&packet[8..])
+        .ok_or_else(|| Some(ProxyError::protocol("malformed startup packet")))?;
+    if version != PROTOCOL_3_0 {
+        // A newer 3.x minor: say we speak 3.0 (NegotiateProtocolVersion), as PostgreSQL does.
+        let unknown: Vec<&String> = params
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with("_pq_."))
+            .collect();
+        put_msg(client.queue(), b'v', |b| {
+            // Newest minor version we support: 0.
+            b.extend_from_slice(&0i32.to_be_bytes());
+            b.extend_from_slice(&(unknown.len() as i32).to_be_bytes());
+            for k in &unknown {
+                crate::net::codec::put_cstr(b, k.as_bytes());
+            }
+        });
+    }
+    let mut user = None;
+    let mut database = None;
+    let mut rest = Vec::new();
+    for (k, v) in params {
+        match k.as_str() {
+            "user" => user = Some(v),
+            "database" => database = Some(v),
+            "replication" if v != "false" && v != "0" && v != "off" => {
+                return Err(Some(ProxyError::fatal(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    Blame::Client,
+                    "replication connections are not supported through heliosproxy",
+                )))
+            }
+            "options" => rest.extend(parse_options(&v)),
+            _ if k.starts_with("_pq_.") => {}
+            _ => rest.push((k, v)),
+        }
+    }
+    let user = user.filter(|u| !u.is_empty()).ok_or_else(|| {
+        Some(ProxyError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            Blame::Client,
+            "no PostgreSQL user name specified in startup packet",
+        ))
+    })?;
+    let database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    if over_limit {
+        return Err(Some(ProxyError::fatal(
+            SqlState::TOO_MANY_CONNECTIONS,
+            Blame::Client,
+            "sorry, too many clients already",
+        )));
+    }
+    authenticate(shard, client, reader, &user).await?;
+    Ok(Startup::Login(Login {
+        user,
+        database,
+        params: rest,
+    }))
+}
+
+/// `-c name=value` and `--name=value` from the `options` startup parameter.
+fn parse_options(opts: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut words = opts.split_whitespace();
+    while let Some(w) = words.next() {
+        let kv = if w == "-c" {
+            words.next()
+        } else {
+            w.strip_prefix("-c").or_else(|| w.strip_prefix("--"))
+        };
+        if let Some((k, v)) = kv.and_then(|kv| kv.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_string()));
+        }
+    }
+    out
+}
+
+fn password_failed(user: &str) -> Option<ProxyError> {
+    Some(ProxyError::fatal(
+        SqlState::INVALID_PASSWORD,
+        Blame::Client,
+        format!("password authentication failed for user \"{user}\""),
+    ))
+}
+
+async fn authenticate(
+    shard: &Rc<Shard>,
+    client: &mut Conn,
+    reader: &mut FrameReader,
+    user: &str,
+) -> Result<(), Option<ProxyError>> {
+    let cfg = shard.config();
+    let entry = cfg.users.get(user).map(|u| u.secret.clone());
+    match cfg.auth_method() {
+        AuthMethod::Trust => {}
+        AuthMethod::Md5 => {
+            let salt: [u8; 4] = rand::random();
+            put_auth(client.queue(), 5, &salt);
+            client.flush().await.map_err(io_gone)?;
+            let msg = read_password_msg(client, reader).await?;
+            let mut body = &msg[5..];
+            let response = read_cstr(&mut body).unwrap_or_default();
+            let stored = match &entry {
+                Some(Secret::Md5(h)) => Some(h.clone()),
+                Some(Secret::Plain(p)) => Some(md5_stored(user, p)),
+                Some(Secret::Scram { .. }) => {
+                    log::warn!("user {user}: md5 authentication is impossible with a SCRAM verifier in the userlist");
+                    None
+                }
+                None => None,
+            };
+            if !stored.is_some_and(|s| md5_check(&s, &salt, response)) {
+                log::info!("md5 authentication failed for user {user}");
+                return Err(password_failed(user));
+            }
+        }
+        AuthMethod::ScramSha256 => {
+            let keys = match &entry {
+                Some(Secret::Plain(p)) => Some(cached_keys(shard, user, p)),
+                Some(s @ Secret::Scram { .. }) => ScramKeys::from_secret(s, Vec::new),
+                Some(Secret::Md5(_)) => {
+                    log::warn!("user {user}: SCRAM authentication is impossible with an md5 hash in the userlist");
+                    None
+                }
+                None => None,
+            };
+            // An unknown user still goes through the exchange (with keys nobody can match), so
+            // the reply does not reveal which users exist.
+            let keys = keys.unwrap_or_else(|| ScramKeys {
+                iterations: SCRAM_ITERATIONS,
+                salt: rand::random::<[u8; 16]>().to_vec(),
+                stored_key: rand::random(),
+                server_key: rand::random(),
+            });
+            put_auth(client.queue(), 10, b"SCRAM-SHA-256\0\0");
+            client.flush().await.map_err(io_gone)?;
+            let msg = read_password_msg(client, reader).await?;
+            let mut body = &msg[5..];
+            let mech = read_cstr(&mut body).unwrap_or_default();
+            if mech != b"SCRAM-SHA-256" {
+                return Err(Some(ProxyError::protocol(
+                    "client selected an invalid SASL authentication mechanism",
+                )));
+            }
+            let len = read_i32(&mut body).unwrap_or(-1);
+            if len < 0 || len as usize != body.len() {
+                return Err(Some(ProxyError::protocol("malformed SASLInitialResponse")));
+            }
+            let nonce: [u8; 18] = rand::random();
+            let (server, first) = match ScramServer::start(keys, body, &nonce) {
+                Ok(x) => x,
+                Err(e) => return Err(scram_failure(user, e)),
+            };
+            put_auth(client.queue(), 11, first.as_bytes());
+            client.flush().await.map_err(io_gone)?;
+            let msg = read_password_msg(client, reader).await?;
+            let final_msg = match server.finish(&msg[5..]) {
+                Ok(f) => f,
+                Err(e) => return Err(scram_failure(user, e)),
+            };
+            if entry.is_none() {
+                return Err(password_failed(user));
+            }
+            put_auth(client.queue(), 12, final_msg.as_bytes());
+        }
+    }
+    put_auth(client.queue(), 0, b"");
+    Ok(())
+}
+
+fn scram_failure(user: &str, e: AuthFailure) -> Option<ProxyError> {
+    match e {
+        AuthFailure::WrongPassword => {
+            log::info!("SCRAM authentication failed for user {user}");
+            password_failed(user)
+        }
+        AuthFailure::Malformed(what) => Some(ProxyError::protocol(format!(
+            "malformed SCRAM message ({what})"
+        ))),
+    }
+}
+
+/// The SCRAM verifier for a plain-text password, derived once per (user, password) per shard.
+fn cached_keys(shard: &Shard, user: &str, password: &str) -> ScramKeys {
+    if let Some((pw, keys)) = shard.scram_cache.borrow().get(user) {
+        if pw == password {
+            return keys.clone();
+        }
+    }
+    let keys = ScramKeys::from_password(
+        password,
+        rand::random::<[u8; 16]>().to_vec(),
+        SCRAM_ITERATIONS,
+    );
+    shard
+        .scram_cache
+        .borrow_mut()
+        .insert(user.to_string(), (password.to_string(), keys.clone()));
+    keys
+}
+
+/// Writes the error to the client (best effort).
+pub fn queue_error(client: &mut Conn, e: &ProxyError) {
+    let mut b = BytesMut::new();
+    crate::net::codec::put_proxy_error(&mut b, e);
+    client.queue().extend_from_slice(&b);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_settings() {
+        assert_eq!(
+            parse_options("-c search_path=a -cstatement_timeout=5s --lock-timeout=1s"),
+            vec![
+                ("search_path".to_string(), "a".to_string()),
+                ("statement_timeout".to_string(), "5s".to_string()),
+                ("lock_timeout".to_string(), "1s".to_string()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! The wire: message framing and the socket interface.
+pub mod codec;
+pub mod conn;

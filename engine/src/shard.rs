@@ -1,0 +1,494 @@
+//! A shard: one glommio executor pinned to one CPU, owning its SO_REUSEPORT listeners, the
+//! client sessions it accepted, its upstream pools and its prepared-statement registry.
+//!
+//! Shards share nothing mutable on the hot path. They talk over bounded crossbeam channels, one
+//! inbox per shard, each with an `AtomicWaker` doorbell so a message wakes the shard without any
+//! busy polling (glommio wakers may be woken from any thread). Later features hang their
+//! per-shard state here too (anomaly windows, plugin instance caches, histograms).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use bytes::{BufMut, Bytes, BytesMut};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use glommio::net::TcpListener;
+use helios_config::{AuthMethod, Config, PoolMode, Secret, Userlist};
+
+use crate::backend::pool::{Pool, PoolSettings};
+use crate::backend::server::{BackendKey, ServerTarget};
+use crate::frontend::auth::ScramKeys;
+use crate::net::codec::{put_cstr, put_msg};
+
+/// What every shard reads: the configuration as loaded (replaced whole on reload).
+pub struct RuntimeConfig {
+    pub config: Config,
+    pub users: Userlist,
+    pub shards: usize,
+}
+
+impl RuntimeConfig {
+    /// This shard's share of `total`: the remainder goes to the lowest-numbered shards, and
+    /// every shard gets at least one (so no shard refuses a client outright).
+    pub fn share(&self, total: usize, shard: usize) -> usize {
+        let base = total / self.shards;
+        let extra = usize::from(shard < total % self.shards);
+        (base + extra).max(usize::from(total > 0))
+    }
+
+    /// Pool settings on `shard` for clients of `alias` logging in as `user`.
+    pub fn pool_settings(&self, alias: &str, user: &str, shard: usize) -> Option<PoolSettings> {
+        let db = self.config.databases.get(alias)?;
+        let node = self.config.node_for(db);
+        let (upstream_user, password) = match &db.user {
+            Some(u) => (u.clone(), db.password.clone()),
+            None => (
+                user.to_string(),
+                match self.users.get(user).map(|u| &u.secret) {
+                    Some(Secret::Plain(p)) => Some(p.clone()),
+                    _ => None,
+                },
+            ),
+        };
+        Some(PoolSettings {
+            alias: alias.to_string(),
+            mode: db.pool_mode,
+            target: ServerTarget {
+                node: node.name.clone(),
+                host: node.host.clone(),
+                port: node.port,
+                dbname: db.dbname.clone().unwrap_or_else(|| alias.to_string()),
+                user: upstream_user,
+                password,
+                connect_timeout: Duration::from_millis(node.connect_timeout_ms),
+            },
+            max_size: self.share(db.pool_size, shard),
+            min_idle: if db.min_idle == 0 {
+                0
+            } else {
+                self.share(db.min_idle, shard)
+            },
+            idle_timeout: Duration::from_millis(db.idle_timeout_ms),
+            max_lifetime: Duration::from_millis(db.max_lifetime_ms),
+            checkout_timeout: Duration::from_millis(db.checkout_timeout_ms),
+            prepared_cap: db.prepared_statements_per_connection,
+            max_frame: 1 << 30,
+        })
+    }
+
+    pub fn auth_method(&self) -> AuthMethod {
+        self.config.auth.method
+    }
+}
+
+/// Messages between shards (and from the signal thread).
+pub enum ShardMsg {
+    /// A CancelRequest that arrived on another shard for a client of this one.
+    Cancel { pid: i32, secret: i32 },
+    /// New configuration (SIGHUP).
+    Reload(Arc<RuntimeConfig>),
+    /// SIGTERM: stop accepting, let transactions finish, then close.
+    Shutdown,
+}
+
+/// The process-wide part: channels to every shard and the global client count.
+pub struct Shared {
+    pub inboxes: Vec<Sender<ShardMsg>>,
+    pub doorbells: Vec<Arc<AtomicWaker>>,
+    pub clients: AtomicUsize,
+}
+
+impl Shared {
+    /// Delivers `msg` to shard `to`; false if its inbox is full or gone.
+    pub fn send(&self, to: usize, msg: ShardMsg) -> bool {
+        let Some(tx) = self.inboxes.get(to) else {
+            return false;
+        };
+        let ok = tx.try_send(msg).is_ok();
+        self.doorbells[to].wake();
+        ok
+    }
+
+    pub fn broadcast(&self, msg: impl Fn() -> ShardMsg) {
+        for i in 0..self.inboxes.len() {
+            if !self.send(i, msg()) {
+                log::error!("shard {i}: inbox full, control message dropped");
+            }
+        }
+    }
+}
+
+/// A one-shot, many-waiter flag for shutdown.
+#[derive(Default)]
+pub struct Latch {
+    set: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Latch {
+    pub fn set(&self) {
+        self.set.set(true);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    pub fn poll(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.set.get() {
+            return Poll::Ready(());
+        }
+        self.waiters.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| self.poll(cx)).await
+    }
+}
+
+/// A client's cancel key and the backend currently serving it.
+pub struct CancelEntry {
+    pub secret: i32,
+    pub target: Rc<Cell<Option<BackendKey>>>,
+}
+
+/// A statement prepared under a proxy-unique name, shared by every client on the shard that
+/// prepared the same text and parameter types.
+pub struct Statement {
+    pub id: u64,
+    /// The Parse message under the proxy's name, ready to send to any server connection.
+    pub parse: Bytes,
+    /// The proxy's name, NUL-terminated.
+    pub name: Bytes,
+}
+
+/// Bounded: statements no client refers to any more are dropped when the registry is full.
+const STATEMENT_REGISTRY_CAP: usize = 10_000;
+
+#[derive(Default)]
+pub struct StatementRegistry {
+    by_body: HashMap<Bytes, Rc<Statement>>,
+    next: u64,
+}
+
+impl StatementRegistry {
+    /// The shared statement for a Parse body without its name (query + parameter types).
+    pub fn intern(&mut self, shard: usize, body_after_name: &[u8]) -> Rc<Statement> {
+        if let Some(s) = self.by_body.get(body_after_name) {
+            return s.clone();
+        }
+        if self.by_body.len() >= STATEMENT_REGISTRY_CAP {
+            self.by_body.retain(|_, s| Rc::strong_count(s) > 1);
+        }
+        self.next += 1;
+        let id = ((shard as u64) << 48) | self.next;
+        let name = format!("_hp_{id:x}");
+        let mut parse = BytesMut::with_capacity(body_after_name.len() + name.len() + 6);
+        put_msg(&mut parse, b'P', |b| {
+            put_cstr(b, name.as_bytes());
+            b.put_slice(body_after_name);
+        });
+        let mut n = BytesMut::with_capacity(name.len() + 1);
+        put_cstr(&mut n, name.as_bytes());
+        let s = Rc::new(Statement {
+            id,
+            parse: parse.freeze(),
+            name: n.freeze(),
+        });
+        self.by_body
+            .insert(Bytes::copy_from_slice(body_after_name), s.clone());
+        s
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_body.is_empty()
+    }
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub config: RefCell<Arc<RuntimeConfig>>,
+    pools: RefCell<HashMap<(String, String), Rc<Pool>>>,
+    server_ids: Rc<Cell<u64>>,
+    pub cancels: RefCell<HashMap<i32, CancelEntry>>,
+    next_client: Cell<u32>,
+    pub statements: RefCell<StatementRegistry>,
+    /// SCRAM verifiers derived from plain-text userlist passwords (4096 PBKDF2 rounds each:
+    /// derived once per user and password, not per login).
+    pub scram_cache: RefCell<HashMap<String, (String, ScramKeys)>>,
+    pub shutdown: Latch,
+    /// Client sessions alive on this shard.
+    pub sessions: Cell<usize>,
+}
+
+impl Shard {
+    pub fn new(id: usize, shared: Arc<Shared>, config: Arc<RuntimeConfig>) -> Rc<Shard> {
+        Rc::new(Shard {
+            id,
+            shared,
+            config: RefCell::new(config),
+            pools: RefCell::new(HashMap::new()),
+            server_ids: Rc::new(Cell::new((id as u64) << 48)),
+            cancels: RefCell::new(HashMap::new()),
+            next_client: Cell::new(0),
+            statements: RefCell::new(StatementRegistry::default()),
+            scram_cache: RefCell::new(HashMap::new()),
+            shutdown: Latch::default(),
+            sessions: Cell::new(0),
+        })
+    }
+
+    pub fn config(&self) -> Arc<RuntimeConfig> {
+        self.config.borrow().clone()
+    }
+
+    /// The pool for (alias, user), created on first use.
+    pub fn pool(&self, alias: &str, user: &str) -> Option<Rc<Pool>> {
+        let cfg = self.config();
+        let settings = cfg.pool_settings(alias, user, self.id)?;
+        let key = (alias.to_string(), settings.target.user.clone());
+        let mut pools = self.pools.borrow_mut();
+        Some(
+            pools
+                .entry(key)
+                .or_insert_with(|| Rc::new(Pool::new(settings, self.server_ids.clone())))
+                .clone(),
+        )
+    }
+
+    pub fn pools(&self) -> Vec<Rc<Pool>> {
+        self.pools.borrow().values().cloned().collect()
+    }
+
+    /// A fresh cancel key for a client: the process id names this shard in its top byte.
+    pub fn register_client(&self, target: Rc<Cell<Option<BackendKey>>>) -> (i32, i32) {
+        let mut cancels = self.cancels.borrow_mut();
+        loop {
+            let seq = self.next_client.get().wrapping_add(1) & 0x3F_FFFF;
+            self.next_client.set(seq);
+            let pid = ((self.id as i32 & 0xFF) << 22) | seq as i32;
+            if pid != 0 && !cancels.contains_key(&pid) {
+                let secret: i32 = rand::random();
+                cancels.insert(pid, CancelEntry { secret, target });
+                return (pid, secret);
+            }
+        }
+    }
+
+    pub fn unregister_client(&self, pid: i32) {
+        self.cancels.borrow_mut().remove(&pid);
+    }
+
+    /// The shard that owns a proxy-issued process id.
+    pub fn owner_of(pid: i32) -> usize {
+        ((pid >> 22) & 0xFF) as usize
+    }
+
+    /// Forwards a cancel to the backend serving the client, if the key matches.
+    pub fn cancel_local(&self, pid: i32, secret: i32) {
+        let key = {
+            let cancels = self.cancels.borrow();
+            match cancels.get(&pid) {
+                Some(e) if e.secret == secret => e.target.get(),
+                _ => {
+                    log::debug!("cancel for unknown client key {pid}");
+                    None
+                }
+            }
+        };
+        if let Some(key) = key {
+            glommio::spawn_local(async move {
+                if let Err(e) = send_cancel(key).await {
+                    log::warn!("cancel to {}: {e}", key.addr);
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Applies a new configuration: pool sizes and targets change in place, open
+    /// connections stay.
+    pub fn reload(&self, cfg: Arc<RuntimeConfig>) {
+        for ((alias, user), pool) in self.pools.borrow().iter() {
+            match cfg.pool_settings(alias, user, self.id) {
+                Some(mut s) => {
+                    let old = pool.settings.borrow().clone();
+                    // A pool keyed by its upstream user keeps that user.
+                    s.target.user = old.target.user.clone();
+                    if s != old {
+                        log::info!(
+                            "shard {}: pool {alias}/{user}: size {} -> {}, node {}:{} -> {}:{}",
+                            self.id,
+                            old.max_size,
+                            s.max_size,
+                            old.target.host,
+                            old.target.port,
+                            s.target.host,
+                            s.target.port
+                        );
+                        *pool.settings.borrow_mut() = s;
+                    }
+                }
+                None => log::warn!(
+                    "shard {}: database {alias} was removed from the configuration; its open connections stay until their clients leave",
+                    self.id
+                ),
+            }
+        }
+        self.scram_cache.borrow_mut().clear();
+        *self.config.borrow_mut() = cfg;
+    }
+}
+
+async fn send_cancel(key: BackendKey) -> std::io::Result<()> {
+    use futures_lite::AsyncWriteExt;
+    let mut s = glommio::net::TcpStream::connect(key.addr).await?;
+    let mut b = Vec::with_capacity(16);
+    b.extend_from_slice(&16i32.to_be_bytes());
+    b.extend_from_slice(&crate::net::codec::CANCEL_REQUEST.to_be_bytes());
+    b.extend_from_slice(&key.pid.to_be_bytes());
+    b.extend_from_slice(&key.secret.to_be_bytes());
+    s.write_all(&b).await?;
+    s.flush().await?;
+    // The server closes the connection once it has read the request.
+    let mut buf = [0u8; 1];
+    let _ = futures_lite::AsyncReadExt::read(&mut s, &mut buf).await;
+    Ok(())
+}
+
+/// Runs one shard until shutdown completes.
+pub async fn run_shard(shard: Rc<Shard>, inbox: Receiver<ShardMsg>, doorbell: Arc<AtomicWaker>) {
+    let cfg = shard.config();
+    let mut listeners = Vec::new();
+    for addr in &cfg.config.server.listen {
+        match TcpListener::bind(addr.as_str()) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                log::error!("shard {}: cannot listen on {addr}: {e}", shard.id);
+                std::process::exit(1);
+            }
+        }
+    }
+    for l in listeners {
+        let s = shard.clone();
+        glommio::spawn_local(accept_loop(s, l)).detach();
+    }
+    glommio::spawn_local(maintenance_loop(shard.clone())).detach();
+
+    // The control loop: the shard's inbox, woken by its doorbell.
+    loop {
+        let msg = std::future::poll_fn(|cx| {
+            doorbell.register(cx.waker());
+            match inbox.try_recv() {
+                Ok(m) => Poll::Ready(Some(m)),
+                Err(TryRecvError::Empty) => Poll::Pending,
+                Err(TryRecvError::Disconnected) => Poll::Ready(None),
+            }
+        })
+        .await;
+        match msg {
+            Some(ShardMsg::Cancel { pid, secret }) => shard.cancel_local(pid, secret),
+            Some(ShardMsg::Reload(cfg)) => shard.reload(cfg),
+            Some(ShardMsg::Shutdown) | None => break,
+        }
+    }
+    shard.shutdown.set();
+    let timeout = Duration::from_millis(shard.config().config.server.shutdown_timeout_ms);
+    let deadline = std::time::Instant::now() + timeout;
+    while shard.sessions.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if shard.sessions.get() > 0 {
+        log::warn!(
+            "shard {}: {} sessions still open after {} ms; closing them",
+            shard.id,
+            shard.sessions.get(),
+            timeout.as_millis()
+        );
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.shutdown.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                shard.shared.clients.fetch_add(1, Ordering::Relaxed);
+                shard.sessions.set(shard.sessions.get() + 1);
+                let s = shard.clone();
+                glommio::spawn_local(async move {
+                    crate::frontend::session::serve(s.clone(), stream).await;
+                    s.sessions.set(s.sessions.get() - 1);
+                    s.shared.clients.fetch_sub(1, Ordering::Relaxed);
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                log::warn!("shard {}: accept: {e}", shard.id);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn maintenance_loop(shard: Rc<Shard>) {
+    let mut warmed = false;
+    loop {
+        if !warmed {
+            // Create the pools of databases with min_idle so they are warm before the first client.
+            let cfg = shard.config();
+            for (alias, db) in &cfg.config.databases {
+                if db.min_idle > 0 && db.user.is_some() {
+                    shard.pool(alias, "");
+                }
+            }
+            warmed = true;
+        }
+        for pool in shard.pools() {
+            pool.maintain().await;
+        }
+        if shard.shutdown.is_set() {
+            return;
+        }
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Logs each shard's share of every pool once at start-up.
+pub fn log_budget(cfg: &RuntimeConfig) {
+    for (alias, db) in &cfg.config.databases {
+        let shares: Vec<usize> = (0..cfg.shards)
+            .map(|s| cfg.share(db.pool_size, s))
+            .collect();
+        log::info!(
+            "database {alias}: {:?} pooling, pool_size {} over {} shards -> {:?} per shard, min_idle {}",
+            db.pool_mode,
+            db.pool_size,
+            cfg.shards,
+            shares,
+            db.min_idle
+        );
+        if db.pool_mode == PoolMode::Transaction && db.pool_size < cfg.shards {
+            log::warn!("database {alias}: pool_size {} is below the shard count {}: each shard still gets one connection", db.pool_size, cfg.shards);
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Process start-up: budgets, one pinned glommio executor per shard, and the signal thread
+//! (SIGHUP reloads, SIGTERM/SIGINT drain).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use atomic_waker::AtomicWaker;
+use glommio::{CpuSet, LocalExecutorBuilder, Placement};
+use helios_config::{Config, Userlist};
+
+use crate::shard::{log_budget, run_shard, RuntimeConfig, Shard, ShardMsg, Shared};
+
+/// glommio's registered I/O buffer memory per executor. The proxy does no file I/O, so it is
+/// kept small: it counts against RLIMIT_MEMLOCK together with the rings.
+const IO_MEMORY: usize = 256 * 1024;
+/// What each executor locks beyond IO_MEMORY (its three rings), measured: ≥ 512 KiB.
+const RING_MEMLOCK: u64 = 768 * 1024;
+/// Room in each shard's inbox.
+const INBOX: usize = 1024;
+
+/// Loads a config file and its userlist into what the shards read.
+pub fn load_runtime(path: &Path, shards_override: Option<usize>) -> Result<RuntimeConfig> {
+    let config = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+    let users = match &config.auth.userlist {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading userlist {}", p.display()))?;
+            helios_config::parse_userlist(&text, p).map_err(|e| anyhow!("{e}"))?
+        }
+        None => Userlist::new(),
+    };
+    let shards = shards_override.unwrap_or_else(|| config.server.cores.resolve());
+    Ok(RuntimeConfig {
+        config,
+        users,
+        shards,
+    })
+}
+
+/// Makes sure the executors' locked memory fits, raising the soft limit if allowed.
+fn check_memlock(shards: usize) -> Result<()> {
+    let need = shards as u64 * (IO_MEMORY as u64 + RING_MEMLOCK);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {
+            return Ok(());
+        }
+        if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < need {
+            let want = if lim.rlim_max == libc::RLIM_INFINITY {
+                need.max(64 << 20)
+            } else {
+                lim.rlim_max
+            };
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
+                lim.rlim_cur = want;
+            }
+        }
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < need {
+        bail!(
+            "locked-memory limit is {} KiB but {shards} shards need about {} KiB for their io_uring rings: \
+             raise it (`ulimit -l {}` or LimitMEMLOCK= in the systemd unit) or lower server.cores",
+            lim.rlim_cur / 1024,
+            need / 1024,
+            need / 1024
+        );
+    }
+    Ok(())
+}
+
+enum Started {
+    Ready(usize),
+    Exited(usize, std::result::Result<(), String>),
+}
+
+/// Starts the shards and serves until SIGTERM/SIGINT.
+pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
+    let shards = rt.shards;
+    check_memlock(shards)?;
+    log_budget(&rt);
+    let mut inboxes = Vec::new();
+    let mut receivers = Vec::new();
+    let mut doorbells = Vec::new();
+    for _ in 0..shards {
+        let (tx, rx) = crossbeam_channel::bounded(INBOX);
+        inboxes.push(tx);
+        receivers.push(rx);
+        doorbells.push(Arc::new(AtomicWaker::new()));
+    }
+    let shared = Arc::new(Shared {
+        inboxes,
+        doorbells: doorbells.clone(),
+        clients: AtomicUsize::new(0),
+    });
+    let rt = Arc::new(rt);
+    let cpus: Vec<usize> = CpuSet::online()
+        .map(|s| s.into_iter().map(|l| l.cpu).collect())
+        .unwrap_or_default();
+    if !cpus.is_empty() && shards > cpus.len() {
+        log::warn!(
+            "{shards} shards on {} CPUs: some CPUs run two shards",
+            cpus.len()
+        );
+    }
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    for (i, rx) in receivers.into_iter().enumerate() {
+        let placement = match cpus.get(i % cpus.len().max(1)) {
+            Some(&cpu) => Placement::Fixed(cpu),
+            None => Placement::Unbound,
+        };
+        let shared = shared.clone();
+        let doorbell = doorbells[i].clone();
+        let rt = rt.clone();
+        let ready = events_tx.clone();
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{i}"))
+            .io_memory(IO_MEMORY)
+            .spawn(move || async move {
+                let shard = Shard::new(i, shared, rt);
+                let _ = ready.send(Started::Ready(i));
+                run_shard(shard, rx, doorbell).await;
+            })
+            .map_err(|e| anyhow!("shard {i}: cannot start its executor: {e}"))?;
+        let exited = events_tx.clone();
+        std::thread::spawn(move || {
+            let r = handle.join().map_err(|e| e.to_string());
+            let _ = exited.send(Started::Exited(i, r));
+        });
+    }
+    let mut ready = 0;
+    while ready < shards {
+        match events.recv_timeout(Duration::from_secs(15)) {
+            Ok(Started::Ready(i)) => {
+                log::debug!("shard {i} started");
+                ready += 1;
+            }
+            Ok(Started::Exited(i, r)) => {
+                let why = r.err().unwrap_or_else(|| "exited".into());
+                bail!(
+                    "shard {i} failed to start: {why} (io_uring needs locked memory: check `ulimit -l`, \
+                     or lower server.cores)"
+                );
+            }
+            Err(_) => bail!("shards did not start within 15 s"),
+        }
+    }
+    log::info!(
+        "heliosproxy listening on {} with {shards} shards",
+        rt.config.server.listen.join(", ")
+    );
+    signal_loop(&shared, &rt, config_path, shards, &events)
+}
+
+fn signal_loop(
+    shared: &Arc<Shared>,
+    rt: &Arc<RuntimeConfig>,
+    config_path: Option<PathBuf>,
+    shards: usize,
+    events: &crossbeam_channel::Receiver<Started>,
+) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
+    let mut current = rt.clone();
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => match &config_path {
+                Some(path) => match load_runtime(path, Some(shards)) {
+                    Ok(new) => {
+                        warn_restart_only(&current.config, &new.config);
+                        let new = Arc::new(new);
+                        log_budget(&new);
+                        shared.broadcast(|| ShardMsg::Reload(new.clone()));
+                        current = new;
+                        log::info!("configuration reloaded from {}", path.display());
+                    }
+                    Err(e) => {
+                        log::error!("reload failed, keeping the running configuration: {e:#}")
+                    }
+                },
+                None => log::info!("SIGHUP: no configuration file to reload (quick-start mode)"),
+            },
+            _ => {
+                log::info!("shutting down: no new connections; waiting for running transactions");
+                shared.broadcast(|| ShardMsg::Shutdown);
+                let grace = Duration::from_millis(current.config.server.shutdown_timeout_ms)
+                    + Duration::from_secs(2);
+                let deadline = std::time::Instant::now() + grace;
+                let mut exited = 0;
+                while exited < shards {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    match events.recv_timeout(left) {
+                        Ok(Started::Exited(..)) => exited += 1,
+                        Ok(Started::Ready(_)) => {}
+                        Err(_) => break,
+                    }
+                }
+                log::info!("shutdown complete");
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn warn_restart_only(old: &Config, new: &Config) {
+    if old.server.listen != new.server.listen || old.server.cores != new.server.cores {
+        log::warn!("server.listen / server.cores changed: they apply at the next restart");
+    }
+    if old.limits.max_message_size_bytes != new.limits.max_message_size_bytes
+        || old.limits.startup_timeout_ms != new.limits.startup_timeout_ms
+    {
+        log::info!("limits changed: new values apply to new client connections");
+    }
+}
