@@ -1,0 +1,65 @@
+# Shared helpers for scripts/demo.sh and scripts/bench.sh. Source it; it defines functions only.
+#
+# A scratch PostgreSQL cluster is created from the system binaries under a temp directory, run
+# as the `postgres` OS user when we are root (initdb refuses root), on a port the OS picked.
+
+PG_BINDIR=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+wait_port() { # port [seconds]
+  local port=$1 secs=${2:-30} i=0
+  while ! (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; do
+    i=$((i + 1))
+    if [ "$i" -gt $((secs * 10)) ]; then echo "nothing listens on $port" >&2; return 1; fi
+    sleep 0.1
+  done
+}
+
+ensure_postgres_packages() {
+  if [ -z "$PG_BINDIR" ] || ! command -v pgbench >/dev/null || ! command -v psql >/dev/null; then
+    echo "installing PostgreSQL (apt-get)…" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib >/dev/null
+    PG_BINDIR=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+  fi
+}
+
+# start_scratch_pg PASSWORD → sets PG_DIR, PG_PORT; stop it with stop_scratch_pg.
+start_scratch_pg() {
+  local pw=$1
+  ensure_postgres_packages
+  PG_DIR=$(mktemp -d /tmp/helios-scratch-pg.XXXXXX)
+  PG_PORT=$(free_port)
+  printf '%s' "$pw" >"$PG_DIR/pw"
+  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$PG_DIR"
+  as_postgres "$PG_BINDIR/initdb" -D "$PG_DIR/data" -U postgres --auth=scram-sha-256 \
+    --pwfile="$PG_DIR/pw" --no-sync -E UTF8 --locale=C >/dev/null
+  cat >>"$PG_DIR/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_DIR'
+max_connections = 300
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+EOF
+  as_postgres "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w start >/dev/null
+}
+
+stop_scratch_pg() {
+  if [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR/data" ]; then
+    as_postgres "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+  fi
+}
+
+# proc_cpu_ticks PID → utime+stime of the whole process (all threads), in clock ticks.
+proc_cpu_ticks() {
+  awk '{ print $14 + $15 }' "/proc/$1/stat"
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the suite needs if missing, builds the WASM guest
+# plugins, then runs every test of the workspace against real PostgreSQL servers that the tests
+# start themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_postgres_packages
+command -v openssl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
+if [ -x scripts/build-plugins.sh ]; then
+  rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+  scripts/build-plugins.sh
+fi
+cargo test --workspace "$@"
