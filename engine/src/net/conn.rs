@@ -22,7 +22,13 @@ pub struct Conn {
     /// Bytes queued for the next flush.
     wbuf: BytesMut,
     peer: Option<SocketAddr>,
+    /// Bytes offered to the next read: small for request/response traffic (the buffer must
+    /// be zeroed before glommio reads into it), doubled while reads fill it (large results).
+    read_hint: usize,
 }
+
+const MIN_READ: usize = 2048;
+const MAX_READ: usize = 64 * 1024;
 
 impl Conn {
     pub fn new(stream: TcpStream) -> Conn {
@@ -32,6 +38,7 @@ impl Conn {
             stream,
             wbuf: BytesMut::with_capacity(READ_CHUNK),
             peer,
+            read_hint: MIN_READ,
         }
     }
 
@@ -51,15 +58,19 @@ impl Conn {
     ) -> Poll<io::Result<usize>> {
         let buf = &mut reader.buf;
         let len = buf.len();
-        if buf.capacity() - len < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        let room = buf.capacity() - len;
+        let room = self.read_hint;
         buf.resize(len + room, 0);
         let r = Pin::new(&mut self.stream).poll_read(cx, &mut buf[len..]);
         match r {
             Poll::Ready(Ok(n)) => {
                 buf.truncate(len + n);
+                self.read_hint = if n == room {
+                    (room * 2).min(MAX_READ)
+                } else if n < room / 4 {
+                    (room / 2).max(MIN_READ)
+                } else {
+                    room
+                };
                 Poll::Ready(Ok(n))
             }
             other => {
