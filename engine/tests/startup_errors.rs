@@ -1,0 +1,83 @@
+//! Start-up failures are one clear line and a non-zero exit, never a hang or a panic.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_heliosproxy");
+
+fn run(cmd: &mut Command) -> (i32, String) {
+    let start = Instant::now();
+    let out = cmd.output().expect("run heliosproxy");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!text.contains("panicked"), "{text}");
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn locked_memory_too_small_is_a_clear_error() {
+    // An unprivileged user whose hard memlock limit is 64 KiB cannot raise it: the proxy must
+    // say what to change instead of failing inside an executor thread.
+    let (code, err) = run(Command::new("prlimit")
+        .arg("--memlock=65536:65536")
+        .arg("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(BIN)
+        .args([
+            "--upstream",
+            "postgres://u:p@127.0.0.1:1/db",
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "2",
+        ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("locked-memory limit") && err.contains("ulimit -l"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let dir = std::env::temp_dir().join(format!("helios-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        "[auth]\nmethod = \"trust\"\n[[nodes]]\nname = \"a\"\nhost = \"h\"\n[databases.app]\npool_sise = 3\n",
+    )
+    .unwrap();
+    let (code, err) = run(Command::new(BIN).arg("--config").arg(&path));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("databases.app") && err.contains("pool_sise"),
+        "{err}"
+    );
+    std::fs::write(&path, "[auth]\nmethod = \"trust\"\n[[nodes]]\nname = \"a\"\nhost = \"h\"\n[databases.app]\nnode = \"b\"\n").unwrap();
+    let (code, err) = run(Command::new(BIN).arg("--config").arg(&path));
+    assert_eq!(code, 1);
+    assert!(err.contains("databases.app.node"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, err) = run(Command::new(BIN).args([
+        "--upstream",
+        "postgres://u:p@127.0.0.1:1/db",
+        "--listen",
+        &addr,
+        "--cores",
+        "1",
+    ]));
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot listen on"), "{err}");
+}
