@@ -5,7 +5,9 @@
 //! 31 µs, a completion ring with multishot receives into provided buffers and one submit per loop
 //! turn 21 µs. glommio's sockets are readiness based (recv, `POLL_ADD`, a wake-up per message);
 //! here a connection keeps one multishot receive armed and every queued send of a loop turn goes
-//! to the kernel in one `io_uring_enter`.
+//! to the kernel in one `io_uring_enter`. This crate's `examples/relay.rs`, inside glommio, on a
+//! busy shared VM: 15–20 µs per transaction vs 24–26 µs for the same relay on glommio's
+//! `TcpStream`, ~1.2–1.7 `io_uring_enter` per transaction (`scripts/bench-relay.sh`).
 //!
 //! glommio still runs the shard (tasks, timers, channels). Each shard owns one [`Ring`]; its
 //! driver task ([`Ring::drive`]) submits, reaps and wakes, and parks in glommio's own reactor on
