@@ -68,6 +68,67 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     /// The databases clients may connect to, keyed by the name clients use (the alias).
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// Socket I/O: the per-shard io_uring ring, or glommio's streams.
+    #[serde(default)]
+    pub io: IoConfig,
+}
+
+/// `[io]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IoConfig {
+    /// `uring`: client and server sockets go through a completion-based io_uring ring per shard
+    /// (multishot receive into provided buffers, sends batched per loop turn); the proxy falls
+    /// back to `glommio` with one log line if the kernel lacks a feature. `glommio`: glommio's
+    /// readiness-based streams.
+    #[serde(default)]
+    pub backend: IoBackend,
+    /// Provided receive buffers per shard (a power of two). Receives wait when all are in use.
+    #[serde(default = "default_recv_buffers")]
+    pub recv_buffers: u16,
+    /// Size of each receive buffer (bytes).
+    #[serde(default = "default_recv_buffer_size")]
+    pub recv_buffer_size_bytes: u32,
+    /// Per connection: bytes queued for a peer that is not reading before the proxy stops
+    /// reading from the other side.
+    #[serde(default = "default_max_pending_send")]
+    pub max_pending_send_bytes: usize,
+    /// Submission queue entries of each shard's ring.
+    #[serde(default = "default_ring_entries")]
+    pub ring_entries: u32,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        IoConfig {
+            backend: IoBackend::default(),
+            recv_buffers: default_recv_buffers(),
+            recv_buffer_size_bytes: default_recv_buffer_size(),
+            max_pending_send_bytes: default_max_pending_send(),
+            ring_entries: default_ring_entries(),
+        }
+    }
+}
+
+fn default_recv_buffers() -> u16 {
+    512
+}
+fn default_recv_buffer_size() -> u32 {
+    16 * 1024
+}
+fn default_max_pending_send() -> usize {
+    256 * 1024
+}
+fn default_ring_entries() -> u32 {
+    1024
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoBackend {
+    #[default]
+    Uring,
+    Glommio,
 }
 
 /// `[server]`
@@ -449,6 +510,21 @@ impl Config {
                     "databases.{alias}.prepared_statements_per_connection: must be at least 1"
                 ));
             }
+        }
+        if !self.io.recv_buffers.is_power_of_two() || self.io.recv_buffers > 32768 {
+            return bad(format!(
+                "io.recv_buffers: {} is not a power of two up to 32768",
+                self.io.recv_buffers
+            ));
+        }
+        if !(512..=1 << 20).contains(&self.io.recv_buffer_size_bytes) {
+            return bad("io.recv_buffer_size_bytes: must be between 512 and 1048576".into());
+        }
+        if self.io.max_pending_send_bytes < 4096 {
+            return bad("io.max_pending_send_bytes: must be at least 4096".into());
+        }
+        if !(8..=32768).contains(&self.io.ring_entries) {
+            return bad("io.ring_entries: must be between 8 and 32768".into());
         }
         for a in &self.auth.admin_users {
             if a.is_empty() {

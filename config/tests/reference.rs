@@ -14,8 +14,16 @@ fn keys(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
     match v {
         toml::Value::Table(t) => {
             for (k, x) in t {
-                let k = if prefix == "databases" { "<alias>" } else { k.as_str() };
-                let p = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+                let k = if prefix == "databases" {
+                    "<alias>"
+                } else {
+                    k.as_str()
+                };
+                let p = if prefix.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 keys(x, &p, out);
             }
         }
@@ -55,7 +63,10 @@ fn example_sets_every_key_of_the_types() {
     // password is never serialized (it is a secret).
     in_types.insert("databases.<alias>.password".into());
     let missing: Vec<_> = in_types.difference(&in_file).collect();
-    assert!(missing.is_empty(), "config/proxy.toml does not set: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "config/proxy.toml does not set: {missing:?}"
+    );
 }
 
 #[test]
@@ -82,5 +93,8 @@ fn reference_documents_every_key() {
             undocumented.push(k.clone());
         }
     }
-    assert!(undocumented.is_empty(), "docs/configuration.md lacks: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "docs/configuration.md lacks: {undocumented:?}"
+    );
 }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use helios_config::{
-    AuthConfig, AuthMethod, Config, Cores, DatabaseConfig, LimitsConfig, NodeConfig, PoolMode,
-    Secret, ServerConfig, UserEntry, Userlist,
+    AuthConfig, AuthMethod, Config, Cores, DatabaseConfig, IoBackend, IoConfig, LimitsConfig,
+    NodeConfig, PoolMode, Secret, ServerConfig, UserEntry, Userlist,
 };
 use helios_engine::shard::RuntimeConfig;
 
@@ -37,6 +37,9 @@ struct Cli {
     /// Quick start: server connections across all shards.
     #[arg(long, default_value_t = 20, requires = "upstream")]
     pool_size: usize,
+    /// Quick start: socket I/O backend, uring or glommio.
+    #[arg(long, default_value = "uring", requires = "upstream")]
+    io_backend: String,
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -121,6 +124,14 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             connect_timeout_ms: 5_000,
         }],
         databases,
+        io: IoConfig {
+            backend: match cli.io_backend.as_str() {
+                "uring" => IoBackend::Uring,
+                "glommio" => IoBackend::Glommio,
+                b => bail!("--io-backend must be uring or glommio, not {b:?}"),
+            },
+            ..IoConfig::default()
+        },
     };
     if cli.listen.parse::<std::net::SocketAddr>().is_err() {
         bail!("--listen {:?} is not an IP:port address", cli.listen);

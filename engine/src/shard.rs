@@ -18,7 +18,7 @@ use atomic_waker::AtomicWaker;
 use bytes::{BufMut, Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use glommio::net::TcpListener;
-use helios_config::{AuthMethod, Config, PoolMode, Secret, Userlist};
+use helios_config::{AuthMethod, Config, IoBackend, PoolMode, Secret, Userlist};
 
 use crate::backend::pool::{Pool, PoolSettings};
 use crate::backend::server::{BackendKey, ServerTarget};
@@ -233,6 +233,8 @@ pub struct Shard {
     pub shutdown: Latch,
     /// Client sessions alive on this shard.
     pub sessions: Cell<usize>,
+    /// The shard's io_uring ring (`io.backend = "uring"` on a kernel that has what it needs).
+    pub ring: RefCell<Option<Rc<helios_uring::Ring>>>,
 }
 
 impl Shard {
@@ -249,6 +251,7 @@ impl Shard {
             scram_cache: RefCell::new(HashMap::new()),
             shutdown: Latch::default(),
             sessions: Cell::new(0),
+            ring: RefCell::new(None),
         })
     }
 
@@ -265,7 +268,13 @@ impl Shard {
         Some(
             pools
                 .entry(key)
-                .or_insert_with(|| Rc::new(Pool::new(settings, self.server_ids.clone())))
+                .or_insert_with(|| {
+                    Rc::new(Pool::new(
+                        settings,
+                        self.server_ids.clone(),
+                        self.ring.borrow().clone(),
+                    ))
+                })
                 .clone(),
         )
     }
@@ -373,6 +382,19 @@ async fn send_cancel(key: BackendKey) -> std::io::Result<()> {
 /// Runs one shard until shutdown completes.
 pub async fn run_shard(shard: Rc<Shard>, inbox: Receiver<ShardMsg>, doorbell: Arc<AtomicWaker>) {
     let cfg = shard.config();
+    if cfg.config.io.backend == IoBackend::Uring {
+        match start_ring(&cfg.config.io) {
+            Ok(ring) => {
+                ring.spawn_driver();
+                *shard.ring.borrow_mut() = Some(ring);
+            }
+            Err(e) => {
+                if shard.id == 0 {
+                    log::warn!("io_uring ring unavailable ({e}); using glommio's sockets instead");
+                }
+            }
+        }
+    }
     let mut listeners = Vec::new();
     for addr in &cfg.config.server.listen {
         match TcpListener::bind(addr.as_str()) {
@@ -420,6 +442,22 @@ pub async fn run_shard(shard: Rc<Shard>, inbox: Receiver<ShardMsg>, doorbell: Ar
             timeout.as_millis()
         );
     }
+}
+
+/// Probes the kernel and builds this shard's ring.
+fn start_ring(io: &helios_config::IoConfig) -> std::io::Result<Rc<helios_uring::Ring>> {
+    let features = helios_uring::probe()?;
+    if !features.supports_ring() {
+        return Err(std::io::Error::other(format!(
+            "kernel lacks a needed feature: {features:?}"
+        )));
+    }
+    helios_uring::Ring::new(&helios_uring::RingConfig {
+        entries: io.ring_entries,
+        recv_buffers: io.recv_buffers,
+        recv_buffer_size: io.recv_buffer_size_bytes,
+        max_pending_send_bytes: io.max_pending_send_bytes,
+    })
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {

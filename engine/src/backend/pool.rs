@@ -94,10 +94,16 @@ pub struct Pool {
     pub server_params: RefCell<Option<Rc<Vec<(String, String)>>>>,
     pub counters: Cell<PoolCounters>,
     next_id: Rc<Cell<u64>>,
+    /// The shard's io_uring ring: connections move onto it once logged in.
+    ring: Option<Rc<helios_uring::Ring>>,
 }
 
 impl Pool {
-    pub fn new(settings: PoolSettings, ids: Rc<Cell<u64>>) -> Pool {
+    pub fn new(
+        settings: PoolSettings,
+        ids: Rc<Cell<u64>>,
+        ring: Option<Rc<helios_uring::Ring>>,
+    ) -> Pool {
         Pool {
             settings: RefCell::new(settings),
             idle: RefCell::new(Vec::new()),
@@ -106,6 +112,7 @@ impl Pool {
             server_params: RefCell::new(None),
             counters: Cell::new(PoolCounters::default()),
             next_id: ids,
+            ring,
         }
     }
 
@@ -131,7 +138,7 @@ impl Pool {
     fn take_idle(&self) -> Option<ServerConn> {
         let s = self.settings.borrow();
         let now = Instant::now();
-        while let Some(c) = self.idle.borrow_mut().pop() {
+        while let Some(mut c) = self.idle.borrow_mut().pop() {
             if expired(&c, &s, now) {
                 self.count(|c| c.closed_lifetime += 1);
                 self.forget(c);
@@ -168,7 +175,7 @@ impl Pool {
         let id = ServerId(self.next_id.get());
         self.next_id.set(id.0 + 1);
         self.count(|c| c.connects += 1);
-        match ServerConn::connect(&target, id, max_frame, cap).await {
+        match ServerConn::connect(&target, id, max_frame, cap, self.ring.as_ref()).await {
             Ok(c) => {
                 if self.server_params.borrow().is_none() {
                     *self.server_params.borrow_mut() = Some(c.startup_params.clone());
@@ -294,7 +301,7 @@ impl Pool {
         let mut idle = idle;
         idle.sort_by_key(|c| c.last_used);
         let mut remaining = idle.len();
-        for c in idle {
+        for mut c in idle {
             let s = self.settings.borrow().clone();
             if expired(&c, &s, now) {
                 remaining -= 1;

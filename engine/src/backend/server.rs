@@ -61,6 +61,7 @@ impl ServerConn {
         id: ServerId,
         max_frame: usize,
         prepared_cap: usize,
+        ring: Option<&Rc<helios_uring::Ring>>,
     ) -> Result<ServerConn, ProxyError> {
         let fail = |what: String| {
             ProxyError::error(
@@ -111,6 +112,13 @@ impl ServerConn {
                     target.connect_timeout
                 )))
             }
+        };
+        // Logged in over glommio's stream; the hot path runs on the shard's ring.
+        let conn = match ring {
+            Some(r) => conn
+                .into_ring(r)
+                .map_err(|e| fail(format!("io_uring: {e}")))?,
+            None => conn,
         };
         let now = Instant::now();
         Ok(ServerConn {

@@ -101,6 +101,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let cfg = shard.config();
     let limits = cfg.config.limits.clone();
     let mut client = Conn::new(stream);
+    let ring = shard.ring.borrow().clone();
+    if let Some(ring) = ring {
+        client = match client.into_ring(&ring) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("client connection not taken by the ring: {e}");
+                return;
+            }
+        };
+    }
     let mut reader = FrameReader::new(limits.max_message_size_bytes);
     let over_limit = shard
         .shared

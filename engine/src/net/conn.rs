@@ -1,45 +1,85 @@
 //! The one small socket interface the protocol code uses, for client and server sockets alike.
 //!
 //! Reads append to the connection's [`FrameReader`] buffer; writes are queued and flushed once
-//! per batch (one `write` for everything a loop turn produced). The backend today is glommio's
-//! `TcpStream`; the per-shard io_uring ring plugs in behind the same methods.
+//! per batch. Two backends sit behind it:
+//! - `Uring`: the shard's completion-based io_uring ring (`helios-uring`): a multishot receive
+//!   into provided buffers, and every send of a loop turn submitted together. A flush hands the
+//!   batch to the ring and only waits when the peer is behind by more than
+//!   `io.max_pending_send_bytes` (backpressure without a round trip per batch).
+//! - `Glommio`: glommio's readiness-based `TcpStream`, the fallback when the kernel lacks a ring
+//!   feature, and selectable with `io.backend = "glommio"`.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
+use helios_uring::{Ring, UringStream};
 
 use super::codec::{FrameReader, READ_CHUNK};
 
+enum Io {
+    Glommio(TcpStream),
+    Uring(UringStream),
+}
+
 pub struct Conn {
-    stream: TcpStream,
+    io: Io,
     /// Bytes queued for the next flush.
     wbuf: BytesMut,
     peer: Option<SocketAddr>,
-    /// Bytes offered to the next read: small for request/response traffic (the buffer must
-    /// be zeroed before glommio reads into it), doubled while reads fill it (large results).
+    /// Glommio reads: bytes offered to the next read — small for request/response traffic
+    /// (the buffer is zeroed before glommio reads into it), doubled while reads fill it.
     read_hint: usize,
+    /// Uring: the peer may be this far behind before a flush waits.
+    max_pending: usize,
 }
 
 const MIN_READ: usize = 2048;
 const MAX_READ: usize = 64 * 1024;
+/// Frames at least this big are queued by reference instead of copied into the send buffer.
+const ZERO_COPY_MIN: usize = 4096;
 
 impl Conn {
     pub fn new(stream: TcpStream) -> Conn {
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
         Conn {
-            stream,
+            io: Io::Glommio(stream),
             wbuf: BytesMut::with_capacity(READ_CHUNK),
             peer,
             read_hint: MIN_READ,
+            max_pending: usize::MAX,
         }
+    }
+
+    /// Moves the socket onto the shard's ring (nothing may be queued or in flight).
+    pub fn into_ring(self, ring: &Rc<Ring>) -> io::Result<Conn> {
+        let Io::Glommio(stream) = &self.io else {
+            return Ok(self);
+        };
+        debug_assert!(self.wbuf.is_empty());
+        // glommio's stream has no way to give up its fd: the ring takes a duplicate.
+        // SAFETY: dup of an open fd we own; the std socket owns the copy.
+        let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+        let uring = ring.register(std_stream)?;
+        Ok(Conn {
+            io: Io::Uring(uring),
+            wbuf: self.wbuf,
+            peer: self.peer,
+            read_hint: MIN_READ,
+            max_pending: ring.config().max_pending_send_bytes,
+        })
     }
 
     pub fn peer_addr(&self) -> Option<SocketAddr> {
@@ -47,7 +87,10 @@ impl Conn {
     }
 
     pub fn raw_fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+        match &self.io {
+            Io::Glommio(s) => s.as_raw_fd(),
+            Io::Uring(s) => s.as_raw_fd(),
+        }
     }
 
     /// Reads what is available into `reader`'s buffer. `Ok(0)` is end of stream.
@@ -56,26 +99,38 @@ impl Conn {
         cx: &mut Context<'_>,
         reader: &mut FrameReader,
     ) -> Poll<io::Result<usize>> {
-        let buf = &mut reader.buf;
-        let len = buf.len();
-        let room = self.read_hint;
-        buf.resize(len + room, 0);
-        let r = Pin::new(&mut self.stream).poll_read(cx, &mut buf[len..]);
-        match r {
-            Poll::Ready(Ok(n)) => {
-                buf.truncate(len + n);
-                self.read_hint = if n == room {
-                    (room * 2).min(MAX_READ)
-                } else if n < room / 4 {
-                    (room / 2).max(MIN_READ)
-                } else {
-                    room
-                };
-                Poll::Ready(Ok(n))
-            }
-            other => {
-                buf.truncate(len);
-                other
+        match &mut self.io {
+            Io::Uring(s) => match s.poll_recv(cx) {
+                // The ring buffer goes back to the kernel as soon as `b` drops, right here.
+                Poll::Ready(Ok(b)) => {
+                    reader.buf.extend_from_slice(&b);
+                    Poll::Ready(Ok(b.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+            Io::Glommio(stream) => {
+                let buf = &mut reader.buf;
+                let len = buf.len();
+                let room = self.read_hint;
+                buf.resize(len + room, 0);
+                match Pin::new(stream).poll_read(cx, &mut buf[len..]) {
+                    Poll::Ready(Ok(n)) => {
+                        buf.truncate(len + n);
+                        self.read_hint = if n == room {
+                            (room * 2).min(MAX_READ)
+                        } else if n < room / 4 {
+                            (room / 2).max(MIN_READ)
+                        } else {
+                            room
+                        };
+                        Poll::Ready(Ok(n))
+                    }
+                    other => {
+                        buf.truncate(len);
+                        other
+                    }
+                }
             }
         }
     }
@@ -84,68 +139,122 @@ impl Conn {
         std::future::poll_fn(|cx| self.poll_read_into(cx, reader)).await
     }
 
-    /// Queues bytes the proxy wrote itself.
+    /// Queues bytes the proxy writes itself.
     pub fn queue(&mut self) -> &mut BytesMut {
         &mut self.wbuf
     }
 
-    /// Queues a frame being forwarded.
+    /// Queues a frame being forwarded: large ones by reference on the ring (no copy), small
+    /// ones copied into the batch (one send for the whole batch beats many tiny iovecs).
     pub fn queue_frame(&mut self, frame: &Bytes) {
-        self.wbuf.extend_from_slice(frame);
+        match &mut self.io {
+            Io::Uring(s) if frame.len() >= ZERO_COPY_MIN => {
+                if !self.wbuf.is_empty() {
+                    s.queue_send(self.wbuf.split().freeze());
+                }
+                s.queue_send(frame.clone());
+            }
+            _ => self.wbuf.extend_from_slice(frame),
+        }
     }
 
+    /// Bytes queued and not yet handed to the kernel.
     pub fn pending(&self) -> usize {
         self.wbuf.len()
+            + match &self.io {
+                Io::Uring(s) => s.pending_send_bytes(),
+                Io::Glommio(_) => 0,
+            }
     }
 
-    /// Writes everything queued.
+    /// Glommio: writes everything queued. Uring: hands the batch to the ring; waits only while
+    /// the peer is more than `max_pending` bytes behind.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.wbuf.is_empty() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        self.poll_flush_inner(cx, false)
+    }
+
+    fn poll_flush_inner(&mut self, cx: &mut Context<'_>, all: bool) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Uring(s) => {
+                if !self.wbuf.is_empty() {
+                    s.queue_send(self.wbuf.split().freeze());
                 }
-                Poll::Ready(Ok(n)) => {
-                    let _ = self.wbuf.split_to(n);
+                if all || s.pending_send_bytes() > self.max_pending {
+                    return s.poll_flush(cx);
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(()))
+            }
+            Io::Glommio(stream) => {
+                while !self.wbuf.is_empty() {
+                    match Pin::new(&mut *stream).poll_write(cx, &self.wbuf) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            let _ = self.wbuf.split_to(n);
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                if self.wbuf.capacity() > 4 * READ_CHUNK {
+                    // A large result went through: give the memory back.
+                    self.wbuf = BytesMut::with_capacity(READ_CHUNK);
+                }
+                Poll::Ready(Ok(()))
             }
         }
-        if self.wbuf.capacity() > 4 * READ_CHUNK {
-            // A large result went through: give the memory back rather than keep it per client.
-            self.wbuf = BytesMut::with_capacity(READ_CHUNK);
-        }
-        Poll::Ready(Ok(()))
     }
 
     pub fn flush(&mut self) -> impl Future<Output = io::Result<()>> + '_ {
         std::future::poll_fn(move |cx| self.poll_flush(cx))
     }
 
+    /// Waits until everything queued has been handed to the kernel.
+    pub fn flush_all(&mut self) -> impl Future<Output = io::Result<()>> + '_ {
+        std::future::poll_fn(move |cx| self.poll_flush_inner(cx, true))
+    }
+
     /// Best-effort flush then shutdown, for closing after a final error.
     pub async fn close(mut self) {
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown(std::net::Shutdown::Both).await;
+        let _ = glommio::timer::timeout(std::time::Duration::from_secs(5), async {
+            let _ = self.flush_all().await;
+            Ok(())
+        })
+        .await;
+        match self.io {
+            Io::Glommio(stream) => {
+                let _ = stream.shutdown(std::net::Shutdown::Both).await;
+            }
+            Io::Uring(s) => s.close(),
+        }
     }
 
     /// True if the peer has closed or sent unexpected bytes: a pooled server connection must be
-    /// silent while idle. One non-blocking `recv(MSG_PEEK)`.
-    pub fn is_broken_while_idle(&self) -> bool {
-        let mut b = [0u8; 1];
-        // SAFETY: peeking one byte into a stack buffer on a socket we own.
-        let n = unsafe {
-            libc::recv(
-                self.stream.as_raw_fd(),
-                b.as_mut_ptr() as *mut libc::c_void,
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return e.kind() != io::ErrorKind::WouldBlock;
+    /// silent while idle.
+    pub fn is_broken_while_idle(&mut self) -> bool {
+        match &mut self.io {
+            Io::Uring(s) => {
+                // The armed receive has already taken anything the server sent.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                !matches!(s.poll_recv(&mut cx), Poll::Pending)
+            }
+            Io::Glommio(stream) => {
+                let mut b = [0u8; 1];
+                // SAFETY: peeking one byte into a stack buffer on a socket we own.
+                let n = unsafe {
+                    libc::recv(
+                        stream.as_raw_fd(),
+                        b.as_mut_ptr() as *mut libc::c_void,
+                        1,
+                        libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                    )
+                };
+                if n < 0 {
+                    return io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock;
+                }
+                true
+            }
         }
-        true
     }
 }
