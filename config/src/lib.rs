@@ -9,6 +9,7 @@
 //! existing databases, new databases, and node addresses. Listen addresses, `cores` and `limits`
 //! need a restart; the reload logs which of those changed and were ignored.
 
+pub mod admin;
 pub mod plugins;
 mod userlist;
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use admin::AdminConfig;
 pub use userlist::{parse_userlist, Secret, UserEntry, Userlist};
 
 /// Why a configuration could not be loaded, with where the problem is.
@@ -71,6 +73,9 @@ pub struct Config {
     /// Socket I/O: the per-shard io_uring ring, or glommio's streams.
     #[serde(default)]
     pub io: IoConfig,
+    /// The admin HTTP API and the console database.
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// `[io]`
@@ -525,6 +530,37 @@ impl Config {
         }
         if !(8..=32768).contains(&self.io.ring_entries) {
             return bad("io.ring_entries: must be between 8 and 32768".into());
+        }
+        if self.admin.enabled {
+            match self.admin.listen.parse::<std::net::SocketAddr>() {
+                Err(_) => {
+                    return bad(format!(
+                        "admin.listen: {:?} is not an IP:port address",
+                        self.admin.listen
+                    ))
+                }
+                Ok(a)
+                    if !a.ip().is_loopback()
+                        && self.admin.token.as_deref().unwrap_or("").is_empty() =>
+                {
+                    return bad(format!(
+                        "admin.token: required because admin.listen {} is not a loopback address",
+                        self.admin.listen
+                    ))
+                }
+                Ok(_) => {}
+            }
+        }
+        if self.admin.snapshot_interval_ms < 100 {
+            return bad("admin.snapshot_interval_ms: must be at least 100".into());
+        }
+        if self.admin.console_database.is_empty()
+            || self.databases.contains_key(&self.admin.console_database)
+        {
+            return bad(format!(
+                "admin.console_database: {:?} must be a name no [databases] entry uses",
+                self.admin.console_database
+            ));
         }
         for a in &self.auth.admin_users {
             if a.is_empty() {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use helios_config::{
-    AuthConfig, AuthMethod, Config, Cores, DatabaseConfig, IoBackend, IoConfig, LimitsConfig,
-    NodeConfig, PoolMode, Secret, ServerConfig, UserEntry, Userlist,
+    AdminConfig, AuthConfig, AuthMethod, Config, Cores, DatabaseConfig, IoBackend, IoConfig,
+    LimitsConfig, NodeConfig, PoolMode, Secret, ServerConfig, UserEntry, Userlist,
 };
 use helios_engine::shard::RuntimeConfig;
 
@@ -132,6 +132,7 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             },
             ..IoConfig::default()
         },
+        admin: AdminConfig::default(),
     };
     if cli.listen.parse::<std::net::SocketAddr>().is_err() {
         bail!("--listen {:?} is not an IP:port address", cli.listen);
