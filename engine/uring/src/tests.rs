@@ -401,13 +401,13 @@ fn zero_copy_forward_returns_buffer_after_send() {
         let (src, _) = l.accept().expect("accept");
         let dst_peer = TcpStream::connect(addr).expect("connect");
         let (dst, _) = l.accept().expect("accept");
-        small_buffers(AsRawFd::as_raw_fd(&dst_peer));
-        small_buffers(AsRawFd::as_raw_fd(&dst));
         let mut src = ring.register(src).expect("register");
         let mut dst = ring.register(dst).expect("register");
 
-        // Clog dst: its peer does not read yet.
-        const FILL: usize = 2 << 20;
+        // Clog dst: its peer does not read yet, and 64 MiB is more than the socket buffers can
+        // absorb even at their sysctl maxima (here tcp_wmem 4 MiB + tcp_rmem 32 MiB). Small
+        // socket buffers would need less data but make the later read crawl (delayed ACKs).
+        const FILL: usize = 64 << 20;
         dst.queue_send(Bytes::from(vec![b'f'; FILL]));
         wait_for("a send in flight", 10, || ring.stats().sends >= 1).await;
 
