@@ -12,3 +12,4 @@ pub mod frontend;
 pub mod net;
 pub mod shard;
 pub mod startup;
+pub mod stats;

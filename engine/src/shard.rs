@@ -235,6 +235,8 @@ pub struct Shard {
     pub sessions: Cell<usize>,
     /// The shard's io_uring ring (`io.backend = "uring"` on a kernel that has what it needs).
     pub ring: RefCell<Option<Rc<helios_uring::Ring>>>,
+    /// Histograms and counters, sent to the admin thread every snapshot interval.
+    pub stats: crate::stats::ShardStats,
 }
 
 impl Shard {
@@ -252,6 +254,7 @@ impl Shard {
             shutdown: Latch::default(),
             sessions: Cell::new(0),
             ring: RefCell::new(None),
+            stats: crate::stats::ShardStats::default(),
         })
     }
 
@@ -471,6 +474,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             None => return,
             Some(Ok(stream)) => {
                 shard.shared.clients.fetch_add(1, Ordering::Relaxed);
+                let c = &shard.stats.counters;
+                crate::stats::Counters::add(&c.connections_accepted, 1);
                 shard.sessions.set(shard.sessions.get() + 1);
                 let s = shard.clone();
                 glommio::spawn_local(async move {

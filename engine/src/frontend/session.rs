@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use glommio::net::TcpStream;
@@ -31,6 +31,7 @@ use crate::net::codec::{
 };
 use crate::net::conn::Conn;
 use crate::shard::{Shard, Statement};
+use crate::stats::{Counters, DbStats};
 
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
@@ -194,6 +195,11 @@ struct Session {
     /// A FATAL error from the server was forwarded: its connection is ending.
     server_fatal: bool,
     shutdown_registered: bool,
+    db_stats: Rc<DbStats>,
+    /// When the request being answered started (its first byte arrived).
+    request_start: Option<Instant>,
+    /// When the first request of the current server exchange was flushed.
+    server_sent: Option<Instant>,
 }
 
 impl Session {
@@ -251,7 +257,6 @@ impl Session {
         put_ready(client.queue(), b'I');
         let mode = pool.settings.borrow().mode;
         Ok(Session {
-            shard,
             client,
             creader,
             pool,
@@ -269,6 +274,10 @@ impl Session {
             pid,
             server_fatal: false,
             shutdown_registered: false,
+            db_stats: shard.stats.db(&login.database),
+            request_start: None,
+            server_sent: None,
+            shard,
         })
     }
 
@@ -334,7 +343,11 @@ impl Session {
         loop {
             match self.next_event().await {
                 Event::Client(Ok(0)) | Event::Client(Err(_)) => return End::ClientGone,
-                Event::Client(Ok(_)) => {
+                Event::Client(Ok(n)) => {
+                    Counters::add(&self.shard.stats.counters.bytes_in, n as u64);
+                    if self.request_start.is_none() {
+                        self.request_start = Some(Instant::now());
+                    }
                     loop {
                         let frame = match self.creader.next_frame() {
                             Ok(Some(f)) => f,
@@ -356,6 +369,7 @@ impl Session {
                     self.maybe_release();
                 }
                 Event::Server(Ok(n)) if n > 0 => {
+                    Counters::add(&self.shard.stats.counters.bytes_out, n as u64);
                     loop {
                         let frame = match self.server.as_mut().map(|s| s.reader.next_frame()) {
                             Some(Ok(Some(f))) => f,
@@ -418,6 +432,9 @@ impl Session {
         let s = self.server.as_mut()?;
         if s.conn.pending() == 0 {
             return None;
+        }
+        if self.server_sent.is_none() {
+            self.server_sent = Some(Instant::now());
         }
         if s.conn.flush().await.is_err() {
             return Some(self.server_lost().await);
@@ -518,7 +535,10 @@ impl Session {
         if self.server.is_some() {
             return Ok(true);
         }
-        match self.pool.checkout().await {
+        let t0 = Instant::now();
+        let checked_out = self.pool.checkout().await;
+        self.db_stats.record_checkout(t0.elapsed());
+        match checked_out {
             Ok(s) => {
                 self.cancel_target.set(Some(s.key));
                 self.server = Some(s);
@@ -563,6 +583,7 @@ impl Session {
     /// ignored until Sync for the extended protocol. Inside a transaction the server's
     /// transaction is failed too, so client and server agree it is aborted.
     fn reject(&mut self, e: ProxyError, extended: bool) {
+        self.shard.stats.counters.error(e.code.0.as_bytes());
         let mut b = BytesMut::new();
         put_proxy_error(&mut b, &e);
         if extended {
@@ -878,7 +899,10 @@ impl Session {
                     let b = b.clone();
                     self.client.queue_frame(&b);
                 }
-                Some(Expect::SyntheticReady) => put_ready(self.client.queue(), self.tx_status),
+                Some(Expect::SyntheticReady) => {
+                    put_ready(self.client.queue(), self.tx_status);
+                    self.ready_sent(false);
+                }
                 _ => return,
             }
             self.expect.pop_front();
@@ -933,6 +957,7 @@ impl Session {
                     self.tx_status = frame.body().first().copied().unwrap_or(b'I');
                     self.client.queue_frame(&frame.bytes);
                     self.pop();
+                    self.ready_sent(true);
                 }
                 return;
             }
@@ -940,6 +965,10 @@ impl Session {
         }
         if tag == b'E' {
             self.note_fatal(&frame);
+            self.shard
+                .stats
+                .counters
+                .error(parse_error_fields(frame.body()).code);
             self.client.queue_frame(&frame.bytes);
             if front.is_extended() {
                 // The server now skips to the next Sync: drop what it will not answer.
@@ -988,6 +1017,33 @@ impl Session {
         }
         if done {
             self.pop();
+            if tag == b'Z' {
+                self.ready_sent(true);
+            }
+        }
+    }
+
+    /// A ReadyForQuery went to the client: one query answered (and a transaction, if the
+    /// status is idle). Latency runs from the request's first byte; the server round trip
+    /// from the flush to the server.
+    fn ready_sent(&mut self, from_server: bool) {
+        let c = &self.shard.stats.counters;
+        Counters::add(&c.queries, 1);
+        if self.tx_status == b'I' {
+            Counters::add(&c.transactions, 1);
+        }
+        let now = Instant::now();
+        if let Some(t) = self.request_start {
+            self.db_stats.record_query(now - t);
+        }
+        if from_server {
+            if let Some(t) = self.server_sent {
+                self.db_stats.record_server(now - t);
+            }
+        }
+        if self.expect.is_empty() {
+            self.request_start = None;
+            self.server_sent = None;
         }
     }
 

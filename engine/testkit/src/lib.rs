@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+pub mod proxy;
 
 /// The superuser every cluster is created with, and its password.
 pub const SUPERUSER: &str = "postgres";
@@ -126,7 +127,10 @@ impl PgCluster {
         std::fs::write(&pwfile, SUPERUSER_PASSWORD)?;
         if is_root() {
             run_checked(
-                Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir),
+                Command::new("chown")
+                    .arg("-R")
+                    .arg("postgres:postgres")
+                    .arg(&dir),
                 "chown",
             )?;
         }
@@ -169,7 +173,10 @@ impl PgCluster {
             std::fs::write(data.join("postgresql.auto.conf"), conf)?;
             if is_root() {
                 run_checked(
-                    Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir),
+                    Command::new("chown")
+                        .arg("-R")
+                        .arg("postgres:postgres")
+                        .arg(&dir),
                     "chown",
                 )?;
             }

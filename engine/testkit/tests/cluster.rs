@@ -12,7 +12,11 @@ fn scratch_cluster_starts_answers_and_is_removed() {
         .args(["-At", "-c", "show password_encryption"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "scram-sha-256");
     let dir = pg.socket_dir().to_path_buf();
     drop(pg);

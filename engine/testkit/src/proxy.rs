@@ -1,0 +1,192 @@
+//! A `heliosproxy` process for integration tests: its config and userlist in a scratch
+//! directory, a port from the OS, killed on drop (and its log printed if the test panicked).
+//!
+//! The config text names its listen port as `${HELIOS_TEST_PORT}`, which the proxy's own
+//! `${VAR}` substitution fills in from the environment [`Proxy::start`] gives it, so a reload
+//! keeps the same address. A config with a literal `listen` port is started on that port.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{free_port, ChildProcess};
+
+/// The environment variable a test config uses for its listen port.
+pub const PORT_VAR: &str = "HELIOS_TEST_PORT";
+
+/// What the proxy logs once every shard is accepting (engine/src/startup.rs).
+const READY_LINE: &str = "listening on";
+/// What the proxy logs after a successful SIGHUP reload.
+const RELOADED_LINE: &str = "configuration reloaded";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A running proxy.
+pub struct Proxy {
+    process: ChildProcess,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Proxy {
+    /// Writes `config_toml` (and `userlist`, as `userlist.txt` next to it, so
+    /// `userlist = "userlist.txt"` finds it) into a scratch directory, starts `bin --config`,
+    /// and waits until every shard listens. A port clash (another process took the port between
+    /// our probe and the proxy's bind) is retried with a fresh port.
+    pub fn start(bin: &Path, config_toml: &str, userlist: Option<&str>) -> Result<Proxy> {
+        let dir = std::env::temp_dir().join(format!(
+            "helios-proxy-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("heliosproxy.toml"), config_toml)?;
+        if let Some(u) = userlist {
+            std::fs::write(dir.join("userlist.txt"), u)?;
+        }
+        let templated = config_toml.contains(&format!("${{{PORT_VAR}}}"));
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let port = if templated {
+                free_port()
+            } else {
+                literal_port(config_toml).context(
+                    "the config has neither ${HELIOS_TEST_PORT} nor a 127.0.0.1:PORT listen address",
+                )?
+            };
+            let mut cmd = Command::new(bin);
+            cmd.arg("--config")
+                .arg(dir.join("heliosproxy.toml"))
+                .env(PORT_VAR, port.to_string())
+                .current_dir(&dir);
+            let mut process = ChildProcess::spawn(cmd, "heliosproxy")?;
+            match wait_for_log(&mut process, READY_LINE, 0, Duration::from_secs(20)) {
+                Ok(()) => return Ok(Proxy { process, dir, port }),
+                Err(e) => {
+                    last_log = format!("{e:#}\n{}", process.log());
+                    let clash = last_log.contains("in use") || last_log.contains("cannot listen");
+                    if !(templated && clash) {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        bail!("heliosproxy did not start:\n{last_log}")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgres://USER:PW@127.0.0.1:PORT/DB` (for psql and pgbench); an empty password is
+    /// left out.
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        let auth = if password.is_empty() {
+            user.to_string()
+        } else {
+            format!("{user}:{password}")
+        };
+        format!("postgres://{auth}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A key=value connection string for the `postgres` crate; an empty password is left out.
+    pub fn conn_str(&self, user: &str, password: &str, db: &str) -> String {
+        let mut s = format!(
+            "host=127.0.0.1 port={} user={user} dbname={db} connect_timeout=10",
+            self.port
+        );
+        if !password.is_empty() {
+            s.push_str(&format!(" password={password}"));
+        }
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Sends a signal (`libc::SIGHUP`, `libc::SIGTERM`).
+    pub fn signal(&self, sig: i32) {
+        self.process.signal(sig)
+    }
+
+    /// The proxy's output so far.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Replaces the config file (for a reload).
+    pub fn write_config(&self, config_toml: &str) -> Result<()> {
+        Ok(std::fs::write(self.dir.join("heliosproxy.toml"), config_toml)?)
+    }
+
+    /// Replaces the userlist file (for a reload).
+    pub fn write_userlist(&self, userlist: &str) -> Result<()> {
+        Ok(std::fs::write(self.dir.join("userlist.txt"), userlist)?)
+    }
+
+    /// SIGHUP, then waits until the proxy logged one more successful reload than before.
+    pub fn reload(&mut self) -> Result<()> {
+        let before = self.log().matches(RELOADED_LINE).count();
+        self.signal(libc::SIGHUP);
+        wait_for_log(
+            &mut self.process,
+            RELOADED_LINE,
+            before,
+            Duration::from_secs(10),
+        )
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.wait_timeout(timeout)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // The ChildProcess field kills the process (and prints its log if the test panicked).
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls the log until `line` occurs more than `seen` times; fails early if the process exited.
+fn wait_for_log(
+    process: &mut ChildProcess,
+    line: &str,
+    seen: usize,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if process.log().matches(line).count() > seen {
+            return Ok(());
+        }
+        if let Ok(Some(st)) = process.child.try_wait() {
+            bail!("heliosproxy exited ({st}) before logging {line:?}");
+        }
+        if Instant::now() > deadline {
+            bail!("heliosproxy did not log {line:?} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The port of the first `127.0.0.1:PORT` in the text.
+fn literal_port(config: &str) -> Option<u16> {
+    let at = config.find("127.0.0.1:")? + "127.0.0.1:".len();
+    let digits: String = config[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}

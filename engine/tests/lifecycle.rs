@@ -1,0 +1,213 @@
+//! Signals: SIGHUP reloads users and pool sizes without touching open connections; SIGTERM
+//! stops accepting, lets open transactions finish within the shutdown timeout, and exits 0.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use helios_testkit::SUPERUSER;
+
+fn userlist(users: &[(&str, &str)]) -> String {
+    users
+        .iter()
+        .map(|(u, p)| format!("\"{u}\" \"{p}\"\n"))
+        .collect()
+}
+
+/// `app`: transaction pooling with `pool_size` over the two shards and a short checkout
+/// timeout; `keep`: session pooling for the clients that live across the reload.
+fn reload_config(pg: &helios_testkit::PgCluster, db: &str, pool_size: usize) -> String {
+    let auth = "method = \"scram-sha-256\"\nuserlist = \"userlist.txt\"";
+    let dbs = db_section(
+        "app",
+        db,
+        "transaction",
+        pool_size,
+        "checkout_timeout_ms = 300",
+    ) + &db_section("keep", db, "session", 8, "");
+    config(pg, auth, "", &dbs)
+}
+
+fn scram_login(port: u16, user: &str, pw: &str, db: &str) -> Raw {
+    Raw::login(port, user, pw, db).unwrap_or_else(|e| panic!("{user} login to {db}: {e:?}"))
+}
+
+/// Of `clients` (all on one shard), how many can hold a transaction at once before the next
+/// one gets 53300. Ends every transaction it opened.
+fn concurrent_transactions(clients: &mut [Raw]) -> usize {
+    let mut held = 0;
+    for c in clients.iter_mut() {
+        c.query("begin");
+        let msgs = c.query("select 1");
+        match first_error(&msgs) {
+            None => held += 1,
+            Some(code) => {
+                assert_eq!(code, "53300", "{msgs:?}");
+                break;
+            }
+        }
+    }
+    for c in clients.iter_mut() {
+        c.query("rollback");
+    }
+    held
+}
+
+#[test]
+fn sighup_reloads_users_and_pool_sizes_and_keeps_connections() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "reload");
+    pg.psql(&db, "create table kept (x int)").unwrap();
+    let mut proxy = start_proxy(
+        &reload_config(&pg, &db, 2),
+        Some(&userlist(&[("alice", "alice-pw")])),
+    );
+    let port = proxy.port();
+    // Connections opened before the reload: one idle, one inside a transaction.
+    let mut idle = connect(&proxy, "alice", "alice-pw", "keep");
+    idle.batch_execute("set application_name = 'before-reload'")
+        .unwrap();
+    let mut in_tx = connect(&proxy, "alice", "alice-pw", "keep");
+    in_tx
+        .batch_execute("begin; insert into kept values (1)")
+        .unwrap();
+    let e = try_connect(&proxy, "bob", "bob-pw", "app")
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("28P01"), "bob is not a user yet: {e}");
+    // Four clients on shard 0 of `app`: with pool_size 2 only one can be in a transaction.
+    let mut shard0 = Vec::new();
+    for _ in 0..200 {
+        let r = scram_login(port, "alice", "alice-pw", "app");
+        if r.shard() == 0 {
+            shard0.push(r);
+        }
+        if shard0.len() == 4 {
+            break;
+        }
+    }
+    assert_eq!(shard0.len(), 4, "not enough clients landed on shard 0");
+    assert_eq!(
+        concurrent_transactions(&mut shard0),
+        1,
+        "pool_size 2 over 2 shards"
+    );
+
+    proxy
+        .write_userlist(&userlist(&[("alice", "alice-pw"), ("bob", "bob-pw")]))
+        .unwrap();
+    proxy.write_config(&reload_config(&pg, &db, 6)).unwrap();
+    proxy.reload().expect("reload");
+
+    // The new user logs in, the old one still does.
+    let mut bob = connect(&proxy, "bob", "bob-pw", "app");
+    assert_eq!(
+        bob.query_one("select 'bob'", &[])
+            .unwrap()
+            .get::<_, String>(0),
+        "bob"
+    );
+    let mut bob_psql = psql_ok(&proxy.url("bob", "bob-pw", "keep"), "select current_user");
+    bob_psql.retain(|c| c != '\n');
+    assert_eq!(bob_psql, SUPERUSER);
+    assert_eq!(
+        login_code(&proxy, "bob", "wrong"),
+        "28P01",
+        "a wrong password is still refused"
+    );
+    connect(&proxy, "alice", "alice-pw", "app");
+    // The connections from before are still open, with their state.
+    let app_name: String = idle
+        .query_one("select current_setting('application_name')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(app_name, "before-reload");
+    in_tx
+        .batch_execute("insert into kept values (2); commit")
+        .unwrap();
+    let n: i64 = direct(&pg, &db)
+        .query_one("select count(*) from kept", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    // The pool grew: 6 over 2 shards is 3 on shard 0, for clients connected before the reload.
+    assert_eq!(
+        concurrent_transactions(&mut shard0),
+        3,
+        "pool_size 6 over 2 shards"
+    );
+    for r in &mut shard0 {
+        assert_eq!(
+            first_value(&r.query("select 'alive'")).as_deref(),
+            Some("alive")
+        );
+    }
+}
+
+fn login_code(proxy: &helios_testkit::proxy::Proxy, user: &str, pw: &str) -> String {
+    match try_connect(proxy, user, pw, "app") {
+        Ok(_) => panic!("{user} logged in with a wrong password"),
+        Err(e) => sqlstate(&e).unwrap_or("none").to_string(),
+    }
+}
+
+#[test]
+fn sigterm_lets_open_transactions_commit_refuses_new_clients_and_exits_0() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "drain");
+    pg.psql(&db, "create table drained (x int)").unwrap();
+    let mut proxy = start_proxy(
+        &config(
+            &pg,
+            TRUST,
+            "",
+            &db_section("app", &db, "transaction", 4, ""),
+        ),
+        None,
+    );
+    let port = proxy.port();
+    let mut busy = connect(&proxy, SUPERUSER, "", "app");
+    busy.batch_execute("begin; insert into drained values (1)")
+        .unwrap();
+    let mut idle = connect(&proxy, SUPERUSER, "", "app");
+    idle.query_one("select 1", &[]).unwrap();
+
+    let sent = Instant::now();
+    proxy.signal(libc::SIGTERM);
+    // New connections are refused once the listeners are closed.
+    poll(
+        Duration::from_secs(3),
+        "new connections to be refused",
+        || {
+            TcpStream::connect(("127.0.0.1", port))
+                .is_err()
+                .then_some(())
+        },
+    );
+    // The idle client is told and let go.
+    let e = idle.query_one("select 1", &[]).unwrap_err();
+    assert!(
+        sqlstate(&e).map_or(e.is_closed(), |s| s == "57P01"),
+        "the idle client: {e:?}"
+    );
+    // The open transaction finishes normally.
+    busy.batch_execute("insert into drained values (2)")
+        .unwrap();
+    busy.batch_execute("commit").unwrap();
+    let status = proxy
+        .wait_exit(Duration::from_secs(5 + 3))
+        .expect("the proxy did not exit within the shutdown timeout");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "took {:?}: it waited for the timeout instead of the transaction",
+        sent.elapsed()
+    );
+    let n: i64 = direct(&pg, &db)
+        .query_one("select count(*) from drained", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "the transaction committed during the drain");
+}

@@ -1,0 +1,114 @@
+//! pgbench through the proxy: initialise, then the simple, extended and prepared query modes
+//! with 20 clients on 2 threads, in session pooling (enough server connections for every
+//! client) and in transaction pooling (5 server connections). No transaction may fail, no client
+//! may abort, and the bank must balance afterwards (checked directly on the server).
+//!
+//! Each run lasts `HELIOS_PGBENCH_SECONDS` (default 10).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use helios_testkit::proxy::Proxy;
+use helios_testkit::{PgCluster, SUPERUSER};
+
+fn seconds() -> u64 {
+    std::env::var("HELIOS_PGBENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+}
+
+fn pgbench(args: &[&str], url: &str) -> (String, String) {
+    let out = Command::new("pgbench")
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "pgbench {args:?} exited with {}:\n{stdout}\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+fn assert_balanced(pg: &PgCluster, db: &str, what: &str) {
+    let sums = pg
+        .psql(
+            db,
+            "select coalesce(sum(abalance), 0) || ' ' || (select coalesce(sum(delta), 0) from pgbench_history) \
+             from pgbench_accounts",
+        )
+        .unwrap();
+    let (a, h) = sums.split_once(' ').unwrap();
+    assert_eq!(
+        a, h,
+        "{what}: sum(abalance) != sum(delta) of pgbench_history"
+    );
+}
+
+fn run_all_modes(pool_mode: &str, pool_size: usize) {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, &format!("bench_{pool_mode}"));
+    let proxy: Proxy = start_proxy(
+        &config(
+            &pg,
+            TRUST,
+            "",
+            &db_section(
+                "bench",
+                &db,
+                pool_mode,
+                pool_size,
+                "checkout_timeout_ms = 30000",
+            ),
+        ),
+        None,
+    );
+    let url = proxy.url(SUPERUSER, "", "bench");
+    pgbench(&["-i", "-s", "1", "-q"], &url);
+    let accounts = pg
+        .psql(&db, "select count(*) from pgbench_accounts")
+        .unwrap();
+    assert_eq!(accounts, "100000");
+    let secs = seconds().to_string();
+    for mode in ["simple", "extended", "prepared"] {
+        let (out, err) = pgbench(&["-M", mode, "-c", "20", "-j", "2", "-T", &secs], &url);
+        let what = format!("{pool_mode} pooling, -M {mode}");
+        assert!(
+            out.lines()
+                .any(|l| l.trim() == "number of failed transactions: 0 (0.000%)"),
+            "{what}: failed transactions:\n{out}\n{err}"
+        );
+        assert!(
+            !err.contains("aborted") && !out.contains("aborted"),
+            "{what}: a client aborted:\n{out}\n{err}"
+        );
+        let processed: u64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|n| n.split('/').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{what}: no transaction count in:\n{out}"));
+        assert!(processed > 0, "{what}: nothing processed:\n{out}");
+        eprintln!("{what}: {processed} transactions in {secs} s");
+        assert_balanced(&pg, &db, &what);
+    }
+}
+
+#[test]
+fn pgbench_session_pooling() {
+    // Every client keeps its server connection for the whole run. The kernel spreads the 20
+    // connections over the 2 shards by a hash of their addresses, so any one shard may get
+    // all 20: each shard's share (pool_size / 2) must cover that, or clients time out waiting.
+    run_all_modes("session", 40);
+}
+
+#[test]
+fn pgbench_transaction_pooling_over_five_connections() {
+    run_all_modes("transaction", 5);
+}
