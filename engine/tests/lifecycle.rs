@@ -168,9 +168,13 @@ fn sigterm_lets_open_transactions_commit_refuses_new_clients_and_exits_0() {
         None,
     );
     let port = proxy.port();
-    let mut busy = connect(&proxy, SUPERUSER, "", "app");
-    busy.batch_execute("begin; insert into drained values (1)")
-        .unwrap();
+    // The client in a transaction is hand-driven, to see exactly what arrives and in what
+    // order (a client library may report the proxy's goodbye instead of the COMMIT it follows).
+    let mut busy = Raw::trust(port, "app");
+    assert_eq!(
+        ready_status(&busy.query("begin; insert into drained values (1)")),
+        b'T'
+    );
     let mut idle = connect(&proxy, SUPERUSER, "", "app");
     idle.query_one("select 1", &[]).unwrap();
 
@@ -192,10 +196,19 @@ fn sigterm_lets_open_transactions_commit_refuses_new_clients_and_exits_0() {
         sqlstate(&e).map_or(e.is_closed(), |s| s == "57P01"),
         "the idle client: {e:?}"
     );
-    // The open transaction finishes normally.
-    busy.batch_execute("insert into drained values (2)")
-        .unwrap();
-    busy.batch_execute("commit").unwrap();
+    // The open transaction carries on and commits; then the proxy says goodbye and closes.
+    let msgs = busy.query("insert into drained values (2)");
+    assert_eq!(first_error(&msgs), None, "{msgs:?}");
+    assert_eq!(ready_status(&msgs), b'T');
+    let msgs = busy.query("commit");
+    assert_eq!(first_error(&msgs), None, "{msgs:?}");
+    assert_eq!(msgs[0].tag, b'C', "{msgs:?}");
+    assert_eq!(ready_status(&msgs), b'I');
+    let rest = busy.until_closed();
+    assert!(
+        rest.iter().all(|m| m.code().as_deref() == Some("57P01")),
+        "after COMMIT: {rest:?}"
+    );
     let status = proxy
         .wait_exit(Duration::from_secs(5 + 3))
         .expect("the proxy did not exit within the shutdown timeout");

@@ -17,6 +17,8 @@ use crate::{free_port, ChildProcess};
 /// The environment variable a test config uses for its listen port.
 pub const PORT_VAR: &str = "HELIOS_TEST_PORT";
 
+const CONFIG_FILE: &str = "proxy.toml";
+
 /// What the proxy logs once every shard is accepting (engine/src/startup.rs).
 const READY_LINE: &str = "listening on";
 /// What the proxy logs after a successful SIGHUP reload.
@@ -44,7 +46,12 @@ impl Proxy {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("heliosproxy.toml"), config_toml)?;
+        std::fs::write(dir.join(CONFIG_FILE), config_toml)?;
+        // Run it under a name of its own: on a shared machine a `pkill heliosproxy` meant for a
+        // benchmark must not end a test's proxy.
+        let exe = dir.join("proxy-under-test");
+        std::os::unix::fs::symlink(bin, &exe)
+            .with_context(|| format!("symlinking {}", bin.display()))?;
         if let Some(u) = userlist {
             std::fs::write(dir.join("userlist.txt"), u)?;
         }
@@ -58,12 +65,12 @@ impl Proxy {
                     "the config has neither ${HELIOS_TEST_PORT} nor a 127.0.0.1:PORT listen address",
                 )?
             };
-            let mut cmd = Command::new(bin);
+            let mut cmd = Command::new(&exe);
             cmd.arg("--config")
-                .arg(dir.join("heliosproxy.toml"))
+                .arg(dir.join(CONFIG_FILE))
                 .env(PORT_VAR, port.to_string())
                 .current_dir(&dir);
-            let mut process = ChildProcess::spawn(cmd, "heliosproxy")?;
+            let mut process = ChildProcess::spawn(cmd, "proxy")?;
             match wait_for_log(&mut process, READY_LINE, 0, Duration::from_secs(20)) {
                 Ok(()) => return Ok(Proxy { process, dir, port }),
                 Err(e) => {
@@ -126,7 +133,7 @@ impl Proxy {
 
     /// Replaces the config file (for a reload).
     pub fn write_config(&self, config_toml: &str) -> Result<()> {
-        Ok(std::fs::write(self.dir.join("heliosproxy.toml"), config_toml)?)
+        Ok(std::fs::write(self.dir.join(CONFIG_FILE), config_toml)?)
     }
 
     /// Replaces the userlist file (for a reload).
