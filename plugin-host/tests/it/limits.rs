@@ -4,55 +4,6 @@ use crate::common::*;
 use helios_plugin_host::{
     AuthDecision, Hook, LoadError, Outcome, PreQueryDecision, QueryContext, RouteDecision,
 };
-use std::time::{Duration, Instant};
-
-#[test]
-fn looping_plugin_is_stopped_within_timeout_and_the_next_call_works() {
-    const TIMEOUT_MS: u64 = 20;
-    let rt = runtime_ok(&config(&format!(
-        "enabled = true\ntimeout_ms = {TIMEOUT_MS}\n{}",
-        entry("spin", "spin", "")
-    )));
-    let mut shard = rt.shard(0);
-    assert_eq!(pre(&mut shard, "SELECT 1"), PreQueryDecision::Continue);
-    let mut elapsed = Vec::new();
-    for _ in 0..7 {
-        let t = Instant::now();
-        let d = pre(&mut shard, "spin");
-        elapsed.push(t.elapsed());
-        match d {
-            PreQueryDecision::Block(b) => {
-                assert_eq!(
-                    b.reason,
-                    "plugin 'spin' timed out after 20 ms; refused (on_error = fail_closed)"
-                )
-            }
-            other => panic!("{other:?}"),
-        }
-        // The next call gets a fresh instance and works.
-        assert_eq!(pre(&mut shard, "burn 10"), PreQueryDecision::Continue);
-    }
-    elapsed.sort();
-    eprintln!("spin stopped after {elapsed:?} (timeout {TIMEOUT_MS} ms)");
-    assert!(
-        elapsed[0] >= Duration::from_millis(TIMEOUT_MS),
-        "stopped early: {elapsed:?}"
-    );
-    // The bound, on the median of 7 runs: a single run can be delayed by the scheduler on
-    // a loaded 2-core machine (the ticker thread must get the CPU to advance the epoch).
-    let median = elapsed[elapsed.len() / 2];
-    assert!(
-        median <= Duration::from_millis(TIMEOUT_MS + 5),
-        "median {median:?} > timeout + 5 ms: {elapsed:?}"
-    );
-    // Every run: generous bound against scheduler stalls, still proving the loop was cut.
-    assert!(
-        elapsed[elapsed.len() - 1] <= Duration::from_millis(TIMEOUT_MS + 200),
-        "{elapsed:?}"
-    );
-    let st = &shard.stats()[0];
-    assert_eq!((st.timeouts, st.failures, st.instantiations), (7, 7, 8));
-}
 
 #[test]
 fn memory_hungry_plugin_is_capped_and_recovers() {
