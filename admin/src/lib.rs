@@ -1,1 +1,188 @@
+//! The admin thread: one blocking thread, on no shard, that merges the statistics snapshots every
+//! shard sends and serves them over a small HTTP API (`docs/admin-api.md`).
+//!
+//! Data flows one way on the hot path: each shard owns its counters and histograms, and once per
+//! `admin.snapshot_interval_ms` moves them into a [`ShardSnapshot`] sent over a bounded crossbeam
+//! channel. The admin thread never touches shard memory; it answers from its merged
+//! [`AdminState`]. Commands go the other way over a second channel ([`AdminCommand`]).
+//!
+//! The thread runs until every `Sender<ShardSnapshot>` is dropped (the engine has stopped), then
+//! closes its socket and returns.
+//!
+//! This crate does not depend on the engine (the engine depends on it).
 
+pub mod api;
+pub mod http;
+pub mod render;
+pub mod snapshot;
+pub mod state;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use helios_config::AdminConfig;
+
+pub use api::Api;
+pub use render::{hgrm, prometheus, LatencySummary};
+pub use snapshot::{
+    new_histogram, record_us, AdminCommand, ClientInfo, Counters, Metric, NodeStatus, PoolStats,
+    ServerInfo, ShardSnapshot,
+};
+pub use state::{AdminState, MergedNode, Topology, Window};
+
+/// What the admin serves that never changes while the process runs.
+#[derive(Clone, Debug)]
+pub struct StaticInfo {
+    pub version: String,
+    /// The configuration, secrets already redacted by the engine.
+    pub config_json: serde_json::Value,
+    pub shards: usize,
+}
+
+/// Binds `cfg.listen` and starts the admin thread.
+///
+/// Fails (for the engine to report at start-up) if the address does not parse, is taken, or is
+/// not loopback while no token is configured. Does not look at `cfg.enabled`: the caller
+/// decides whether to start the admin at all.
+pub fn spawn(
+    cfg: &AdminConfig,
+    snapshots: Receiver<ShardSnapshot>,
+    commands: Sender<AdminCommand>,
+    info: StaticInfo,
+) -> io::Result<JoinHandle<()>> {
+    let addrs: Vec<SocketAddr> = cfg
+        .listen
+        .to_socket_addrs()
+        .map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("admin.listen = {:?}: {e}", cfg.listen),
+            )
+        })?
+        .collect();
+    if cfg.token.is_none() {
+        if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("admin.listen = {a} is not loopback and admin.token is not set"),
+            ));
+        }
+    }
+    let listener = TcpListener::bind(&addrs[..]).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("admin API cannot listen on {}: {e}", cfg.listen),
+        )
+    })?;
+    spawn_on(listener, cfg, snapshots, commands, info)
+}
+
+/// Starts the admin thread on a socket the caller bound (tests bind port 0 and read the port
+/// from the listener before handing it over). `cfg.listen` is not used.
+pub fn spawn_on(
+    listener: TcpListener,
+    cfg: &AdminConfig,
+    snapshots: Receiver<ShardSnapshot>,
+    commands: Sender<AdminCommand>,
+    info: StaticInfo,
+) -> io::Result<JoinHandle<()>> {
+    let local = listener.local_addr()?;
+    if cfg.token.is_none() && !local.ip().is_loopback() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("admin API on {local} is not loopback and admin.token is not set"),
+        ));
+    }
+    listener.set_nonblocking(true)?;
+    let api = Api::new(info, commands, cfg.token.as_deref(), Instant::now());
+    let max_body = cfg.max_body_bytes;
+    let tick = Duration::from_millis(cfg.snapshot_interval_ms.clamp(10, 100));
+    std::thread::Builder::new()
+        .name("helios-admin".into())
+        .spawn(move || {
+            log::info!("admin API listening on http://{local}");
+            run(listener, api, snapshots, max_body, tick);
+            log::info!("admin API on {local} stopped");
+        })
+}
+
+/// Ingests every snapshot waiting; false once every sender is gone.
+fn drain(rx: &Receiver<ShardSnapshot>, state: &mut AdminState) -> bool {
+    loop {
+        match rx.try_recv() {
+            Ok(s) => state.ingest(s, Instant::now()),
+            Err(TryRecvError::Empty) => return true,
+            Err(TryRecvError::Disconnected) => return false,
+        }
+    }
+}
+
+/// Waits until `listener` has a connection or `tick` passes.
+fn wait_readable(listener: &TcpListener, tick: Duration) {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call. EINTR and timeouts both just
+    // return to the loop.
+    unsafe { libc::poll(&mut pfd, 1, tick.as_millis() as libc::c_int) };
+}
+
+fn run(
+    listener: TcpListener,
+    mut api: Api,
+    snapshots: Receiver<ShardSnapshot>,
+    max_body: usize,
+    tick: Duration,
+) {
+    while drain(&snapshots, &mut api.state) {
+        wait_readable(&listener, tick);
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    serve(stream, &mut api, &snapshots, max_body);
+                    if !drain(&snapshots, &mut api.state) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors and the like: do not spin on a listener that stays
+                    // readable.
+                    log::warn!("admin API accept: {e}");
+                    std::thread::sleep(tick);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn serve(
+    mut stream: TcpStream,
+    api: &mut Api,
+    snapshots: &Receiver<ShardSnapshot>,
+    max_body: usize,
+) {
+    if stream.set_nonblocking(false).is_err() {
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    match http::read_request(&mut stream, max_body) {
+        Ok(req) => {
+            drain(snapshots, &mut api.state);
+            let resp = api.handle(&req, Instant::now());
+            http::write_response(&mut stream, &resp, req.method == "HEAD", false);
+        }
+        Err(http::ReadError::Reject(resp)) => {
+            http::write_response(&mut stream, &resp, false, true);
+        }
+        Err(http::ReadError::Io(e)) => log::debug!("admin API: reading a request: {e}"),
+    }
+}
