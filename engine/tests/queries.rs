@@ -924,3 +924,107 @@ fn extended_copy_from_stdin_keeps_response_order_and_releases_the_server() {
         }
     }
 }
+
+/// Raw clients on the same shard as `r` until one is found (the pool is per shard).
+fn same_shard(port: u16, db: &str, r: &Raw) -> Raw {
+    for _ in 0..60 {
+        let o = Raw::trust(port, db);
+        if o.shard() == r.shard() {
+            return o;
+        }
+    }
+    panic!("no client landed on shard {}", r.shard());
+}
+
+/// Engine bug (see the test report): in transaction mode a SET sent with the extended
+/// protocol (what `Client::execute` does) is not tracked, so it stays on the server connection
+/// and every other client that gets that connection inherits it.
+#[test]
+fn set_through_the_extended_protocol_does_not_leak_to_other_clients() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "ext_set");
+    // One server connection per shard: the next client on the shard gets the same one.
+    let dbs = db_section("tx", &db, "transaction", 1, "checkout_timeout_ms = 5000");
+    let proxy = start_proxy(&config(&pg, TRUST, "", &dbs), None);
+    let mut r = Raw::trust(proxy.port(), "tx");
+    let msgs = r.extended("", Some("set application_name = 'leaky'"), &[]);
+    assert_eq!(first_error(&msgs), None, "{msgs:?}");
+    assert_eq!(
+        first_value(&r.query("show application_name")).as_deref(),
+        Some("leaky")
+    );
+    for i in 0..3 {
+        let mut o = same_shard(proxy.port(), "tx", &r);
+        let seen = first_value(&o.query("show application_name"));
+        assert_eq!(
+            seen.as_deref(),
+            Some(""),
+            "client {i} on shard {} sees another client's SET",
+            o.shard()
+        );
+        // The client that set it keeps it.
+        assert_eq!(
+            first_value(&r.query("show application_name")).as_deref(),
+            Some("leaky")
+        );
+    }
+}
+
+/// Engine bug (see the test report): a SET inside a transaction that is rolled back is undone by
+/// the server, but the session keeps it as wanted and re-applies it on the next server
+/// connection the client gets.
+#[test]
+fn set_inside_a_rolled_back_transaction_is_forgotten() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "rollback_set");
+    pg.psql(&db, "create schema sa").unwrap();
+    // Two server connections per shard, so the client can be moved to the other one.
+    let dbs = db_section("tx", &db, "transaction", 4, "checkout_timeout_ms = 5000");
+    let proxy = start_proxy(&config(&pg, TRUST, "", &dbs), None);
+    let default = first_value(&Raw::trust(proxy.port(), "tx").query("show search_path"));
+    let mut r = Raw::trust(proxy.port(), "tx");
+    r.query("begin");
+    assert_eq!(first_error(&r.query("set search_path to sa")), None);
+    assert_eq!(ready_status(&r.query("rollback")), b'I');
+    assert_eq!(
+        first_value(&r.query("show search_path")),
+        default,
+        "same server connection"
+    );
+    // Hold the connection the client just used, so its next query runs on the other one.
+    let mut holder = same_shard(proxy.port(), "tx", &r);
+    holder.query("begin");
+    holder.query("select 1");
+    assert_eq!(
+        first_value(&r.query("show search_path")),
+        default,
+        "on another server connection, after ROLLBACK undid the SET"
+    );
+    holder.query("commit");
+}
+
+/// Engine bug (see the test report): in transaction mode a Parse reusing the name of a statement
+/// the client has not closed replaces it silently; PostgreSQL refuses it with 42P05.
+#[test]
+fn parse_of_an_existing_statement_name_is_refused_like_direct() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "dup_parse");
+    let proxy = both_modes_proxy(&pg, &db, 4, "");
+    let script = |r: &mut Raw| {
+        let a = r.extended("dup", Some("select 1"), &[]);
+        let b = r.extended("dup", Some("select 2"), &[]);
+        let c = r.extended("dup", None, &[]);
+        [a, b, c].map(|m| (first_value(&m), first_error(&m)))
+    };
+    let mut d = match Raw::login(pg.port, SUPERUSER, PW, &db) {
+        Ok(r) => r,
+        Err(e) => panic!("direct raw login: {e:?}"),
+    };
+    let want = script(&mut d);
+    assert_eq!(want[1].1.as_deref(), Some("42P05"));
+    assert_eq!(want[2].0.as_deref(), Some("1"));
+    for alias in MODES {
+        let mut r = Raw::trust(proxy.port(), alias);
+        assert_eq!(script(&mut r), want, "{alias}");
+    }
+}

@@ -1,9 +1,10 @@
 //! A `heliosproxy` process for integration tests: its config and userlist in a scratch
 //! directory, a port from the OS, killed on drop (and its log printed if the test panicked).
 //!
-//! The config text names its listen port as `${HELIOS_TEST_PORT}`, which the proxy's own
-//! `${VAR}` substitution fills in from the environment [`Proxy::start`] gives it, so a reload
-//! keeps the same address. A config with a literal `listen` port is started on that port.
+//! The config text names its listen port as `${HELIOS_TEST_PORT}` (and the admin API's as
+//! `${HELIOS_TEST_ADMIN_PORT}`), which the proxy's own `${VAR}` substitution fills in from the
+//! environment [`Proxy::start`] gives it, so a reload keeps the same addresses. A config with a
+//! literal `listen` port is started on that port.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -16,11 +17,13 @@ use crate::{free_port, ChildProcess};
 
 /// The environment variable a test config uses for its listen port.
 pub const PORT_VAR: &str = "HELIOS_TEST_PORT";
+/// The environment variable a test config uses for the admin API's port (`[admin] listen`).
+pub const ADMIN_PORT_VAR: &str = "HELIOS_TEST_ADMIN_PORT";
 
 const CONFIG_FILE: &str = "proxy.toml";
 
 /// What the proxy logs once every shard is accepting (engine/src/startup.rs).
-const READY_LINE: &str = "listening on";
+const READY_LINE: &str = "heliosproxy listening on";
 /// What the proxy logs after a successful SIGHUP reload.
 const RELOADED_LINE: &str = "configuration reloaded";
 
@@ -31,6 +34,7 @@ pub struct Proxy {
     process: ChildProcess,
     dir: PathBuf,
     port: u16,
+    admin_port: u16,
 }
 
 impl Proxy {
@@ -65,14 +69,23 @@ impl Proxy {
                     "the config has neither ${HELIOS_TEST_PORT} nor a 127.0.0.1:PORT listen address",
                 )?
             };
+            let admin_port = free_port();
             let mut cmd = Command::new(&exe);
             cmd.arg("--config")
                 .arg(dir.join(CONFIG_FILE))
                 .env(PORT_VAR, port.to_string())
+                .env(ADMIN_PORT_VAR, admin_port.to_string())
                 .current_dir(&dir);
             let mut process = ChildProcess::spawn(cmd, "proxy")?;
             match wait_for_log(&mut process, READY_LINE, 0, Duration::from_secs(20)) {
-                Ok(()) => return Ok(Proxy { process, dir, port }),
+                Ok(()) => {
+                    return Ok(Proxy {
+                        process,
+                        dir,
+                        port,
+                        admin_port,
+                    })
+                }
                 Err(e) => {
                     last_log = format!("{e:#}\n{}", process.log());
                     let clash = last_log.contains("in use") || last_log.contains("cannot listen");
@@ -88,6 +101,11 @@ impl Proxy {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port in `${HELIOS_TEST_ADMIN_PORT}` (meaningful if the config uses it).
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
     }
 
     /// `postgres://USER:PW@127.0.0.1:PORT/DB` (for psql and pgbench); an empty password is
@@ -161,6 +179,13 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A proxy that died during the test explains most failures: say so before its log.
+            match self.process.child.try_wait() {
+                Ok(Some(st)) => eprintln!("---- the proxy had exited: {st} ----"),
+                _ => eprintln!("---- the proxy was still running ----"),
+            }
+        }
         // The ChildProcess field kills the process (and prints its log if the test panicked).
         let _ = std::fs::remove_dir_all(&self.dir);
     }
