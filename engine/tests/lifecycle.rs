@@ -224,3 +224,35 @@ fn sigterm_lets_open_transactions_commit_refuses_new_clients_and_exits_0() {
         .get(0);
     assert_eq!(n, 2, "the transaction committed during the drain");
 }
+
+/// Engine bug (see the test report, same cause as the extended COPY tests in queries.rs): after
+/// a COPY FROM STDIN through the extended protocol the session keeps an expectation the server
+/// will never answer, so in session pooling it never counts as idle and SIGTERM waits the whole
+/// shutdown timeout for a client that is doing nothing.
+#[test]
+fn sigterm_does_not_wait_for_an_idle_session_that_ran_an_extended_copy() {
+    use std::io::Write;
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "drain_copy");
+    pg.psql(&db, "create table copied (x int)").unwrap();
+    let mut proxy = start_proxy(
+        &config(&pg, TRUST, "", &db_section("app", &db, "session", 4, "")),
+        None,
+    );
+    let mut c = connect(&proxy, SUPERUSER, "", "app");
+    let mut w = c.copy_in("copy copied from stdin").unwrap();
+    w.write_all(b"1\n2\n").unwrap();
+    assert_eq!(w.finish().unwrap(), 2);
+    assert_eq!(c.query_one("select 1", &[]).unwrap().get::<_, i32>(0), 1);
+    let sent = Instant::now();
+    proxy.signal(libc::SIGTERM);
+    let status = proxy
+        .wait_exit(Duration::from_secs(5 + 3))
+        .expect("the proxy did not exit");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "an idle session held the drain for {:?} (shutdown_timeout_ms = 5000)",
+        sent.elapsed()
+    );
+}
