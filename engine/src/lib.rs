@@ -10,6 +10,7 @@ pub mod backend;
 pub mod error;
 pub mod frontend;
 pub mod net;
+pub mod report;
 pub mod shard;
 pub mod startup;
 pub mod stats;

@@ -37,6 +37,9 @@ struct Cli {
     /// Quick start: server connections across all shards.
     #[arg(long, default_value_t = 20, requires = "upstream")]
     pool_size: usize,
+    /// Quick start: admin HTTP API address, or "off".
+    #[arg(long, default_value = "127.0.0.1:9090", requires = "upstream")]
+    admin_listen: String,
     /// Quick start: socket I/O backend, uring or glommio.
     #[arg(long, default_value = "uring", requires = "upstream")]
     io_backend: String,
@@ -132,7 +135,15 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             },
             ..IoConfig::default()
         },
-        admin: AdminConfig::default(),
+        admin: AdminConfig {
+            enabled: cli.admin_listen != "off",
+            listen: if cli.admin_listen == "off" {
+                AdminConfig::default().listen
+            } else {
+                cli.admin_listen.clone()
+            },
+            ..AdminConfig::default()
+        },
     };
     if cli.listen.parse::<std::net::SocketAddr>().is_err() {
         bail!("--listen {:?} is not an IP:port address", cli.listen);

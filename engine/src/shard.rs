@@ -94,6 +94,8 @@ pub enum ShardMsg {
     Reload(Arc<RuntimeConfig>),
     /// SIGTERM: stop accepting, let transactions finish, then close.
     Shutdown,
+    /// `POST /histograms/reset`: drop what this interval recorded.
+    ResetHistograms,
 }
 
 /// The process-wide part: channels to every shard and the global client count.
@@ -101,6 +103,8 @@ pub struct Shared {
     pub inboxes: Vec<Sender<ShardMsg>>,
     pub doorbells: Vec<Arc<AtomicWaker>>,
     pub clients: AtomicUsize,
+    /// To the admin thread, if it runs: one snapshot per shard per interval.
+    pub snapshots: Option<(Sender<helios_admin::ShardSnapshot>, Duration)>,
 }
 
 impl Shared {
@@ -155,10 +159,26 @@ impl Latch {
     }
 }
 
-/// A client's cancel key and the backend currently serving it.
+/// A client's cancel key, the backend currently serving it, and what `/clients` and
+/// `SHOW CLIENTS` show of it.
 pub struct CancelEntry {
     pub secret: i32,
     pub target: Rc<Cell<Option<BackendKey>>>,
+    pub meta: Rc<ClientMeta>,
+}
+
+/// A client as the admin surfaces show it.
+pub struct ClientMeta {
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    pub addr: String,
+    /// Unix seconds.
+    pub connected_at: u64,
+    /// `idle`, `waiting` (for a server connection) or `active` (holds one).
+    pub state: Cell<&'static str>,
+    /// The server connection it holds: id, backend pid, unix seconds it was opened.
+    pub server: Cell<Option<(u64, i32, u64)>>,
 }
 
 /// A statement prepared under a proxy-unique name, shared by every client on the shard that
@@ -287,7 +307,11 @@ impl Shard {
     }
 
     /// A fresh cancel key for a client: the process id names this shard in its top byte.
-    pub fn register_client(&self, target: Rc<Cell<Option<BackendKey>>>) -> (i32, i32) {
+    pub fn register_client(
+        &self,
+        target: Rc<Cell<Option<BackendKey>>>,
+        meta: Rc<ClientMeta>,
+    ) -> (i32, i32) {
         let mut cancels = self.cancels.borrow_mut();
         loop {
             let seq = self.next_client.get().wrapping_add(1) & 0x3F_FFFF;
@@ -295,7 +319,14 @@ impl Shard {
             let pid = ((self.id as i32 & 0xFF) << 22) | seq as i32;
             if pid != 0 && !cancels.contains_key(&pid) {
                 let secret: i32 = rand::random();
-                cancels.insert(pid, CancelEntry { secret, target });
+                cancels.insert(
+                    pid,
+                    CancelEntry {
+                        secret,
+                        target,
+                        meta,
+                    },
+                );
                 return (pid, secret);
             }
         }
@@ -413,6 +444,9 @@ pub async fn run_shard(shard: Rc<Shard>, inbox: Receiver<ShardMsg>, doorbell: Ar
         glommio::spawn_local(accept_loop(s, l)).detach();
     }
     glommio::spawn_local(maintenance_loop(shard.clone())).detach();
+    if let Some((tx, every)) = &shard.shared.snapshots {
+        glommio::spawn_local(crate::report::reporter(shard.clone(), tx.clone(), *every)).detach();
+    }
 
     // The control loop: the shard's inbox, woken by its doorbell.
     loop {
@@ -428,6 +462,7 @@ pub async fn run_shard(shard: Rc<Shard>, inbox: Receiver<ShardMsg>, doorbell: Ar
         match msg {
             Some(ShardMsg::Cancel { pid, secret }) => shard.cancel_local(pid, secret),
             Some(ShardMsg::Reload(cfg)) => shard.reload(cfg),
+            Some(ShardMsg::ResetHistograms) => shard.stats.reset_histograms(),
             Some(ShardMsg::Shutdown) | None => break,
         }
     }

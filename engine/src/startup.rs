@@ -98,11 +98,46 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
         receivers.push(rx);
         doorbells.push(Arc::new(AtomicWaker::new()));
     }
+    let (snap_tx, snap_rx) = crossbeam_channel::bounded(shards * 4);
+    let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(16);
+    let admin_cfg = rt.config.admin.clone();
     let shared = Arc::new(Shared {
         inboxes,
         doorbells: doorbells.clone(),
         clients: AtomicUsize::new(0),
+        snapshots: admin_cfg.enabled.then(|| {
+            (
+                snap_tx,
+                Duration::from_millis(admin_cfg.snapshot_interval_ms),
+            )
+        }),
     });
+    if admin_cfg.enabled {
+        let info = helios_admin::StaticInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            // Secrets (passwords, the admin token) are never serialized.
+            config_json: serde_json::to_value(&rt.config).unwrap_or_default(),
+            shards,
+        };
+        helios_admin::spawn(&admin_cfg, snap_rx, cmd_tx, info).map_err(|e| anyhow!("{e}"))?;
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("helios-admin-cmd".into())
+            .spawn(move || {
+                for cmd in cmd_rx {
+                    match cmd {
+                        // The signal thread owns reloading: the admin asks it the same way
+                        // an operator does.
+                        helios_admin::AdminCommand::Reload => unsafe {
+                            libc::kill(libc::getpid(), libc::SIGHUP);
+                        },
+                        helios_admin::AdminCommand::ResetHistograms => {
+                            shared.broadcast(|| ShardMsg::ResetHistograms)
+                        }
+                    }
+                }
+            })?;
+    }
     let rt = Arc::new(rt);
     let cpus: Vec<usize> = CpuSet::online()
         .map(|s| s.into_iter().map(|l| l.cpu).collect())

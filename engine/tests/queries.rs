@@ -1028,3 +1028,80 @@ fn parse_of_an_existing_statement_name_is_refused_like_direct() {
         assert_eq!(script(&mut r), want, "{alias}");
     }
 }
+
+/// Bind (+ Parse when `sql` is given), Describe portal, Execute, then Sync if `sync`.
+fn portal_batch(b: &mut bytes::BytesMut, name: &str, sql: Option<&str>, sync: bool) {
+    use postgres_protocol::message::frontend;
+    if let Some(sql) = sql {
+        frontend::parse(name, sql, std::iter::empty(), b).unwrap();
+    }
+    frontend::bind(
+        "",
+        name,
+        std::iter::empty::<i16>(),
+        std::iter::empty::<&[u8]>(),
+        |_, _| Ok::<_, Box<dyn std::error::Error + Sync + Send>>(postgres_protocol::IsNull::No),
+        Some(0),
+        b,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    frontend::describe(b'P', "", b).unwrap();
+    frontend::execute("", 0, b).unwrap();
+    if sync {
+        frontend::sync(b);
+    }
+}
+
+/// Several batches written at once, with errors in some, in and out of a transaction.
+fn pipeline_script(r: &mut Raw) -> Vec<String> {
+    use postgres_protocol::message::frontend;
+    let mut out = Vec::new();
+    let mut b = bytes::BytesMut::new();
+    portal_batch(&mut b, "", Some("select 1/0"), true);
+    portal_batch(&mut b, "", Some("select 2"), true);
+    portal_batch(&mut b, "n1", Some("select 3"), true);
+    portal_batch(&mut b, "n1", None, true);
+    r.send(&b);
+    for _ in 0..4 {
+        out.push(tags(&r.until_ready()));
+    }
+    let mut b = bytes::BytesMut::new();
+    frontend::query("begin", &mut b).unwrap();
+    portal_batch(&mut b, "n2", Some("select 4"), true);
+    portal_batch(&mut b, "", Some("select 1/0"), true);
+    portal_batch(&mut b, "n2", None, true);
+    frontend::query("rollback", &mut b).unwrap();
+    portal_batch(&mut b, "n2", None, true);
+    r.send(&b);
+    for _ in 0..6 {
+        out.push(tags(&r.until_ready()));
+    }
+    // Two executions before one Sync, with a Flush between.
+    let mut b = bytes::BytesMut::new();
+    portal_batch(&mut b, "n3", Some("select 5"), false);
+    frontend::flush(&mut b);
+    portal_batch(&mut b, "n3", None, false);
+    frontend::sync(&mut b);
+    r.send(&b);
+    out.push(tags(&r.until_ready()));
+    out
+}
+
+#[test]
+fn pipelined_extended_batches_match_direct() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "pipeline");
+    let proxy = both_modes_proxy(&pg, &db, 4, "");
+    let mut d = match Raw::login(pg.port, SUPERUSER, PW, &db) {
+        Ok(r) => r,
+        Err(e) => panic!("direct raw login: {e:?}"),
+    };
+    let want = pipeline_script(&mut d);
+    assert_eq!(want[0], "1EZ");
+    for alias in MODES {
+        let mut r = Raw::trust(proxy.port(), alias);
+        assert_eq!(pipeline_script(&mut r), want, "{alias}");
+        assert_eq!(ready_status(&r.query("select 1")), b'I');
+    }
+}

@@ -96,6 +96,23 @@ pub struct Pool {
     next_id: Rc<Cell<u64>>,
     /// The shard's io_uring ring: connections move onto it once logged in.
     ring: Option<Rc<helios_uring::Ring>>,
+    /// The last connection attempt: succeeded?, its error, unix milliseconds.
+    pub last_connect: RefCell<Option<(bool, Option<String>, u64)>>,
+    /// When each waiting client started waiting (FIFO, like `waiters`).
+    wait_started: RefCell<VecDeque<Instant>>,
+}
+
+/// Unix time now, in milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Unix seconds at which `t` happened.
+pub fn unix_secs_of(t: Instant) -> u64 {
+    (unix_ms() / 1000).saturating_sub(t.elapsed().as_secs())
 }
 
 impl Pool {
@@ -113,6 +130,8 @@ impl Pool {
             counters: Cell::new(PoolCounters::default()),
             next_id: ids,
             ring,
+            last_connect: RefCell::new(None),
+            wait_started: RefCell::new(VecDeque::new()),
         }
     }
 
@@ -132,6 +151,24 @@ impl Pool {
 
     pub fn waiting(&self) -> usize {
         self.waiters.borrow().len()
+    }
+
+    /// How long the longest-waiting client has waited.
+    pub fn max_wait(&self) -> Duration {
+        self.wait_started
+            .borrow()
+            .front()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// Idle connections: id, backend pid, unix seconds opened.
+    pub fn idle_servers(&self) -> Vec<(u64, i32, u64)> {
+        self.idle
+            .borrow()
+            .iter()
+            .map(|c| (c.id.0, c.key.pid, unix_secs_of(c.created)))
+            .collect()
     }
 
     /// Takes a healthy idle connection, dropping dead or expired ones on the way.
@@ -177,12 +214,14 @@ impl Pool {
         self.count(|c| c.connects += 1);
         match ServerConn::connect(&target, id, max_frame, cap, self.ring.as_ref()).await {
             Ok(c) => {
+                *self.last_connect.borrow_mut() = Some((true, None, unix_ms()));
                 if self.server_params.borrow().is_none() {
                     *self.server_params.borrow_mut() = Some(c.startup_params.clone());
                 }
                 Ok(c)
             }
             Err(e) => {
+                *self.last_connect.borrow_mut() = Some((false, Some(e.message.clone()), unix_ms()));
                 self.count(|c| c.connect_failures += 1);
                 self.total.set(self.total.get() - 1);
                 if let Some(w) = self.waiters.borrow_mut().pop_front() {
@@ -213,12 +252,20 @@ impl Pool {
                 state: RefCell::new(WaiterState::Waiting(None)),
             });
             self.waiters.borrow_mut().push_back(waiter.clone());
+            let since = Instant::now();
+            self.wait_started.borrow_mut().push_back(since);
             let left = deadline.saturating_duration_since(Instant::now());
             let _ = glommio::timer::timeout(left, async {
                 WaitFor(waiter.clone()).await;
                 Ok(())
             })
             .await;
+            {
+                let mut w = self.wait_started.borrow_mut();
+                if let Some(i) = w.iter().position(|t| *t == since) {
+                    w.remove(i);
+                }
+            }
             let state = std::mem::replace(&mut *waiter.state.borrow_mut(), WaiterState::Retry);
             match state {
                 WaiterState::Handed(c) => return Ok(*c),

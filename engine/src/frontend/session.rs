@@ -30,7 +30,7 @@ use crate::net::codec::{
     put_parameter_status, put_proxy_error, put_query, put_ready, read_cstr, Frame, FrameReader,
 };
 use crate::net::conn::Conn;
-use crate::shard::{Shard, Statement};
+use crate::shard::{ClientMeta, Shard, Statement};
 use crate::stats::{Counters, DbStats};
 
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
@@ -200,6 +200,7 @@ struct Session {
     request_start: Option<Instant>,
     /// When the first request of the current server exchange was flushed.
     server_sent: Option<Instant>,
+    meta: Rc<ClientMeta>,
 }
 
 impl Session {
@@ -252,7 +253,24 @@ impl Session {
             put_parameter_status(out, name, client_value.unwrap_or(value));
         }
         let cancel_target = Rc::new(Cell::new(None));
-        let (pid, secret) = shard.register_client(cancel_target.clone());
+        let meta = Rc::new(ClientMeta {
+            user: login.user.clone(),
+            database: login.database.clone(),
+            application_name: login
+                .params
+                .iter()
+                .find(|(k, _)| k == "application_name")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            addr: client
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            connected_at: crate::backend::pool::unix_ms() / 1000,
+            state: Cell::new("idle"),
+            server: Cell::new(None),
+        });
+        let (pid, secret) = shard.register_client(cancel_target.clone(), meta.clone());
         put_backend_key(client.queue(), pid, secret);
         put_ready(client.queue(), b'I');
         let mode = pool.settings.borrow().mode;
@@ -275,6 +293,7 @@ impl Session {
             server_fatal: false,
             shutdown_registered: false,
             db_stats: shard.stats.db(&login.database),
+            meta,
             request_start: None,
             server_sent: None,
             shard,
@@ -406,6 +425,8 @@ impl Session {
     }
 
     async fn server_lost(&mut self) -> End {
+        self.meta.server.set(None);
+        self.meta.state.set("idle");
         if let Some(s) = self.server.take() {
             log::info!(
                 "session {}: server connection {:?} closed (pid {})",
@@ -466,6 +487,8 @@ impl Session {
         }
         if let Some(s) = self.server.take() {
             self.cancel_target.set(None);
+            self.meta.state.set("idle");
+            self.meta.server.set(None);
             if s.conn.pending() > 0 || self.server_fatal {
                 self.pool.discard(s);
             } else {
@@ -536,10 +559,17 @@ impl Session {
             return Ok(true);
         }
         let t0 = Instant::now();
+        self.meta.state.set("waiting");
         let checked_out = self.pool.checkout().await;
         self.db_stats.record_checkout(t0.elapsed());
         match checked_out {
             Ok(s) => {
+                self.meta.state.set("active");
+                self.meta.server.set(Some((
+                    s.id.0,
+                    s.key.pid,
+                    crate::backend::pool::unix_secs_of(s.created),
+                )));
                 self.cancel_target.set(Some(s.key));
                 self.server = Some(s);
                 self.server_fatal = false;
@@ -547,6 +577,7 @@ impl Session {
                 Ok(true)
             }
             Err(e) => {
+                self.meta.state.set("idle");
                 log::info!("session {}: {}", self.pid, e.message);
                 self.reject(e, extended);
                 Ok(false)
