@@ -135,21 +135,27 @@ pub fn build(shard: &Shard) -> ShardSnapshot {
     snap
 }
 
-/// Sends a snapshot every interval until shutdown.
+/// Feeds the console's view and, if it runs, the admin thread, every interval until shutdown.
 pub async fn reporter(
     shard: Rc<Shard>,
-    tx: crossbeam_channel::Sender<ShardSnapshot>,
+    tx: Option<crossbeam_channel::Sender<ShardSnapshot>>,
     every: Duration,
 ) {
     loop {
         glommio::timer::sleep(every).await;
-        if tx.try_send(build(&shard)).is_err() {
+        if shard.shutdown.is_set() {
+            return;
+        }
+        let snap = build(&shard);
+        let Some(tx) = &tx else {
+            crate::frontend::console::ingest(&shard, snap);
+            continue;
+        };
+        crate::frontend::console::ingest(&shard, snap.clone());
+        if tx.try_send(snap).is_err() {
             // The admin thread is behind or gone: this interval's histograms are dropped,
             // never queued without bound.
             log::debug!("shard {}: admin snapshot dropped", shard.id);
-        }
-        if shard.shutdown.is_set() {
-            return;
         }
     }
 }

@@ -96,6 +96,11 @@ pub enum ShardMsg {
     Shutdown,
     /// `POST /histograms/reset`: drop what this interval recorded.
     ResetHistograms,
+    /// Console `PAUSE [db]` / `RESUME [db]` (all databases when `None`).
+    Pause {
+        database: Option<String>,
+        pause: bool,
+    },
 }
 
 /// The process-wide part: channels to every shard and the global client count.
@@ -104,7 +109,11 @@ pub struct Shared {
     pub doorbells: Vec<Arc<AtomicWaker>>,
     pub clients: AtomicUsize,
     /// To the admin thread, if it runs: one snapshot per shard per interval.
-    pub snapshots: Option<(Sender<helios_admin::ShardSnapshot>, Duration)>,
+    pub snapshots: Option<Sender<helios_admin::ShardSnapshot>>,
+    pub snapshot_interval: Duration,
+    /// What the psql console shows: the same snapshots, merged (locked once per shard per
+    /// interval and per console command; never on the query path).
+    pub console_state: std::sync::Mutex<helios_admin::AdminState>,
 }
 
 impl Shared {
@@ -257,6 +266,8 @@ pub struct Shard {
     pub ring: RefCell<Option<Rc<helios_uring::Ring>>>,
     /// Histograms and counters, sent to the admin thread every snapshot interval.
     pub stats: crate::stats::ShardStats,
+    /// `PAUSE` without a database: pools created afterwards start paused too.
+    pub paused_all: Cell<bool>,
 }
 
 impl Shard {
@@ -275,6 +286,7 @@ impl Shard {
             sessions: Cell::new(0),
             ring: RefCell::new(None),
             stats: crate::stats::ShardStats::default(),
+            paused_all: Cell::new(false),
         })
     }
 
@@ -292,11 +304,13 @@ impl Shard {
             pools
                 .entry(key)
                 .or_insert_with(|| {
-                    Rc::new(Pool::new(
+                    let p = Pool::new(
                         settings,
                         self.server_ids.clone(),
                         self.ring.borrow().clone(),
-                    ))
+                    );
+                    p.paused.set(self.paused_all.get());
+                    Rc::new(p)
                 })
                 .clone(),
         )
@@ -444,9 +458,12 @@ pub async fn run_shard(shard: Rc<Shard>, inbox: Receiver<ShardMsg>, doorbell: Ar
         glommio::spawn_local(accept_loop(s, l)).detach();
     }
     glommio::spawn_local(maintenance_loop(shard.clone())).detach();
-    if let Some((tx, every)) = &shard.shared.snapshots {
-        glommio::spawn_local(crate::report::reporter(shard.clone(), tx.clone(), *every)).detach();
-    }
+    glommio::spawn_local(crate::report::reporter(
+        shard.clone(),
+        shard.shared.snapshots.clone(),
+        shard.shared.snapshot_interval,
+    ))
+    .detach();
 
     // The control loop: the shard's inbox, woken by its doorbell.
     loop {
@@ -463,6 +480,20 @@ pub async fn run_shard(shard: Rc<Shard>, inbox: Receiver<ShardMsg>, doorbell: Ar
             Some(ShardMsg::Cancel { pid, secret }) => shard.cancel_local(pid, secret),
             Some(ShardMsg::Reload(cfg)) => shard.reload(cfg),
             Some(ShardMsg::ResetHistograms) => shard.stats.reset_histograms(),
+            Some(ShardMsg::Pause { database, pause }) => {
+                for p in shard.pools() {
+                    if database
+                        .as_ref()
+                        .is_none_or(|d| *d == p.settings.borrow().alias)
+                    {
+                        p.paused.set(pause);
+                    }
+                }
+                shard.paused_all.set(match database {
+                    None => pause,
+                    Some(_) => shard.paused_all.get(),
+                });
+            }
             Some(ShardMsg::Shutdown) | None => break,
         }
     }

@@ -105,12 +105,9 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
         inboxes,
         doorbells: doorbells.clone(),
         clients: AtomicUsize::new(0),
-        snapshots: admin_cfg.enabled.then(|| {
-            (
-                snap_tx,
-                Duration::from_millis(admin_cfg.snapshot_interval_ms),
-            )
-        }),
+        snapshots: admin_cfg.enabled.then_some(snap_tx),
+        snapshot_interval: Duration::from_millis(admin_cfg.snapshot_interval_ms),
+        console_state: std::sync::Mutex::new(helios_admin::AdminState::new(shards)),
     });
     if admin_cfg.enabled {
         let info = helios_admin::StaticInfo {

@@ -100,6 +100,8 @@ pub struct Pool {
     pub last_connect: RefCell<Option<(bool, Option<String>, u64)>>,
     /// When each waiting client started waiting (FIFO, like `waiters`).
     wait_started: RefCell<VecDeque<Instant>>,
+    /// Console PAUSE: no connection is handed out until RESUME (running transactions finish).
+    pub paused: Cell<bool>,
 }
 
 /// Unix time now, in milliseconds.
@@ -132,6 +134,7 @@ impl Pool {
             ring,
             last_connect: RefCell::new(None),
             wait_started: RefCell::new(VecDeque::new()),
+            paused: Cell::new(false),
         }
     }
 
@@ -238,6 +241,12 @@ impl Pool {
         self.count(|c| c.checkouts += 1);
         let timeout = self.settings.borrow().checkout_timeout;
         let deadline = Instant::now() + timeout;
+        // Paused (console PAUSE): wait for RESUME. Rare and operator-driven, so a short poll
+        // is simpler than another wake-up list. The checkout timeout starts after it.
+        while self.paused.get() {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        let deadline = deadline.max(Instant::now() + timeout);
         loop {
             if self.waiters.borrow().is_empty() {
                 if let Some(c) = self.take_idle() {

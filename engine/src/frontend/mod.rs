@@ -1,5 +1,6 @@
 //! The client side: startup, authentication, and the session state machine.
 pub mod auth;
+pub mod console;
 pub mod session;
 pub mod sql;
 pub mod startup;

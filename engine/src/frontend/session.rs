@@ -147,6 +147,23 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             return;
         }
     };
+    if login.database == cfg.config.admin.console_database {
+        if !cfg.config.auth.admin_users.contains(&login.user) {
+            let e = ProxyError::fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                Blame::Client,
+                format!(
+                    "user \"{}\" is not allowed to connect to the admin console (auth.admin_users)",
+                    login.user
+                ),
+            );
+            queue_error(&mut client, &e);
+            client.close().await;
+            return;
+        }
+        super::console::serve(shard, client, reader).await;
+        return;
+    }
     let Some(pool) = shard.pool(&login.database, &login.user) else {
         let e = ProxyError::fatal(
             SqlState::INVALID_CATALOG_NAME,

@@ -1,0 +1,465 @@
+//! The admin console: a virtual database (`admin.console_database`, default `heliosproxy`)
+//! served by the shards themselves to `auth.admin_users`, with PgBouncer's commands and column
+//! names so habits and scripts carry over: `SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|CONFIG|
+//! LATENCY`, `RELOAD`, `PAUSE [db]`, `RESUME [db]`, `SHUTDOWN`.
+//!
+//! Figures come from the merged snapshots every shard sends each `admin.snapshot_interval_ms`,
+//! so they are at most one interval old. Only the simple query protocol is spoken.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{BufMut, BytesMut};
+use helios_admin::{LatencySummary, Metric, Window};
+
+use crate::error::SqlState;
+use crate::net::codec::{
+    put_backend_key, put_command_complete, put_cstr, put_error, put_msg, put_parameter_status,
+    put_ready, FrameReader,
+};
+use crate::net::conn::Conn;
+use crate::shard::{Shard, ShardMsg};
+
+/// Serves one console session until the client leaves.
+pub async fn serve(shard: Rc<Shard>, mut client: Conn, mut reader: FrameReader) {
+    for (k, v) in [
+        ("server_version", "15.0 (heliosproxy)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", ""),
+    ] {
+        put_parameter_status(client.queue(), k, v);
+    }
+    put_backend_key(client.queue(), 0, 0);
+    put_ready(client.queue(), b'I');
+    loop {
+        if client.flush().await.is_err() {
+            return;
+        }
+        let frame = loop {
+            match reader.next_frame() {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(e) => {
+                    put_error(
+                        client.queue(),
+                        "FATAL",
+                        SqlState::PROTOCOL_VIOLATION,
+                        &format!("{:?}", e),
+                    );
+                    client.close().await;
+                    return;
+                }
+            }
+            match client.read_into(&mut reader).await {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        };
+        match frame.tag {
+            b'X' => return,
+            b'Q' => {
+                let body = frame.body();
+                let sql =
+                    std::str::from_utf8(body.strip_suffix(b"\0").unwrap_or(body)).unwrap_or("");
+                let out = client.queue();
+                if let Err(msg) = command(&shard, sql, out) {
+                    put_error(out, "ERROR", SqlState("42601"), &msg);
+                }
+                put_ready(out, b'I');
+            }
+            b'S' => put_ready(client.queue(), b'I'),
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
+                // Discarded until Sync, as after any error in an extended batch.
+                put_error(
+                    client.queue(),
+                    "ERROR",
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "the heliosproxy console speaks only the simple query protocol",
+                );
+                loop {
+                    match reader.next_frame() {
+                        Ok(Some(f)) if f.tag == b'S' => break,
+                        Ok(Some(_)) => continue,
+                        Ok(None) => match client.read_into(&mut reader).await {
+                            Ok(n) if n > 0 => {}
+                            _ => return,
+                        },
+                        Err(_) => return,
+                    }
+                }
+                put_ready(client.queue(), b'I');
+            }
+            t => {
+                put_error(
+                    client.queue(),
+                    "FATAL",
+                    SqlState::PROTOCOL_VIOLATION,
+                    &format!("invalid frontend message type {t}"),
+                );
+                client.close().await;
+                return;
+            }
+        }
+    }
+}
+
+/// A result set: column names, then rows of text values (`None` = NULL).
+struct Rows {
+    columns: Vec<&'static str>,
+    rows: Vec<Vec<Option<String>>>,
+}
+
+impl Rows {
+    fn new(columns: &[&'static str]) -> Rows {
+        Rows {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, row: Vec<Option<String>>) {
+        debug_assert_eq!(row.len(), self.columns.len());
+        self.rows.push(row);
+    }
+
+    fn write(&self, out: &mut BytesMut, tag: &str) {
+        put_msg(out, b'T', |b| {
+            b.put_i16(self.columns.len() as i16);
+            for c in &self.columns {
+                put_cstr(b, c.as_bytes());
+                b.put_i32(0); // table oid
+                b.put_i16(0); // column number
+                b.put_i32(25); // text
+                b.put_i16(-1);
+                b.put_i32(-1);
+                b.put_i16(0); // text format
+            }
+        });
+        for r in &self.rows {
+            put_msg(out, b'D', |b| {
+                b.put_i16(r.len() as i16);
+                for v in r {
+                    match v {
+                        Some(s) => {
+                            b.put_i32(s.len() as i32);
+                            b.put_slice(s.as_bytes());
+                        }
+                        None => b.put_i32(-1),
+                    }
+                }
+            });
+        }
+        put_command_complete(out, &format!("{tag} {}", self.rows.len()));
+    }
+}
+
+fn s<T: ToString>(v: T) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn command(shard: &Shard, sql: &str, out: &mut BytesMut) -> Result<(), String> {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let arg = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .nth(1)
+        .map(|d| d.trim_matches('"').to_string());
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["SHOW", what] => {
+            let st = shard.shared.console_state.lock().unwrap_or_else(|e| e.into_inner());
+            let rows = match *what {
+                "POOLS" => pools(&st),
+                "STATS" => stats(&st),
+                "CLIENTS" => clients(&st),
+                "SERVERS" => servers(&st),
+                "DATABASES" => databases(shard),
+                "CONFIG" => config(shard),
+                "LATENCY" => latency(&st),
+                w => return Err(format!("unknown SHOW item {w:?}: try POOLS, STATS, CLIENTS, SERVERS, DATABASES, CONFIG or LATENCY")),
+            };
+            rows.write(out, "SHOW");
+        }
+        ["RELOAD"] => {
+            // The signal thread owns reloading, as for SIGHUP.
+            unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+            put_command_complete(out, "RELOAD");
+        }
+        ["SHUTDOWN"] => {
+            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+            put_command_complete(out, "SHUTDOWN");
+        }
+        ["PAUSE"] | ["PAUSE", _] | ["RESUME"] | ["RESUME", _] => {
+            let pause = words[0] == "PAUSE";
+            let db = if words.len() == 2 { arg } else { None };
+            if let Some(d) = &db {
+                if !shard.config().config.databases.contains_key(d) {
+                    return Err(format!("no such database: {d}"));
+                }
+            }
+            shard.shared.broadcast(|| ShardMsg::Pause {
+                database: db.clone(),
+                pause,
+            });
+            put_command_complete(out, if pause { "PAUSE" } else { "RESUME" });
+        }
+        [] => put_msg(out, b'I', |_| {}),
+        _ => {
+            return Err(format!(
+                "invalid command {:?}: the console knows SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|CONFIG|LATENCY, RELOAD, PAUSE [db], RESUME [db], SHUTDOWN",
+                sql.trim()
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn pools(st: &helios_admin::AdminState) -> Rows {
+    let mut r = Rows::new(&[
+        "database",
+        "user",
+        "cl_active",
+        "cl_waiting",
+        "sv_active",
+        "sv_idle",
+        "maxwait",
+        "maxwait_us",
+        "pool_mode",
+        "pool_size",
+    ]);
+    for p in st.pools_merged() {
+        let clients: Vec<_> = st.clients().filter(|c| c.database == p.database).collect();
+        let waiting = clients.iter().filter(|c| c.state == "waiting").count();
+        r.push(vec![
+            s(&p.database),
+            s(&p.user),
+            s(clients.len() - waiting),
+            s(waiting),
+            s(p.active),
+            s(p.idle),
+            s(p.max_wait_us / 1_000_000),
+            s(p.max_wait_us % 1_000_000),
+            s(p.mode),
+            s(p.pool_size),
+        ]);
+    }
+    r
+}
+
+fn stats(st: &helios_admin::AdminState) -> Rows {
+    let mut r = Rows::new(&[
+        "database",
+        "total_xact_count",
+        "total_query_count",
+        "total_received",
+        "total_sent",
+        "avg_query_time",
+        "total_errors",
+    ]);
+    let c = st.counters();
+    for db in st.databases() {
+        let h = st.histogram(Metric::Query, Some(&db), Window::Total);
+        let l = LatencySummary::of(&h);
+        r.push(vec![
+            s(&db),
+            None,
+            s(l.count),
+            None,
+            None,
+            l.mean_us.map(|m| (m as u64).to_string()),
+            None,
+        ]);
+    }
+    let total = LatencySummary::of(&st.histogram(Metric::Query, None, Window::Total));
+    r.push(vec![
+        s("*"),
+        s(c.transactions),
+        s(c.queries),
+        s(c.bytes_in),
+        s(c.bytes_out),
+        total.mean_us.map(|m| (m as u64).to_string()),
+        s(c.errors_by_class.values().sum::<u64>()),
+    ]);
+    r
+}
+
+fn clients(st: &helios_admin::AdminState) -> Rows {
+    let mut r = Rows::new(&[
+        "type",
+        "user",
+        "database",
+        "state",
+        "addr",
+        "connect_time",
+        "id",
+        "shard",
+        "application_name",
+    ]);
+    for c in st.clients() {
+        r.push(vec![
+            s("C"),
+            s(&c.user),
+            s(&c.database),
+            s(c.state),
+            s(&c.addr),
+            s(c.connected_at),
+            s(c.id),
+            s(c.shard),
+            s(&c.application_name),
+        ]);
+    }
+    r
+}
+
+fn servers(st: &helios_admin::AdminState) -> Rows {
+    let mut r = Rows::new(&[
+        "type",
+        "user",
+        "database",
+        "state",
+        "node",
+        "connect_time",
+        "id",
+        "shard",
+        "remote_pid",
+    ]);
+    for (shard, v) in st.servers() {
+        r.push(vec![
+            s("S"),
+            s(&v.user),
+            s(&v.database),
+            s(v.state),
+            s(&v.node),
+            s(v.connected_at),
+            s(v.id),
+            s(shard),
+            s(v.backend_pid),
+        ]);
+    }
+    r
+}
+
+fn databases(shard: &Shard) -> Rows {
+    let cfg = shard.config();
+    let mut r = Rows::new(&[
+        "name",
+        "host",
+        "port",
+        "database",
+        "force_user",
+        "pool_size",
+        "min_pool_size",
+        "pool_mode",
+        "node",
+    ]);
+    for (alias, db) in &cfg.config.databases {
+        let node = cfg.config.node_for(db);
+        r.push(vec![
+            s(alias),
+            s(&node.host),
+            s(node.port),
+            s(db.dbname.as_deref().unwrap_or(alias)),
+            db.user.clone(),
+            s(db.pool_size),
+            s(db.min_idle),
+            s(format!("{:?}", db.pool_mode).to_lowercase()),
+            s(&node.name),
+        ]);
+    }
+    r
+}
+
+fn config(shard: &Shard) -> Rows {
+    let cfg = shard.config();
+    let mut r = Rows::new(&["key", "value", "changeable"]);
+    // Secrets are never serialized (passwords, the admin token).
+    let v = serde_json::to_value(&cfg.config).unwrap_or_default();
+    fn walk(prefix: &str, v: &serde_json::Value, r: &mut Rows) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&p, x, r);
+                }
+            }
+            serde_json::Value::Array(a) if a.iter().any(|x| x.is_object()) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(&format!("{prefix}[{i}]"), x, r);
+                }
+            }
+            other => {
+                let changeable = !(prefix.starts_with("server.")
+                    || prefix.starts_with("io.")
+                    || prefix.starts_with("admin."));
+                r.push(vec![
+                    Some(prefix.to_string()),
+                    Some(match other {
+                        serde_json::Value::String(s) => s.clone(),
+                        x => x.to_string(),
+                    }),
+                    Some(if changeable { "yes" } else { "no" }.into()),
+                ]);
+            }
+        }
+    }
+    walk("", &v, &mut r);
+    r
+}
+
+fn latency(st: &helios_admin::AdminState) -> Rows {
+    let mut r = Rows::new(&[
+        "database",
+        "metric",
+        "count",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p99_9_us",
+        "p99_99_us",
+        "max_us",
+    ]);
+    let mut dbs: Vec<Option<String>> = st.databases().into_iter().map(Some).collect();
+    dbs.push(None);
+    for db in dbs {
+        for m in [Metric::Query, Metric::Checkout, Metric::Server] {
+            let l = LatencySummary::of(&st.histogram(m, db.as_deref(), Window::Total));
+            let o = |v: Option<u64>| v.map(|x| x.to_string());
+            r.push(vec![
+                s(db.as_deref().unwrap_or("*")),
+                s(m.name()),
+                s(l.count),
+                o(l.p50_us),
+                o(l.p90_us),
+                o(l.p99_us),
+                o(l.p99_9_us),
+                o(l.p99_99_us),
+                o(l.max_us),
+            ]);
+        }
+    }
+    r
+}
+
+/// Feeds a snapshot to the console's merged view.
+pub fn ingest(shard: &Shard, snap: helios_admin::ShardSnapshot) {
+    let mut st = shard
+        .shared
+        .console_state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    st.ingest(snap, Instant::now());
+}
