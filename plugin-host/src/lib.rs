@@ -37,3 +37,9 @@ pub use shard::{PluginStats, ShardPlugins};
 pub const BLOCK_SQLSTATE: &str = "42000";
 /// SQLSTATE of the ErrorResponse an `authenticate` deny produces (`invalid_authorization_specification`).
 pub const AUTH_DENY_SQLSTATE: &str = "28000";
+
+// The runtime is shared by the admin thread and every shard.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<PluginRuntime>();
+};

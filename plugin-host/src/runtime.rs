@@ -348,8 +348,8 @@ impl PluginRuntime {
         PluginRuntime::new(&PluginsConfig::quick_start(paths, trust_root), opts)
     }
 
-    /// The plugin state of one shard thread. Call once per shard, on that shard's thread or
-    /// before moving... it is `!Send`, so create it on the shard thread.
+    /// The plugin state of one shard. It is `!Send`: call this on the shard's own thread, once
+    /// per shard. It subscribes to KV replication and instantiates every plugin right away.
     pub fn shard(&self, shard_id: usize) -> ShardPlugins {
         ShardPlugins::new(self.shared.clone(), shard_id)
     }

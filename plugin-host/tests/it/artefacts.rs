@@ -266,7 +266,7 @@ fn malformed_key_and_malformed_signature_are_refused() {
     std::fs::write(trust.join("release.pub"), "this is not a key").unwrap();
     std::fs::write(
         trust.join("short.pub"),
-        trust::encode_public_key(&key("x").verifying_key())[..20].to_string(),
+        &trust::encode_public_key(&key("x").verifying_key())[..20],
     )
     .unwrap();
     let art = pack_block_drop(dir.path(), Some("release"), &["pre_query"]);
