@@ -20,7 +20,9 @@ pub const HISTOGRAM_HIGH_US: u64 = 60_000_000;
 pub const HISTOGRAM_SIGFIG: u8 = 3;
 
 /// A latency histogram as the shards keep it: microseconds, 1 µs ..= 60 s, 3 significant digits,
-/// allocated once (about 40 KiB) and never resized.
+/// allocated once (17,408 `u64` counts, 136 KiB) and never resized. A shard that hands its
+/// histograms over each interval and allocates fresh ones pays that per (metric, database) per
+/// interval; sending only the non-empty ones keeps it to the databases that had traffic.
 ///
 /// Measured cost of [`record_us`] into it (`cargo bench -p helios-admin --bench record`, release,
 /// the 2-core development VM shared with other builds): 6.2 ns per record with values spread
@@ -216,4 +218,21 @@ pub enum AdminCommand {
     /// Someone reset the admin's histograms (`POST /histograms/reset`); shards may drop what they
     /// have recorded in the current interval.
     ResetHistograms,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_size_and_clamping() {
+        let mut h = new_histogram();
+        assert_eq!(h.distinct_values(), 17 * 1024);
+        record_us(&mut h, 0);
+        record_us(&mut h, 3_600_000_000);
+        assert_eq!(h.len(), 2);
+        assert!(h.equivalent(h.max(), HISTOGRAM_HIGH_US));
+        assert_eq!(Metric::parse("checkout"), Some(Metric::Checkout));
+        assert_eq!(Metric::parse("Query"), None);
+    }
 }
