@@ -497,6 +497,21 @@ fn errors_are_json_with_honest_statuses() {
     assert_eq!(st, 411);
     let (st, _, _) = a.raw(b"NONSENSE\r\n\r\n");
     assert_eq!(st, 400);
+    // A client that connects and leaves, or sends half a head, does not wedge the thread.
+    drop(TcpStream::connect(a.addr).unwrap());
+    let mut half = TcpStream::connect(a.addr).unwrap();
+    half.write_all(b"GET /hea").unwrap();
+    drop(half);
+    // Expect: 100-continue gets its interim response, then the real one.
+    let mut s = TcpStream::connect(a.addr).unwrap();
+    s.write_all(b"POST /reload HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\n"),
+        "{out}"
+    );
     // And the server still answers afterwards.
     assert_eq!(a.get("/health").0, 200);
     a.stop();
