@@ -51,8 +51,14 @@ enum Expect {
     Bind,
     /// ParameterDescription (optional) then RowDescription or NoData.
     Describe,
-    /// Rows, then CommandComplete / EmptyQueryResponse / PortalSuspended.
-    Execute,
+    /// Rows, then CommandComplete / EmptyQueryResponse / PortalSuspended; `track` as for
+    /// Query, when the portal runs a tracked SET.
+    Execute {
+        track: Option<SessionCommand>,
+    },
+    /// The client ended a COPY (CopyDone/CopyFail): no response of its own. Marks which
+    /// Syncs the server ignored because they arrived during copy-in.
+    CopyEnd,
     Close {
         swallow: bool,
     },
@@ -76,7 +82,7 @@ impl Expect {
             Expect::Parse { .. }
                 | Expect::Bind
                 | Expect::Describe
-                | Expect::Execute
+                | Expect::Execute { .. }
                 | Expect::Close { .. }
         )
     }
@@ -218,6 +224,13 @@ struct Session {
     /// When the first request of the current server exchange was flushed.
     server_sent: Option<Instant>,
     meta: Rc<ClientMeta>,
+    /// Transaction mode: statements whose text is a tracked SET/RESET/DISCARD (by client
+    /// statement name), and the portals bound to them — so a SET sent through the extended
+    /// protocol is tracked like a simple one. Usually empty.
+    stmt_cmds: HashMap<Bytes, SessionCommand>,
+    portal_cmds: HashMap<Bytes, SessionCommand>,
+    /// SETs made inside a transaction block: kept on COMMIT, forgotten on ROLLBACK.
+    pending_cmds: Vec<SessionCommand>,
 }
 
 impl Session {
@@ -311,6 +324,9 @@ impl Session {
             shutdown_registered: false,
             db_stats: shard.stats.db(&login.database),
             meta,
+            stmt_cmds: HashMap::new(),
+            portal_cmds: HashMap::new(),
+            pending_cmds: Vec::new(),
             request_start: None,
             server_sent: None,
             shard,
@@ -532,7 +548,13 @@ impl Session {
                 self.ext_open = true;
                 if self.attach(true).await? {
                     self.forward(&frame);
-                    self.push(Expect::Execute);
+                    let track = if self.portal_cmds.is_empty() {
+                        None
+                    } else {
+                        let mut rest = frame.body();
+                        read_cstr(&mut rest).and_then(|p| self.portal_cmds.get(p).cloned())
+                    };
+                    self.push(Expect::Execute { track });
                 }
             }
             b'S' => self.on_sync(frame),
@@ -551,6 +573,9 @@ impl Session {
                 // COPY data goes to the server the COPY runs on; outside a COPY there is none.
                 if self.server.is_some() {
                     self.forward(&frame);
+                    if frame.tag != b'd' {
+                        self.push(Expect::CopyEnd);
+                    }
                 }
             }
             t => {
@@ -712,14 +737,36 @@ impl Session {
         let after_name = rest;
         let query = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
         if self.mode == PoolMode::Transaction {
-            if let Some(msg) =
-                sql::transaction_mode_unsupported(std::str::from_utf8(query).unwrap_or(""))
-            {
+            let text = std::str::from_utf8(query).unwrap_or("");
+            if let Some(msg) = sql::transaction_mode_unsupported(text) {
                 self.reject(
                     ProxyError::error(SqlState::FEATURE_NOT_SUPPORTED, Blame::Client, msg),
                     true,
                 );
                 return Ok(());
+            }
+            if !name.is_empty() && self.statements.contains_key(name) {
+                self.reject(
+                    ProxyError::error(
+                        SqlState("42P05"),
+                        Blame::Client,
+                        format!(
+                            "prepared statement \"{}\" already exists",
+                            String::from_utf8_lossy(name)
+                        ),
+                    ),
+                    true,
+                );
+                return Ok(());
+            }
+            match sql::session_command(text) {
+                Some(cmd) => {
+                    self.stmt_cmds.insert(Bytes::copy_from_slice(name), cmd);
+                }
+                None if !self.stmt_cmds.is_empty() => {
+                    self.stmt_cmds.remove(name);
+                }
+                None => {}
             }
         }
         if !name.is_empty() && self.mode == PoolMode::Transaction && self.server.is_none() {
@@ -820,6 +867,16 @@ impl Session {
         let mut rest = frame.body();
         let portal = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Bind"))?;
         let name = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Bind"))?;
+        if !self.stmt_cmds.is_empty() || !self.portal_cmds.is_empty() {
+            match self.stmt_cmds.get(name).cloned() {
+                Some(cmd) => {
+                    self.portal_cmds.insert(Bytes::copy_from_slice(portal), cmd);
+                }
+                None => {
+                    self.portal_cmds.remove(portal);
+                }
+            }
+        }
         if !self.attach(true).await? {
             return Ok(());
         }
@@ -883,6 +940,7 @@ impl Session {
             // The statement stays prepared on server connections (other clients may share it);
             // only this client's name goes.
             self.statements.remove(name);
+            self.stmt_cmds.remove(name);
             if self.server.is_some() {
                 self.push(Expect::Synthetic(Bytes::from_static(CLOSE_COMPLETE)));
             } else {
@@ -951,6 +1009,7 @@ impl Session {
                     put_ready(self.client.queue(), self.tx_status);
                     self.ready_sent(false);
                 }
+                Some(Expect::CopyEnd) => {}
                 _ => return,
             }
             self.expect.pop_front();
@@ -1037,6 +1096,9 @@ impl Session {
             }
             return;
         }
+        if tag == b'C' && !self.pending_cmds.is_empty() {
+            self.end_transaction(frame.body());
+        }
         let mut forward = true;
         let done = match (front, tag) {
             (Expect::Parse { swallow, .. }, b'1') => {
@@ -1045,13 +1107,37 @@ impl Session {
             }
             (Expect::Bind, b'2') => true,
             (Expect::Describe, b'T' | b'n') => true,
-            (Expect::Execute, b'C' | b'I' | b's') => true,
+            (Expect::Execute { track }, b'C' | b'I' | b's') => {
+                if let (Some(cmd), b'C') = (track, tag) {
+                    self.apply_session_command(cmd, frame.body());
+                }
+                true
+            }
+            (Expect::Execute { .. }, b'G') => {
+                // Extended-protocol COPY FROM STDIN: the server ignores every Sync that reaches it
+                // during copy-in, i.e. those the client sent before its CopyDone/CopyFail.
+                let mut i = 1;
+                while i < self.expect.len() {
+                    match self.expect[i] {
+                        Expect::CopyEnd => break,
+                        Expect::Sync => {
+                            self.expect.remove(i);
+                        }
+                        _ => i += 1,
+                    }
+                }
+                false
+            }
             (Expect::Close { swallow }, b'3') => {
                 forward = !swallow;
                 true
             }
             (Expect::Sync | Expect::Query { .. } | Expect::FunctionCall, b'Z') => {
                 self.tx_status = frame.body().first().copied().unwrap_or(b'I');
+                if self.tx_status == b'I' {
+                    // The transaction is over whichever way; its undecided SETs die with it.
+                    self.pending_cmds.clear();
+                }
                 true
             }
             (Expect::Query { track: Some(cmd) }, b'C') => {
@@ -1111,13 +1197,46 @@ impl Session {
     /// this server connection now has.
     fn apply_session_command(&mut self, cmd: SessionCommand, complete: &[u8]) {
         let tag = complete.strip_suffix(b"\0").unwrap_or(complete);
+        let ok = matches!(
+            (&cmd, tag),
+            (SessionCommand::Set { .. }, b"SET")
+                | (
+                    SessionCommand::Reset { .. } | SessionCommand::ResetAll,
+                    b"RESET"
+                )
+                | (SessionCommand::DiscardAll, b"DISCARD ALL")
+        );
+        if !ok {
+            return;
+        }
+        if self.tx_status != b'I' {
+            // Inside a transaction block: it only lasts if the transaction commits.
+            self.pending_cmds.push(cmd);
+            return;
+        }
+        self.commit_session_command(cmd);
+    }
+
+    /// A transaction ended (CommandComplete COMMIT or ROLLBACK): keep or drop its SETs.
+    fn end_transaction(&mut self, complete: &[u8]) {
+        let tag = complete.strip_suffix(b"\0").unwrap_or(complete);
+        if tag == b"COMMIT" {
+            for cmd in std::mem::take(&mut self.pending_cmds) {
+                self.commit_session_command(cmd);
+            }
+        } else if tag == b"ROLLBACK" {
+            self.pending_cmds.clear();
+        }
+    }
+
+    fn commit_session_command(&mut self, cmd: SessionCommand) {
         let Some(s) = &mut self.server else { return };
         match cmd {
-            SessionCommand::Set { name, value } if tag == b"SET" => {
+            SessionCommand::Set { name, value } => {
                 self.desired.insert(name.clone(), value.clone());
                 s.applied.insert(name, value);
             }
-            SessionCommand::Reset { name } if tag == b"RESET" => {
+            SessionCommand::Reset { name } => {
                 s.applied.remove(&name);
                 match self.startup_desired.get(&name) {
                     Some(v) => {
@@ -1128,17 +1247,19 @@ impl Session {
                     }
                 }
             }
-            SessionCommand::ResetAll if tag == b"RESET" => {
+            SessionCommand::ResetAll => {
                 s.applied.clear();
                 self.desired = self.startup_desired.clone();
             }
-            SessionCommand::DiscardAll if tag == b"DISCARD ALL" => {
+            SessionCommand::DiscardAll => {
                 s.applied.clear();
                 s.prepared.clear();
                 self.desired = self.startup_desired.clone();
                 self.statements.clear();
+                self.stmt_cmds.clear();
+                self.portal_cmds.clear();
             }
-            _ => {}
+            SessionCommand::Deallocate { .. } | SessionCommand::DeallocateAll => {}
         }
     }
 }
