@@ -18,3 +18,6 @@ if [ -x scripts/build-plugins.sh ]; then
   scripts/build-plugins.sh
 fi
 cargo test --workspace "$@"
+# The engine's integration suite again on glommio's sockets (the io_uring ring is the default),
+# so both socket backends stay tested.
+HELIOS_TEST_IO_BACKEND=glommio cargo test -p helios-engine --tests "$@"

@@ -57,11 +57,13 @@ pub fn db_section(alias: &str, dbname: &str, mode: &str, pool_size: usize, extra
 }
 
 /// A whole config: two shards, the admin API on a port of its own, the given `[auth]` and
-/// `[limits]` bodies, one node (`pg`), then the database sections.
+/// `[limits]` bodies, one node (`pg`), then the database sections. The socket backend is
+/// `$HELIOS_TEST_IO_BACKEND` (default `uring`): scripts/test.sh runs the suite with both.
 pub fn config(pg: &PgCluster, auth: &str, limits: &str, databases: &str) -> String {
     format!(
         "[server]\nlisten = [\"127.0.0.1:${{HELIOS_TEST_PORT}}\"]\ncores = 2\nshutdown_timeout_ms = 5000\n\n\
          [admin]\nlisten = \"127.0.0.1:${{HELIOS_TEST_ADMIN_PORT}}\"\n\n\
+         [io]\nbackend = \"${{HELIOS_TEST_IO_BACKEND:-uring}}\"\n\n\
          [limits]\n{limits}\n\n[auth]\n{auth}\n\n\
          [[nodes]]\nname = \"pg\"\nhost = \"127.0.0.1\"\nport = {}\n\n{databases}",
         pg.port
