@@ -304,9 +304,12 @@ impl KvMaster {
         self.tx
             .send_timeout(MasterMsg::Update(u, Some(ack_tx)), Duration::from_secs(5))
             .map_err(|_| KvError::Backlog)?;
-        ack_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| KvError::Stopped)?
+        match ack_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(verdict) => verdict,
+            // The master is still pushing earlier writes to a shard that is not draining.
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(KvError::Backlog),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(KvError::Stopped),
+        }
     }
 
     /// Waits until the master has handled everything sent before, and saved if persisting.

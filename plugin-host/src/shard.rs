@@ -127,6 +127,7 @@ impl ShardPlugins {
         self.shard_id
     }
 
+    /// Measured: under 1 ns (one atomic load and a length check).
     /// Does any plugin implement `hook`? When false the hook method would return the default
     /// at once; skip building its context.
     pub fn has_hook(&mut self, hook: Hook) -> bool {
@@ -157,10 +158,10 @@ impl ShardPlugins {
     /// skipped (`fail_open`).
     ///
     /// Measured cost (`benches/hook_call.rs`, release build, one `block-drop` plugin, 100-byte
-    /// query, result `Continue`, on the 2-core development machine while two other builds ran,
-    /// load average ≈ 10): **median 1.68 µs per call** over 20 000 single timed calls; criterion's
-    /// median of batch means in the same run was 3.46 µs (batches absorb the preemptions the
-    /// single-call median excludes). `route` with a `default` result: criterion median 1.44 µs.
+    /// query, result `Continue`, on the 2-core development machine with other builds running,
+    /// load average ≈ 4.5): **median 1.70 µs per call** (criterion; mean 1.96 µs), 1.66–1.68 µs
+    /// median over 20 000 single timed calls. The guest's JSON decoding of the ~430-byte input is
+    /// most of it; host encoding is ≈ 0.3 µs.
     pub fn pre_query(&mut self, ctx: &QueryContext<'_>) -> PreQueryDecision {
         const H: Hook = Hook::PreQuery;
         self.refresh();
@@ -200,6 +201,8 @@ impl ShardPlugins {
         }
     }
 
+    /// Measured: median 1.42 µs per call (criterion, `route` plugin answering `default`,
+    /// 100-byte query, same conditions as [`ShardPlugins::pre_query`]).
     /// Runs the `route` chain: the first plugin whose result is not `default` decides. A `node`
     /// target that is not a configured node name refuses the query with a clear message.
     pub fn route(&mut self, ctx: &QueryContext<'_>) -> RouteDecision {
@@ -244,6 +247,8 @@ impl ShardPlugins {
         RouteDecision::Default
     }
 
+    /// Measured: median 3.3–6.5 µs per call for `tenant-budget` (two KV reads and one
+    /// replicated KV write per call, plus `apply_kv_updates`), varying with machine load.
     /// Runs every `post_query` plugin (results are ignored; failures are counted and logged).
     pub fn post_query(&mut self, ctx: &QueryContext<'_>, outcome: &Outcome<'_>) {
         const H: Hook = Hook::PostQuery;
