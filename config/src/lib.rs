@@ -76,6 +76,9 @@ pub struct Config {
     /// The admin HTTP API and the console database.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// WASM plugins: hooks on every query path.
+    #[serde(default)]
+    pub plugins: plugins::PluginsConfig,
 }
 
 /// `[io]`
@@ -550,6 +553,13 @@ impl Config {
                 }
                 Ok(_) => {}
             }
+        }
+        if let Err(errs) = self.plugins.validate() {
+            return bad(errs
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "));
         }
         if self.admin.snapshot_interval_ms < 100 {
             return bad("admin.snapshot_interval_ms: must be at least 100".into());

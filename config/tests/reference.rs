@@ -24,6 +24,11 @@ fn keys(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
                 } else {
                     format!("{prefix}.{k}")
                 };
+                if p == "plugins.plugin.config" {
+                    // Free-form: the plugin's own KV seed.
+                    out.insert(p);
+                    continue;
+                }
                 keys(x, &p, out);
             }
         }
@@ -81,6 +86,7 @@ fn reference_documents_every_key() {
         let (section, leaf) = k.rsplit_once('.').unwrap_or(("", k));
         let heading = match section {
             "nodes" => "## `[[nodes]]`".to_string(),
+            "plugins.plugin" => "## `[[plugins.plugin]]`".to_string(),
             s => format!("## `[{s}]`"),
         };
         let Some(at) = doc.find(&heading) else {

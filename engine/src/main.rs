@@ -135,6 +135,7 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             },
             ..IoConfig::default()
         },
+        plugins: Default::default(),
         admin: AdminConfig {
             enabled: cli.admin_listen != "off",
             listen: if cli.admin_listen == "off" {
