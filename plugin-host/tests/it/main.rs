@@ -6,5 +6,6 @@ mod artefacts;
 mod common;
 mod config_keys;
 mod hooks;
+mod hostile;
 mod kv;
 mod limits;
