@@ -64,10 +64,16 @@ pub fn shared_cache_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-test-cache")
 }
 
-/// Parses a `[plugins]` body; adds the shared compiled cache unless the text sets one.
+/// Parses a `[plugins]` body; adds the shared compiled cache and a 5 s call limit unless the
+/// text sets them.
 pub fn config(text: &str) -> PluginsConfig {
     let mut cfg: PluginsConfig =
         toml::from_str(text).unwrap_or_else(|e| panic!("bad test config: {e}\n{text}"));
+    // Hook calls are wall-clock limited, and a test thread can be descheduled for longer than
+    // the 50 ms default on a loaded 2-core machine; only tests about the limit set it.
+    if !text.contains("timeout_ms") {
+        cfg.timeout_ms = 5000;
+    }
     if cfg.compiled_cache_dir.is_none() && !text.contains("compiled_cache_dir") {
         cfg.compiled_cache_dir = Some(shared_cache_dir());
     }
