@@ -43,6 +43,12 @@ struct Cli {
     /// Quick start: socket I/O backend, uring or glommio.
     #[arg(long, default_value = "uring", requires = "upstream")]
     io_backend: String,
+    /// Quick start: load this WASM plugin (`.wasm` or `.tar.gz`); repeatable.
+    #[arg(long = "plugin", requires = "upstream")]
+    plugins: Vec<PathBuf>,
+    /// Quick start: only load plugins signed by a key in this directory (`<signer>.pub`).
+    #[arg(long, requires = "upstream")]
+    trust_root: Option<PathBuf>,
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -135,7 +141,22 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             },
             ..IoConfig::default()
         },
-        plugins: Default::default(),
+        plugins: helios_config::plugins::PluginsConfig {
+            enabled: !cli.plugins.is_empty(),
+            trust_root: cli.trust_root.clone(),
+            entries: cli
+                .plugins
+                .iter()
+                .map(|p| helios_config::plugins::PluginEntry {
+                    name: None,
+                    source: p.clone(),
+                    hooks: None,
+                    on_error: None,
+                    config: None,
+                })
+                .collect(),
+            ..Default::default()
+        },
         admin: AdminConfig {
             enabled: cli.admin_listen != "off",
             listen: if cli.admin_listen == "off" {

@@ -41,10 +41,20 @@ impl RuntimeConfig {
         (base + extra).max(usize::from(total > 0))
     }
 
-    /// Pool settings on `shard` for clients of `alias` logging in as `user`.
-    pub fn pool_settings(&self, alias: &str, user: &str, shard: usize) -> Option<PoolSettings> {
+    /// Pool settings on `shard` for clients of `alias` logging in as `user`, on the database's
+    /// node or on `node` (a route plugin's choice).
+    pub fn pool_settings(
+        &self,
+        alias: &str,
+        user: &str,
+        shard: usize,
+        node: Option<&str>,
+    ) -> Option<PoolSettings> {
         let db = self.config.databases.get(alias)?;
-        let node = self.config.node_for(db);
+        let node = match node {
+            Some(n) => self.config.nodes.iter().find(|x| x.name == n)?,
+            None => self.config.node_for(db),
+        };
         let (upstream_user, password) = match &db.user {
             Some(u) => (u.clone(), db.password.clone()),
             None => (
@@ -251,7 +261,8 @@ pub struct Shard {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub config: RefCell<Arc<RuntimeConfig>>,
-    pools: RefCell<HashMap<(String, String), Rc<Pool>>>,
+    /// Keyed by (alias, upstream user, node).
+    pools: RefCell<HashMap<(String, String, String), Rc<Pool>>>,
     server_ids: Rc<Cell<u64>>,
     pub cancels: RefCell<HashMap<i32, CancelEntry>>,
     next_client: Cell<u32>,
@@ -268,6 +279,12 @@ pub struct Shard {
     pub stats: crate::stats::ShardStats,
     /// `PAUSE` without a database: pools created afterwards start paused too.
     pub paused_all: Cell<bool>,
+    /// This shard's plugin instances (`[plugins] enabled`).
+    pub plugins: RefCell<Option<helios_plugin_host::ShardPlugins>>,
+    /// Tables / read-only verdicts per statement fingerprint, for plugin inputs.
+    pub analysis: RefCell<crate::frontend::analyze::AnalysisCache>,
+    /// Request ids for plugin hooks (the shard id is in the top bits).
+    pub request_seq: Cell<u64>,
 }
 
 impl Shard {
@@ -287,6 +304,9 @@ impl Shard {
             ring: RefCell::new(None),
             stats: crate::stats::ShardStats::default(),
             paused_all: Cell::new(false),
+            plugins: RefCell::new(None),
+            analysis: RefCell::new(Default::default()),
+            request_seq: Cell::new(0),
         })
     }
 
@@ -296,9 +316,18 @@ impl Shard {
 
     /// The pool for (alias, user), created on first use.
     pub fn pool(&self, alias: &str, user: &str) -> Option<Rc<Pool>> {
+        self.pool_on(alias, user, None)
+    }
+
+    /// The pool for (alias, user) on `node` instead of the database's own node.
+    pub fn pool_on(&self, alias: &str, user: &str, node: Option<&str>) -> Option<Rc<Pool>> {
         let cfg = self.config();
-        let settings = cfg.pool_settings(alias, user, self.id)?;
-        let key = (alias.to_string(), settings.target.user.clone());
+        let settings = cfg.pool_settings(alias, user, self.id, node)?;
+        let key = (
+            alias.to_string(),
+            settings.target.user.clone(),
+            settings.target.node.clone(),
+        );
         let mut pools = self.pools.borrow_mut();
         Some(
             pools
@@ -380,8 +409,8 @@ impl Shard {
     /// Applies a new configuration: pool sizes and targets change in place, open
     /// connections stay.
     pub fn reload(&self, cfg: Arc<RuntimeConfig>) {
-        for ((alias, user), pool) in self.pools.borrow().iter() {
-            match cfg.pool_settings(alias, user, self.id) {
+        for ((alias, user, node), pool) in self.pools.borrow().iter() {
+            match cfg.pool_settings(alias, user, self.id, Some(node.as_str())) {
                 Some(mut s) => {
                     let old = pool.settings.borrow().clone();
                     // A pool keyed by its upstream user keeps that user.
@@ -428,8 +457,17 @@ async fn send_cancel(key: BackendKey) -> std::io::Result<()> {
 }
 
 /// Runs one shard until shutdown completes.
-pub async fn run_shard(shard: Rc<Shard>, inbox: Receiver<ShardMsg>, doorbell: Arc<AtomicWaker>) {
+pub async fn run_shard(
+    shard: Rc<Shard>,
+    inbox: Receiver<ShardMsg>,
+    doorbell: Arc<AtomicWaker>,
+    plugins: Option<helios_plugin_host::PluginRuntime>,
+) {
     let cfg = shard.config();
+    if let Some(rt) = plugins {
+        // Instances are created here, on the shard's own thread, and never leave it.
+        *shard.plugins.borrow_mut() = Some(rt.shard(shard.id));
+    }
     if cfg.config.io.backend == IoBackend::Uring {
         match start_ring(&cfg.config.io) {
             Ok(ring) => {
@@ -574,6 +612,10 @@ async fn maintenance_loop(shard: Rc<Shard>) {
         }
         for pool in shard.pools() {
             pool.maintain().await;
+        }
+        if let Some(p) = shard.plugins.borrow_mut().as_mut() {
+            // Hook calls drain KV replication too; this covers shards without traffic.
+            p.apply_kv_updates();
         }
         if shard.shutdown.is_set() {
             return;

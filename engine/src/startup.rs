@@ -135,6 +135,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
                 }
             })?;
     }
+    let plugins = start_plugins(&rt)?;
     let rt = Arc::new(rt);
     let cpus: Vec<usize> = CpuSet::online()
         .map(|s| s.into_iter().map(|l| l.cpu).collect())
@@ -155,13 +156,14 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
         let doorbell = doorbells[i].clone();
         let rt = rt.clone();
         let ready = events_tx.clone();
+        let plugins = plugins.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
                 let shard = Shard::new(i, shared, rt);
                 let _ = ready.send(Started::Ready(i));
-                run_shard(shard, rx, doorbell).await;
+                run_shard(shard, rx, doorbell, plugins).await;
             })
             .map_err(|e| anyhow!("shard {i}: cannot start its executor: {e}"))?;
         let exited = events_tx.clone();
@@ -191,7 +193,46 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
         "heliosproxy listening on {} with {shards} shards",
         rt.config.server.listen.join(", ")
     );
-    signal_loop(&shared, &rt, config_path, shards, &events)
+    signal_loop(&shared, &rt, config_path, shards, &events, plugins.as_ref())
+}
+
+/// Loads the plugins (`[plugins] enabled`). A plugin that fails to load is logged and left
+/// out; the proxy starts without it.
+fn start_plugins(rt: &RuntimeConfig) -> Result<Option<helios_plugin_host::PluginRuntime>> {
+    let cfg = &rt.config.plugins;
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let opts = helios_plugin_host::RuntimeOptions {
+        shards: rt.shards,
+        node_names: rt.config.nodes.iter().map(|n| n.name.clone()).collect(),
+    };
+    let (runtime, report) =
+        helios_plugin_host::PluginRuntime::new(cfg, opts).map_err(|e| anyhow!("{e}"))?;
+    log_plugin_report(&report);
+    Ok(Some(runtime))
+}
+
+fn log_plugin_report(report: &helios_plugin_host::LoadReport) {
+    for p in &report.loaded {
+        log::info!(
+            "plugin {} loaded from {} (hooks {:?}, sha256 {}{})",
+            p.name,
+            p.source.display(),
+            p.hooks,
+            &p.wasm_sha256[..12.min(p.wasm_sha256.len())],
+            p.signed_by
+                .as_ref()
+                .map(|s| format!(", signed by {s}"))
+                .unwrap_or_default()
+        );
+    }
+    for r in &report.refused {
+        log::error!("plugin {} refused: {}", r.source.display(), r.error);
+    }
+    for w in &report.warnings {
+        log::warn!("plugins: {w}");
+    }
 }
 
 fn signal_loop(
@@ -200,6 +241,7 @@ fn signal_loop(
     config_path: Option<PathBuf>,
     shards: usize,
     events: &crossbeam_channel::Receiver<Started>,
+    plugins: Option<&helios_plugin_host::PluginRuntime>,
 ) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
@@ -213,6 +255,18 @@ fn signal_loop(
                         let new = Arc::new(new);
                         log_budget(&new);
                         shared.broadcast(|| ShardMsg::Reload(new.clone()));
+                        if let Some(p) = plugins {
+                            // Shards pick the new plugin set up at their next hook call;
+                            // connections stay open.
+                            p.set_node_names(
+                                &new.config
+                                    .nodes
+                                    .iter()
+                                    .map(|n| n.name.clone())
+                                    .collect::<Vec<_>>(),
+                            );
+                            log_plugin_report(&p.reload(&new.config.plugins));
+                        }
                         current = new;
                         log::info!("configuration reloaded from {}", path.display());
                     }

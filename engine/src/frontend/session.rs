@@ -20,6 +20,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use glommio::net::TcpStream;
 use helios_config::PoolMode;
 
+use super::hooks::{Hooks, Verdict};
 use super::sql::{self, SessionCommand};
 use super::startup::{queue_error, startup, Login, Startup};
 use crate::backend::pool::Pool;
@@ -153,6 +154,26 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             return;
         }
     };
+    let mut hooks = Hooks::new(
+        &shard,
+        &login.user,
+        &login.database,
+        login
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(""),
+        client.peer_addr().map(|a| a.ip()),
+    );
+    if let Some(h) = hooks.as_mut() {
+        if let Err(message) = h.authenticate(&shard) {
+            let e = ProxyError::fatal(SqlState::INVALID_AUTHORIZATION, Blame::Client, message);
+            queue_error(&mut client, &e);
+            client.close().await;
+            return;
+        }
+    }
     if login.database == cfg.config.admin.console_database {
         if !cfg.config.auth.admin_users.contains(&login.user) {
             let e = ProxyError::fatal(
@@ -180,7 +201,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         client.close().await;
         return;
     };
-    let session = match Session::begin(shard, client, reader, pool, login).await {
+    let session = match Session::begin(shard, client, reader, pool, login, hooks).await {
         Ok(s) => s,
         Err((mut client, e)) => {
             queue_error(&mut client, &e);
@@ -231,6 +252,13 @@ struct Session {
     portal_cmds: HashMap<Bytes, SessionCommand>,
     /// SETs made inside a transaction block: kept on COMMIT, forgotten on ROLLBACK.
     pending_cmds: Vec<SessionCommand>,
+    /// The database's own pool; `pool` is the one the attached server came from (another node's
+    /// when a route plugin chose one).
+    default_pool: Rc<Pool>,
+    /// A route plugin's node for the next server connection.
+    route_node: Option<String>,
+    /// Plugin hooks (None without plugins: the query path then does nothing extra).
+    hooks: Option<Box<Hooks>>,
 }
 
 impl Session {
@@ -240,6 +268,7 @@ impl Session {
         creader: FrameReader,
         pool: Rc<Pool>,
         login: Login,
+        mut hooks: Option<Box<Hooks>>,
     ) -> Result<Session, (Conn, ProxyError)> {
         // What clients are told at login comes from the pool's first server connection.
         let existing = pool.server_params.borrow().clone();
@@ -301,9 +330,13 @@ impl Session {
             server: Cell::new(None),
         });
         let (pid, secret) = shard.register_client(cancel_target.clone(), meta.clone());
+        if let Some(h) = hooks.as_mut() {
+            h.set_client_id(pid);
+        }
         put_backend_key(client.queue(), pid, secret);
         put_ready(client.queue(), b'I');
         let mode = pool.settings.borrow().mode;
+        let default_pool = pool.clone();
         Ok(Session {
             client,
             creader,
@@ -324,6 +357,9 @@ impl Session {
             shutdown_registered: false,
             db_stats: shard.stats.db(&login.database),
             meta,
+            default_pool,
+            route_node: None,
+            hooks,
             stmt_cmds: HashMap::new(),
             portal_cmds: HashMap::new(),
             pending_cmds: Vec::new(),
@@ -527,6 +563,7 @@ impl Session {
             } else {
                 self.pool.release(s);
             }
+            self.pool = self.default_pool.clone();
         }
     }
 
@@ -564,6 +601,16 @@ impl Session {
                 }
             }
             b'F' => {
+                if self.hooks.is_some() {
+                    let oid = frame
+                        .body()
+                        .get(..4)
+                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    let desc = format!("FUNCTION CALL {}", oid.unwrap_or(0));
+                    if self.run_hooks(&desc, false).is_none() {
+                        return Ok(true);
+                    }
+                }
                 if self.attach(false).await? {
                     self.forward(&frame);
                     self.push(Expect::FunctionCall);
@@ -600,6 +647,26 @@ impl Session {
         if self.server.is_some() {
             return Ok(true);
         }
+        self.pool = match self.route_node.take() {
+            Some(node) => {
+                let (alias, user) = (self.meta.database.clone(), self.meta.user.clone());
+                match self.shard.pool_on(&alias, &user, Some(&node)) {
+                    Some(p) => p,
+                    None => {
+                        self.reject(
+                            ProxyError::error(
+                                SqlState("42000"),
+                                Blame::Client,
+                                format!("route: node {node:?} is not configured"),
+                            ),
+                            extended,
+                        );
+                        return Ok(false);
+                    }
+                }
+            }
+            None => self.default_pool.clone(),
+        };
         let t0 = Instant::now();
         self.meta.state.set("waiting");
         let checked_out = self.pool.checkout().await;
@@ -664,8 +731,11 @@ impl Session {
         }
         match &mut self.server {
             Some(s) if !extended && self.tx_status != b'I' => {
+                // Our error goes to the client; a raise statement fails the server's
+                // transaction too (its own error swallowed), so its ReadyForQuery says `E`.
                 put_query(s.conn.queue(), &sql::raise_statement(e.code.0, &e.message));
-                self.push(Expect::Query { track: None });
+                self.push(Expect::Synthetic(b.freeze()));
+                self.push(Expect::Abort);
             }
             Some(_) => {
                 self.push(Expect::Synthetic(b.freeze()));
@@ -695,7 +765,54 @@ impl Session {
         }
     }
 
-    async fn on_query(&mut self, frame: Frame) -> Result<(), ProxyError> {
+    /// Runs the plugins' pre_query and route hooks; `None`: refused (the client was told).
+    fn run_hooks(&mut self, sql: &str, extended: bool) -> Option<Option<String>> {
+        let h = self.hooks.as_mut()?;
+        if let Some(SessionCommand::Set { name, value }) = sql::session_command(sql) {
+            if name.starts_with("helios.") {
+                h.set_attribute(&name, &value);
+            }
+        }
+        let node = self.pool.settings.borrow().target.node.clone();
+        match h.before(&self.shard, sql, &node) {
+            Verdict::Go { sql, node } => {
+                if node.is_some() && self.server.is_none() {
+                    self.route_node = node;
+                }
+                Some(sql)
+            }
+            Verdict::Block(reason) => {
+                self.reject(
+                    ProxyError::error(
+                        SqlState(helios_plugin_host::BLOCK_SQLSTATE),
+                        Blame::Client,
+                        reason,
+                    ),
+                    extended,
+                );
+                None
+            }
+        }
+    }
+
+    async fn on_query(&mut self, mut frame: Frame) -> Result<(), ProxyError> {
+        if self.hooks.is_some() {
+            let body = frame.body();
+            let sql =
+                String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body)).into_owned();
+            match self.run_hooks(&sql, false) {
+                None => return Ok(()),
+                Some(Some(rewritten)) => {
+                    let mut b = BytesMut::new();
+                    put_query(&mut b, &rewritten);
+                    frame = Frame {
+                        tag: b'Q',
+                        bytes: b.freeze(),
+                    };
+                }
+                Some(None) => {}
+            }
+        }
         let body = frame.body();
         let text = body.strip_suffix(b"\0").unwrap_or(body);
         let sql_text = std::str::from_utf8(text).unwrap_or("");
@@ -730,8 +847,34 @@ impl Session {
         Ok(())
     }
 
-    async fn on_parse(&mut self, frame: Frame) -> Result<(), ProxyError> {
+    async fn on_parse(&mut self, mut frame: Frame) -> Result<(), ProxyError> {
         self.ext_open = true;
+        if self.hooks.is_some() {
+            // Parse carries the SQL: a statement refused here is never prepared, so no later
+            // Bind/Execute can run it; a rewrite is what gets prepared and executed.
+            let mut rest = frame.body();
+            let name =
+                read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
+            let query =
+                read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
+            let sql = String::from_utf8_lossy(query).into_owned();
+            match self.run_hooks(&sql, true) {
+                None => return Ok(()),
+                Some(Some(rewritten)) => {
+                    let mut b = BytesMut::new();
+                    put_msg(&mut b, b'P', |b| {
+                        put_cstr(b, name);
+                        put_cstr(b, rewritten.as_bytes());
+                        b.put_slice(rest);
+                    });
+                    frame = Frame {
+                        tag: b'P',
+                        bytes: b.freeze(),
+                    };
+                }
+                Some(None) => {}
+            }
+        }
         let mut rest = frame.body();
         let name = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
         let after_name = rest;
@@ -1148,6 +1291,9 @@ impl Session {
         };
         if forward {
             self.client.queue_frame(&frame.bytes);
+            if let Some(h) = &mut self.hooks {
+                h.observe(tag, &frame.bytes);
+            }
         }
         if done {
             self.pop();
@@ -1178,6 +1324,9 @@ impl Session {
         if self.expect.is_empty() {
             self.request_start = None;
             self.server_sent = None;
+            if let Some(h) = &mut self.hooks {
+                h.after(&self.shard);
+            }
         }
     }
 

@@ -428,3 +428,94 @@ pub fn ready_status(msgs: &[Msg]) -> u8 {
         .expect("no ReadyForQuery");
     z.body[0]
 }
+
+// ---- observability and backpressure helpers (engine/tests/observability.rs, backpressure.rs) ----
+
+/// Like [`config`], but with the whole `[admin]` body given (`listen`, `token`,
+/// `snapshot_interval_ms`, …) and extra `[io]` lines after `backend`.
+pub fn config_custom(
+    pg: &PgCluster,
+    admin: &str,
+    io_extra: &str,
+    auth: &str,
+    limits: &str,
+    databases: &str,
+) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:${{HELIOS_TEST_PORT}}\"]\ncores = 2\nshutdown_timeout_ms = 5000\n\n\
+         [admin]\n{admin}\n\n\
+         [io]\nbackend = \"${{HELIOS_TEST_IO_BACKEND:-uring}}\"\n{io_extra}\n\n\
+         [limits]\n{limits}\n\n[auth]\n{auth}\n\n\
+         [[nodes]]\nname = \"pg\"\nhost = \"127.0.0.1\"\nport = {}\n\n{databases}",
+        pg.port
+    )
+}
+
+/// The `[admin]` body of [`config`] plus snapshots every 100 ms (the minimum), so the admin
+/// API and the console catch up with what the shards did within a few tenths of a second.
+pub const FAST_ADMIN: &str =
+    "listen = \"127.0.0.1:${HELIOS_TEST_ADMIN_PORT}\"\nsnapshot_interval_ms = 100";
+
+/// [`config`] with [`FAST_ADMIN`].
+pub fn config_fast_snapshots(pg: &PgCluster, auth: &str, limits: &str, databases: &str) -> String {
+    config_custom(pg, FAST_ADMIN, "", auth, limits, databases)
+}
+
+/// One HTTP/1.1 request to the admin API on 127.0.0.1 (the admin closes every connection after
+/// its answer): `(status, headers as lowercase "name: value" lines, body)`.
+pub fn http(
+    port: u16,
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.set_write_timeout(Some(Duration::from_secs(15)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("no end of headers in {text:?}"),
+        )
+    })?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad status line in {head:?}"),
+            )
+        })?;
+    Ok((status, head.to_ascii_lowercase(), body.to_string()))
+}
+
+/// GET on the admin API without a token; panics unless it answers 200; the body as JSON.
+pub fn admin_json(port: u16, target: &str) -> serde_json::Value {
+    let (status, _, body) =
+        http(port, "GET", target, None).unwrap_or_else(|e| panic!("GET {target}: {e}"));
+    assert_eq!(status, 200, "GET {target}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {target}: {e}: {body}"))
+}
+
+/// Resident set size of a process in KiB (`VmRSS` of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
