@@ -756,8 +756,6 @@ fn post_reload_applies_a_new_pool_size() {
         (pool_size(&admin_json(admin, "/pools")) == Some(want)).then_some(())
     });
     assert!(proxy.log().contains("size 2 -> 5"), "{}", proxy.log());
-    let c = admin_json(admin, "/config");
-    assert_eq!(c["databases"]["app"]["pool_size"], 10, "{c}");
     // The clients kept working across the reload.
     for r in &mut clients {
         assert_eq!(first_value(&r.query("select 2")).as_deref(), Some("2"));
@@ -808,14 +806,87 @@ fn ready_follows_the_node() {
     let err = try_connect(&proxy, SUPERUSER, "", "app")
         .err()
         .expect("connected through a dead node");
-    eprintln!("client through the dead node: {err}");
-    let (body, nodes) = poll(WAIT, "/ready 503", || {
+    eprintln!(
+        "client through the dead node: {}",
+        err.as_db_error().map(|e| e.message()).unwrap_or("?")
+    );
+    // (Before the shards' first snapshots it is 503 for another reason.)
+    let (body, nodes) = poll(WAIT, "/ready 503 for want of a healthy node", || {
         let (status, _, body) = http(admin, "GET", "/ready", None).ok()?;
-        (status == 503).then(|| (body, admin_json(admin, "/nodes")))
+        (status == 503 && body.contains("no healthy upstream node"))
+            .then(|| (body, admin_json(admin, "/nodes")))
     });
-    assert!(body.contains("no healthy upstream node"), "{body}");
     let node = &nodes["nodes"][0];
     assert_eq!(node["healthy"], false, "{nodes}");
     assert!(!node["last_error"].is_null(), "{nodes}");
     eprintln!("/ready: {body}\n/nodes: {nodes}");
+}
+
+/// 5c. After a reload, `/config` shows the configuration the proxy now runs with.
+///
+/// ENGINE BUG (ignored until fixed): engine/src/startup.rs builds `StaticInfo::config_json`
+/// once at start-up and hands it to `helios_admin::spawn`; a reload (SIGHUP, POST /reload,
+/// console RELOAD) never updates it, so `/config` keeps showing the start-up configuration
+/// while docs/admin-api.md says it is "the configuration the proxy runs with". Run with
+/// `--ignored` to reproduce.
+#[test]
+#[ignore = "engine bug: /config is a start-up copy and does not follow reloads"]
+fn config_endpoint_follows_reload() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "obs_cfgreload");
+    let cfg = |size: usize| {
+        config_fast_snapshots(
+            &pg,
+            TRUST,
+            "",
+            &db_section("app", &db, "transaction", size, ""),
+        )
+    };
+    let mut proxy = start_proxy(&cfg(4), None);
+    let admin = proxy.admin_port();
+    assert_eq!(
+        admin_json(admin, "/config")["databases"]["app"]["pool_size"],
+        4
+    );
+    proxy.write_config(&cfg(10)).unwrap();
+    proxy.reload().unwrap();
+    let c = poll(Duration::from_secs(5), "/config after the reload", || {
+        let c = admin_json(admin, "/config");
+        (c["databases"]["app"]["pool_size"] == 10).then_some(c)
+    });
+    assert_eq!(c["databases"]["app"]["pool_size"], 10, "{c}");
+}
+
+/// 4b. `PAUSE db` also holds back clients of a shard that had no pool for the database yet.
+///
+/// ENGINE BUG (ignored until fixed): `ShardMsg::Pause { database: Some(db) }` (handled in
+/// engine/src/shard.rs, the shard's inbox loop) only sets `paused` on the pools that already
+/// exist on that shard, and `paused_all` only for a PAUSE without a database; `Shard::pool`
+/// creates later pools with `paused = paused_all`. So after `PAUSE app`, a client that lands on
+/// a shard where nobody had used `app` yet gets a fresh, unpaused pool and its queries run.
+/// (PgBouncer makes new clients of a paused database wait.) Run with `--ignored` to reproduce.
+#[test]
+#[ignore = "engine bug: PAUSE <db> does not apply to pools a shard creates afterwards"]
+fn pause_applies_to_pools_created_later() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "obs_pause_new");
+    let proxy = console_proxy(&pg, &db, 8);
+    let mut con = Raw::login(proxy.port(), ADMIN_USER, ADMIN_PW, "heliosproxy")
+        .unwrap_or_else(|e| panic!("console login: {e:?}"));
+    // Nobody has connected to `app` yet: no shard has its pool.
+    let msgs = con.query("PAUSE app");
+    assert_eq!(first_error(&msgs), None, "{msgs:?}");
+    let port = proxy.port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = Raw::login(port, APP_USER, APP_PW, "app").map(|mut r| r.query("select 42"));
+        let _ = tx.send(r.is_ok());
+    });
+    let ran = rx.recv_timeout(Duration::from_millis(1500));
+    let msgs = con.query("RESUME app");
+    assert_eq!(first_error(&msgs), None, "{msgs:?}");
+    assert!(
+        ran.is_err(),
+        "a new client of a paused database logged in and ran a query"
+    );
 }
