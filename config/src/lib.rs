@@ -606,10 +606,8 @@ fn substitute(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match v {
-        toml::Value::String(s) => {
-            if s.contains("${") {
-                *s = expand(s, key, path, env)?;
-            }
+        toml::Value::String(s) if s.contains("${") => {
+            *s = expand(s, key, path, env)?;
         }
         toml::Value::Array(a) => {
             for (i, x) in a.iter_mut().enumerate() {

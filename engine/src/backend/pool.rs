@@ -91,7 +91,7 @@ pub struct Pool {
     total: Cell<usize>,
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
     /// ParameterStatus of the first connection: what clients are told at login.
-    pub server_params: RefCell<Option<Rc<Vec<(String, String)>>>>,
+    pub server_params: RefCell<Option<ServerParams>>,
     pub counters: Cell<PoolCounters>,
     next_id: Rc<Cell<u64>>,
     /// The shard's io_uring ring: connections move onto it once logged in.
@@ -103,6 +103,9 @@ pub struct Pool {
     /// Console PAUSE: no connection is handed out until RESUME (running transactions finish).
     pub paused: Cell<bool>,
 }
+
+/// ParameterStatus name/value pairs a server reported at login.
+pub type ServerParams = Rc<Vec<(String, String)>>;
 
 /// Unix time now, in milliseconds.
 pub fn unix_ms() -> u64 {
