@@ -519,3 +519,41 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
+
+// ---- plugin helpers (engine/tests/plugins.rs) ----
+
+/// A guest plugin built by `scripts/build-plugins.sh`: `<repo>/target/plugins/<name>.wasm`
+/// (or `$HELIOS_PLUGIN_WASM_DIR/<name>.wasm`). Panics with the command to run if it is missing.
+pub fn plugin_wasm(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("HELIOS_PLUGIN_WASM_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    let p = dir.join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: build the guest plugins first with scripts/build-plugins.sh",
+        p.display()
+    );
+    p
+}
+
+/// A `[[plugins.plugin]]` entry for a built example plugin; `extra` is more lines of the entry
+/// (`on_error = "fail_open"`, `hooks = [...]`).
+pub fn plugin_entry(name: &str, extra: &str) -> String {
+    format!(
+        "[[plugins.plugin]]\nname = \"{name}\"\nsource = \"{}\"\n{extra}\n",
+        plugin_wasm(name).display()
+    )
+}
+
+/// A `[plugins]` section (enabled, `extra` keys such as `timeout_ms = 20`) followed by
+/// `entries` (from [`plugin_entry`]); append it to what [`config`] returns.
+/// Compiled modules are cached in `<repo>/target/plugin-test-cache` (as the plugin-host tests
+/// and benchmarks do), so each proxy start does not recompile them.
+pub fn plugins_section(extra: &str, entries: &str) -> String {
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-test-cache");
+    format!(
+        "\n[plugins]\nenabled = true\ncompiled_cache_dir = \"{}\"\n{extra}\n\n{entries}",
+        cache.display()
+    )
+}
