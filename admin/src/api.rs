@@ -225,7 +225,13 @@ impl Api {
             })),
             "/nodes" => json_ok(json!({ "nodes": self.state.nodes() })),
             "/topology" => json_ok(to_value(self.state.topology())),
-            "/config" => json_ok(self.info.config_json.clone()),
+            "/config" => json_ok(
+                self.info
+                    .config_json
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            ),
             "/version" => json_ok(json!({
                 "name": "heliosproxy",
                 "version": self.info.version,
@@ -302,6 +308,8 @@ impl Api {
             || self
                 .info
                 .config_json
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
                 .get("databases")
                 .and_then(|d| d.get(db))
                 .is_some()

@@ -34,12 +34,21 @@ pub use snapshot::{
 };
 pub use state::{AdminState, MergedNode, Topology, Window};
 
-/// What the admin serves that never changes while the process runs.
+/// The configuration as JSON (secrets already redacted), replaced by the engine on reload.
+pub type LiveConfig = std::sync::Arc<std::sync::RwLock<serde_json::Value>>;
+
+/// Wraps a configuration value for [`StaticInfo::config_json`].
+pub fn live_config(v: serde_json::Value) -> LiveConfig {
+    std::sync::Arc::new(std::sync::RwLock::new(v))
+}
+
+/// What the admin serves that never changes while the process runs (the configuration is
+/// swapped in place on reload).
 #[derive(Clone, Debug)]
 pub struct StaticInfo {
     pub version: String,
     /// The configuration, secrets already redacted by the engine.
-    pub config_json: serde_json::Value,
+    pub config_json: LiveConfig,
     pub shards: usize,
 }
 

@@ -37,10 +37,10 @@ impl Admin {
         let (ctx, crx) = crossbeam_channel::bounded(4);
         let info = StaticInfo {
             version: "9.9.9-test".into(),
-            config_json: json!({
+            config_json: helios_admin::live_config(json!({
                 "databases": { "app": { "pool_size": 5 }, "idle": { "pool_size": 1 } },
                 "admin": { "listen": "127.0.0.1:0" },
-            }),
+            })),
             shards: 2,
         };
         let thread = helios_admin::spawn_on(listener, &cfg, srx, ctx, info).unwrap();
@@ -604,7 +604,7 @@ fn spawn_refuses_a_taken_port_and_open_listen_without_token() {
     let (ctx, _crx) = crossbeam_channel::bounded(1);
     let info = StaticInfo {
         version: "t".into(),
-        config_json: json!({}),
+        config_json: helios_admin::live_config(json!({})),
         shards: 1,
     };
     let cfg = AdminConfig {
@@ -649,7 +649,7 @@ fn spawn_binds_and_stops_when_the_engine_goes() {
     };
     let info = StaticInfo {
         version: "t".into(),
-        config_json: json!({}),
+        config_json: helios_admin::live_config(json!({})),
         shards: 1,
     };
     let handle = helios_admin::spawn(&cfg, srx, ctx, info).unwrap();

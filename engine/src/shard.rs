@@ -279,6 +279,8 @@ pub struct Shard {
     pub stats: crate::stats::ShardStats,
     /// `PAUSE` without a database: pools created afterwards start paused too.
     pub paused_all: Cell<bool>,
+    /// `PAUSE <db>`: that database's pools created afterwards start paused too.
+    pub paused_dbs: RefCell<std::collections::HashSet<String>>,
     /// This shard's plugin instances (`[plugins] enabled`).
     pub plugins: RefCell<Option<helios_plugin_host::ShardPlugins>>,
     /// Tables / read-only verdicts per statement fingerprint, for plugin inputs.
@@ -304,6 +306,7 @@ impl Shard {
             ring: RefCell::new(None),
             stats: crate::stats::ShardStats::default(),
             paused_all: Cell::new(false),
+            paused_dbs: RefCell::new(Default::default()),
             plugins: RefCell::new(None),
             analysis: RefCell::new(Default::default()),
             request_seq: Cell::new(0),
@@ -338,7 +341,8 @@ impl Shard {
                         self.server_ids.clone(),
                         self.ring.borrow().clone(),
                     );
-                    p.paused.set(self.paused_all.get());
+                    p.paused
+                        .set(self.paused_all.get() || self.paused_dbs.borrow().contains(alias));
                     Rc::new(p)
                 })
                 .clone(),
@@ -527,10 +531,20 @@ pub async fn run_shard(
                         p.paused.set(pause);
                     }
                 }
-                shard.paused_all.set(match database {
-                    None => pause,
-                    Some(_) => shard.paused_all.get(),
-                });
+                match database {
+                    None => {
+                        shard.paused_all.set(pause);
+                        if !pause {
+                            shard.paused_dbs.borrow_mut().clear();
+                        }
+                    }
+                    Some(d) if pause => {
+                        shard.paused_dbs.borrow_mut().insert(d);
+                    }
+                    Some(d) => {
+                        shard.paused_dbs.borrow_mut().remove(&d);
+                    }
+                }
             }
             Some(ShardMsg::Shutdown) | None => break,
         }

@@ -109,11 +109,13 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
         snapshot_interval: Duration::from_millis(admin_cfg.snapshot_interval_ms),
         console_state: std::sync::Mutex::new(helios_admin::AdminState::new(shards)),
     });
+    let live_config =
+        helios_admin::live_config(serde_json::to_value(&rt.config).unwrap_or_default());
     if admin_cfg.enabled {
         let info = helios_admin::StaticInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             // Secrets (passwords, the admin token) are never serialized.
-            config_json: serde_json::to_value(&rt.config).unwrap_or_default(),
+            config_json: live_config.clone(),
             shards,
         };
         helios_admin::spawn(&admin_cfg, snap_rx, cmd_tx, info).map_err(|e| anyhow!("{e}"))?;
@@ -193,7 +195,15 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
         "heliosproxy listening on {} with {shards} shards",
         rt.config.server.listen.join(", ")
     );
-    signal_loop(&shared, &rt, config_path, shards, &events, plugins.as_ref())
+    signal_loop(
+        &shared,
+        &rt,
+        config_path,
+        shards,
+        &events,
+        plugins.as_ref(),
+        &live_config,
+    )
 }
 
 /// Loads the plugins (`[plugins] enabled`). A plugin that fails to load is logged and left
@@ -242,6 +252,7 @@ fn signal_loop(
     shards: usize,
     events: &crossbeam_channel::Receiver<Started>,
     plugins: Option<&helios_plugin_host::PluginRuntime>,
+    live_config: &helios_admin::LiveConfig,
 ) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
@@ -254,6 +265,8 @@ fn signal_loop(
                         warn_restart_only(&current.config, &new.config);
                         let new = Arc::new(new);
                         log_budget(&new);
+                        *live_config.write().unwrap_or_else(|e| e.into_inner()) =
+                            serde_json::to_value(&new.config).unwrap_or_default();
                         shared.broadcast(|| ShardMsg::Reload(new.clone()));
                         if let Some(p) = plugins {
                             // Shards pick the new plugin set up at their next hook call;

@@ -830,7 +830,6 @@ fn ready_follows_the_node() {
 /// while docs/admin-api.md says it is "the configuration the proxy runs with". Run with
 /// `--ignored` to reproduce.
 #[test]
-#[ignore = "engine bug: /config is a start-up copy and does not follow reloads"]
 fn config_endpoint_follows_reload() {
     let pg = shared_pg();
     let db = fresh_db(&pg, "obs_cfgreload");
@@ -866,7 +865,6 @@ fn config_endpoint_follows_reload() {
 /// a shard where nobody had used `app` yet gets a fresh, unpaused pool and its queries run.
 /// (PgBouncer makes new clients of a paused database wait.) Run with `--ignored` to reproduce.
 #[test]
-#[ignore = "engine bug: PAUSE <db> does not apply to pools a shard creates afterwards"]
 fn pause_applies_to_pools_created_later() {
     let pg = shared_pg();
     let db = fresh_db(&pg, "obs_pause_new");
