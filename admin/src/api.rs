@@ -172,7 +172,7 @@ impl Api {
         };
 
         if is_plugin_kv(path) {
-            return Response::error(503, "plugins not enabled");
+            return self.plugin_kv(method, path, &req.body);
         }
         let Some(&(_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
             return Response::error(404, format!("no such endpoint: {path}"));
@@ -386,7 +386,54 @@ impl Api {
     }
 }
 
-/// `/plugins/{name}/kv/{key}`, reserved for the plugin host.
+impl Api {
+    /// `GET` (the value as the body, `application/octet-stream`), `PUT` (the body is the value),
+    /// `DELETE` on `/plugins/{name}/kv/{key}`; the key is percent-decoded.
+    fn plugin_kv(&self, method: &str, path: &str, body: &[u8]) -> Response {
+        let Some(kv) = &self.info.plugin_kv else {
+            return Response::error(503, "plugins not enabled");
+        };
+        let mut parts = path["/plugins/".len()..].splitn(3, '/');
+        let (Some(name), Some(_), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Response::error(404, "no such endpoint");
+        };
+        let (Some(name), Some(key)) = (percent_decode(name), percent_decode(key)) else {
+            return Response::error(400, "malformed percent-encoding in the path");
+        };
+        let fail = |e: crate::KvFailure| match e {
+            crate::KvFailure::UnknownPlugin(m) => Response::error(404, m),
+            crate::KvFailure::TooLarge(m) => Response::error(413, m),
+            crate::KvFailure::Full(m) => Response::error(507, m),
+            crate::KvFailure::Unavailable(m) => Response::error(503, m),
+        };
+        match method {
+            "GET" => match kv.get(&name, key.as_bytes()) {
+                Ok(Some(v)) => Response {
+                    status: 200,
+                    content_type: "application/octet-stream",
+                    body: v,
+                    headers: Vec::new(),
+                },
+                Ok(None) => Response::error(404, format!("plugin {name:?} has no key {key:?}")),
+                Err(e) => fail(e),
+            },
+            "PUT" => match kv.put(&name, key.as_bytes(), body) {
+                Ok(()) => {
+                    json_ok(serde_json::json!({"plugin": name, "key": key, "bytes": body.len()}))
+                }
+                Err(e) => fail(e),
+            },
+            "DELETE" => match kv.delete(&name, key.as_bytes()) {
+                Ok(()) => json_ok(serde_json::json!({"plugin": name, "key": key, "deleted": true})),
+                Err(e) => fail(e),
+            },
+            m => Response::error(405, format!("{path} takes GET, PUT or DELETE, not {m}"))
+                .with_header("Allow", "GET, PUT, DELETE"),
+        }
+    }
+}
+
+/// `/plugins/{name}/kv/{key}`: the plugin KV store.
 fn is_plugin_kv(path: &str) -> bool {
     let mut it = path.strip_prefix("/plugins/").map(|r| r.splitn(3, '/'));
     match it.as_mut().map(|i| (i.next(), i.next(), i.next())) {

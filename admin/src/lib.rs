@@ -34,6 +34,27 @@ pub use snapshot::{
 };
 pub use state::{AdminState, MergedNode, Topology, Window};
 
+/// Why a plugin KV request failed, with the HTTP status it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvFailure {
+    /// No loaded plugin has this name (404).
+    UnknownPlugin(String),
+    /// A cap refused the write (413 for a value or key too large, 507 for a full namespace).
+    TooLarge(String),
+    Full(String),
+    /// The store is behind or stopped (503).
+    Unavailable(String),
+}
+
+/// The plugins' KV store as the admin API reaches it: the engine implements this over the plugin
+/// host, so the admin crate stays free of wasmtime. Keys and values are bytes; the API takes
+/// keys from the path (percent-decoded) and values from the request body.
+pub trait PluginKv: Send + Sync + std::fmt::Debug {
+    fn get(&self, plugin: &str, key: &[u8]) -> Result<Option<Vec<u8>>, KvFailure>;
+    fn put(&self, plugin: &str, key: &[u8], value: &[u8]) -> Result<(), KvFailure>;
+    fn delete(&self, plugin: &str, key: &[u8]) -> Result<(), KvFailure>;
+}
+
 /// The configuration as JSON (secrets already redacted), replaced by the engine on reload.
 pub type LiveConfig = std::sync::Arc<std::sync::RwLock<serde_json::Value>>;
 
@@ -49,6 +70,8 @@ pub struct StaticInfo {
     pub version: String,
     /// The configuration, secrets already redacted by the engine.
     pub config_json: LiveConfig,
+    /// The plugin KV store, when plugins are enabled (`/plugins/{name}/kv/{key}`; 503 without).
+    pub plugin_kv: Option<std::sync::Arc<dyn PluginKv>>,
     pub shards: usize,
 }
 

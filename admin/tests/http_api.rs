@@ -41,6 +41,7 @@ impl Admin {
                 "databases": { "app": { "pool_size": 5 }, "idle": { "pool_size": 1 } },
                 "admin": { "listen": "127.0.0.1:0" },
             })),
+            plugin_kv: None,
             shards: 2,
         };
         let thread = helios_admin::spawn_on(listener, &cfg, srx, ctx, info).unwrap();
@@ -605,6 +606,7 @@ fn spawn_refuses_a_taken_port_and_open_listen_without_token() {
     let info = StaticInfo {
         version: "t".into(),
         config_json: helios_admin::live_config(json!({})),
+        plugin_kv: None,
         shards: 1,
     };
     let cfg = AdminConfig {
@@ -650,6 +652,7 @@ fn spawn_binds_and_stops_when_the_engine_goes() {
     let info = StaticInfo {
         version: "t".into(),
         config_json: helios_admin::live_config(json!({})),
+        plugin_kv: None,
         shards: 1,
     };
     let handle = helios_admin::spawn(&cfg, srx, ctx, info).unwrap();

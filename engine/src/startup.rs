@@ -89,6 +89,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
     let shards = rt.shards;
     check_memlock(shards)?;
     log_budget(&rt);
+    let plugins = start_plugins(&rt)?;
     let mut inboxes = Vec::new();
     let mut receivers = Vec::new();
     let mut doorbells = Vec::new();
@@ -116,6 +117,9 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             version: env!("CARGO_PKG_VERSION").to_string(),
             // Secrets (passwords, the admin token) are never serialized.
             config_json: live_config.clone(),
+            plugin_kv: plugins.clone().map(|p| {
+                std::sync::Arc::new(PluginKvBridge(p)) as std::sync::Arc<dyn helios_admin::PluginKv>
+            }),
             shards,
         };
         helios_admin::spawn(&admin_cfg, snap_rx, cmd_tx, info).map_err(|e| anyhow!("{e}"))?;
@@ -137,7 +141,6 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
                 }
             })?;
     }
-    let plugins = start_plugins(&rt)?;
     let rt = Arc::new(rt);
     let cpus: Vec<usize> = CpuSet::online()
         .map(|s| s.into_iter().map(|l| l.cpu).collect())
@@ -320,5 +323,38 @@ fn warn_restart_only(old: &Config, new: &Config) {
         || old.limits.startup_timeout_ms != new.limits.startup_timeout_ms
     {
         log::info!("limits changed: new values apply to new client connections");
+    }
+}
+
+/// The admin API's `/plugins/{name}/kv/{key}` over the plugin host's KV store.
+struct PluginKvBridge(helios_plugin_host::PluginRuntime);
+
+impl std::fmt::Debug for PluginKvBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginKvBridge")
+    }
+}
+
+fn kv_failure(e: helios_plugin_host::KvError) -> helios_admin::KvFailure {
+    use helios_admin::KvFailure as F;
+    use helios_plugin_host::KvError as E;
+    let m = e.to_string();
+    match e {
+        E::UnknownPlugin(_) => F::UnknownPlugin(m),
+        E::KeyTooLong { .. } | E::ValueTooLarge { .. } => F::TooLarge(m),
+        E::TooManyKeys { .. } | E::NamespaceFull { .. } => F::Full(m),
+        _ => F::Unavailable(m),
+    }
+}
+
+impl helios_admin::PluginKv for PluginKvBridge {
+    fn get(&self, plugin: &str, key: &[u8]) -> Result<Option<Vec<u8>>, helios_admin::KvFailure> {
+        self.0.kv_get(plugin, key).map_err(kv_failure)
+    }
+    fn put(&self, plugin: &str, key: &[u8], value: &[u8]) -> Result<(), helios_admin::KvFailure> {
+        self.0.kv_put(plugin, key, value).map_err(kv_failure)
+    }
+    fn delete(&self, plugin: &str, key: &[u8]) -> Result<(), helios_admin::KvFailure> {
+        self.0.kv_delete(plugin, key).map_err(kv_failure)
     }
 }
