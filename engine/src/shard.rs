@@ -106,6 +106,8 @@ pub enum ShardMsg {
     Shutdown,
     /// `POST /histograms/reset`: drop what this interval recorded.
     ResetHistograms,
+    /// Plugins were enabled by a reload: instantiate them on this shard.
+    Plugins(helios_plugin_host::PluginRuntime),
     /// Console `PAUSE [db]` / `RESUME [db]` (all databases when `None`).
     Pause {
         database: Option<String>,
@@ -522,6 +524,11 @@ pub async fn run_shard(
             Some(ShardMsg::Cancel { pid, secret }) => shard.cancel_local(pid, secret),
             Some(ShardMsg::Reload(cfg)) => shard.reload(cfg),
             Some(ShardMsg::ResetHistograms) => shard.stats.reset_histograms(),
+            Some(ShardMsg::Plugins(rt)) => {
+                if shard.plugins.borrow().is_none() {
+                    *shard.plugins.borrow_mut() = Some(rt.shard(shard.id));
+                }
+            }
             Some(ShardMsg::Pause { database, pause }) => {
                 for p in shard.pools() {
                     if database

@@ -260,6 +260,7 @@ fn signal_loop(
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
     let mut current = rt.clone();
+    let mut plugins = plugins.cloned();
     for sig in signals.forever() {
         match sig {
             SIGHUP => match &config_path {
@@ -271,17 +272,26 @@ fn signal_loop(
                         *live_config.write().unwrap_or_else(|e| e.into_inner()) =
                             serde_json::to_value(&new.config).unwrap_or_default();
                         shared.broadcast(|| ShardMsg::Reload(new.clone()));
-                        if let Some(p) = plugins {
-                            // Shards pick the new plugin set up at their next hook call;
-                            // connections stay open.
-                            p.set_node_names(
-                                &new.config
-                                    .nodes
-                                    .iter()
-                                    .map(|n| n.name.clone())
-                                    .collect::<Vec<_>>(),
-                            );
-                            log_plugin_report(&p.reload(&new.config.plugins));
+                        match &plugins {
+                            Some(p) => {
+                                // Shards pick the new plugin set up at their next hook call;
+                                // connections stay open.
+                                let names: Vec<String> =
+                                    new.config.nodes.iter().map(|n| n.name.clone()).collect();
+                                p.set_node_names(&names);
+                                log_plugin_report(&p.reload(&new.config.plugins));
+                            }
+                            None if new.config.plugins.enabled => match start_plugins(&new) {
+                                // Started without plugins: create the runtime now and give
+                                // every shard its instances; open sessions use them at once.
+                                Ok(Some(p)) => {
+                                    shared.broadcast(|| ShardMsg::Plugins(p.clone()));
+                                    plugins = Some(p);
+                                }
+                                Ok(None) => {}
+                                Err(e) => log::error!("plugins not started: {e:#}"),
+                            },
+                            None => {}
                         }
                         current = new;
                         log::info!("configuration reloaded from {}", path.display());

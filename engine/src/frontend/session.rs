@@ -155,7 +155,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     };
     let mut hooks = Hooks::new(
-        &shard,
         &login.user,
         &login.database,
         login
@@ -166,8 +165,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             .unwrap_or(""),
         client.peer_addr().map(|a| a.ip()),
     );
-    if let Some(h) = hooks.as_mut() {
-        if let Err(message) = h.authenticate(&shard) {
+    {
+        if let Err(message) = hooks.authenticate(&shard) {
             let e = ProxyError::fatal(SqlState::INVALID_AUTHORIZATION, Blame::Client, message);
             queue_error(&mut client, &e);
             client.close().await;
@@ -257,8 +256,12 @@ struct Session {
     default_pool: Rc<Pool>,
     /// A route plugin's node for the next server connection.
     route_node: Option<String>,
-    /// Plugin hooks (None without plugins: the query path then does nothing extra).
-    hooks: Option<Box<Hooks>>,
+    /// Plugin hooks (inert while the shard has no plugins: the query path then does nothing
+    /// extra).
+    hooks: Box<Hooks>,
+    /// Transaction mode: the route a plugin chose for a named statement whose Parse was
+    /// answered without a server; its Bind checks out that node's connection.
+    stmt_routes: HashMap<Bytes, String>,
 }
 
 impl Session {
@@ -268,7 +271,7 @@ impl Session {
         creader: FrameReader,
         pool: Rc<Pool>,
         login: Login,
-        mut hooks: Option<Box<Hooks>>,
+        mut hooks: Box<Hooks>,
     ) -> Result<Session, (Conn, ProxyError)> {
         // What clients are told at login comes from the pool's first server connection.
         let existing = pool.server_params.borrow().clone();
@@ -330,9 +333,7 @@ impl Session {
             server: Cell::new(None),
         });
         let (pid, secret) = shard.register_client(cancel_target.clone(), meta.clone());
-        if let Some(h) = hooks.as_mut() {
-            h.set_client_id(pid);
-        }
+        hooks.set_client_id(pid);
         put_backend_key(client.queue(), pid, secret);
         put_ready(client.queue(), b'I');
         let mode = pool.settings.borrow().mode;
@@ -360,6 +361,7 @@ impl Session {
             default_pool,
             route_node: None,
             hooks,
+            stmt_routes: HashMap::new(),
             stmt_cmds: HashMap::new(),
             portal_cmds: HashMap::new(),
             pending_cmds: Vec::new(),
@@ -601,7 +603,7 @@ impl Session {
                 }
             }
             b'F' => {
-                if self.hooks.is_some() {
+                if Hooks::active(&self.shard) {
                     let oid = frame
                         .body()
                         .get(..4)
@@ -767,7 +769,7 @@ impl Session {
 
     /// Runs the plugins' pre_query and route hooks; `None`: refused (the client was told).
     fn run_hooks(&mut self, sql: &str, extended: bool) -> Option<Option<String>> {
-        let h = self.hooks.as_mut()?;
+        let h = &mut self.hooks;
         if let Some(SessionCommand::Set { name, value }) = sql::session_command(sql) {
             if name.starts_with("helios.") {
                 h.set_attribute(&name, &value);
@@ -776,7 +778,8 @@ impl Session {
         let node = self.pool.settings.borrow().target.node.clone();
         match h.before(&self.shard, sql, &node) {
             Verdict::Go { sql, node } => {
-                if node.is_some() && self.server.is_none() {
+                if self.server.is_none() {
+                    // Each statement decides for itself: no route carries over to the next.
                     self.route_node = node;
                 }
                 Some(sql)
@@ -796,7 +799,7 @@ impl Session {
     }
 
     async fn on_query(&mut self, mut frame: Frame) -> Result<(), ProxyError> {
-        if self.hooks.is_some() {
+        if Hooks::active(&self.shard) {
             let body = frame.body();
             let sql =
                 String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body)).into_owned();
@@ -849,7 +852,7 @@ impl Session {
 
     async fn on_parse(&mut self, mut frame: Frame) -> Result<(), ProxyError> {
         self.ext_open = true;
-        if self.hooks.is_some() {
+        if Hooks::active(&self.shard) {
             // Parse carries the SQL: a statement refused here is never prepared, so no later
             // Bind/Execute can run it; a rewrite is what gets prepared and executed.
             let mut rest = frame.body();
@@ -923,6 +926,15 @@ impl Session {
                 .borrow_mut()
                 .intern(self.shard.id, after_name);
             self.statements.insert(Bytes::copy_from_slice(name), stmt);
+            match self.route_node.take() {
+                Some(node) => {
+                    self.stmt_routes.insert(Bytes::copy_from_slice(name), node);
+                }
+                None if !self.stmt_routes.is_empty() => {
+                    self.stmt_routes.remove(name);
+                }
+                None => {}
+            }
             self.client.queue().extend_from_slice(PARSE_COMPLETE);
             return Ok(());
         }
@@ -1005,6 +1017,13 @@ impl Session {
         Some(stmt)
     }
 
+    /// A statement prepared with a route plugin's node runs there when it next takes a server.
+    fn route_for_statement(&mut self, name: &[u8]) {
+        if self.server.is_none() && !self.stmt_routes.is_empty() {
+            self.route_node = self.stmt_routes.get(name).cloned();
+        }
+    }
+
     async fn on_bind(&mut self, frame: Frame) -> Result<(), ProxyError> {
         self.ext_open = true;
         let mut rest = frame.body();
@@ -1020,6 +1039,7 @@ impl Session {
                 }
             }
         }
+        self.route_for_statement(name);
         if !self.attach(true).await? {
             return Ok(());
         }
@@ -1051,6 +1071,9 @@ impl Session {
         rest = &rest[1..];
         let name =
             read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Describe"))?;
+        if kind == b'S' {
+            self.route_for_statement(name);
+        }
         if !self.attach(true).await? {
             return Ok(());
         }
@@ -1291,9 +1314,7 @@ impl Session {
         };
         if forward {
             self.client.queue_frame(&frame.bytes);
-            if let Some(h) = &mut self.hooks {
-                h.observe(tag, &frame.bytes);
-            }
+            self.hooks.observe(tag, &frame.bytes);
         }
         if done {
             self.pop();
@@ -1324,9 +1345,7 @@ impl Session {
         if self.expect.is_empty() {
             self.request_start = None;
             self.server_sent = None;
-            if let Some(h) = &mut self.hooks {
-                h.after(&self.shard);
-            }
+            self.hooks.after(&self.shard);
         }
     }
 
