@@ -92,7 +92,10 @@ fn admin_api_reads_writes_and_deletes_plugin_kv() {
         c.simple_query("select 1").err()
     });
     assert_eq!(sqlstate(&e), Some("42000"), "{e:?}");
-    let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
     assert!(msg.contains("over its budget"), "{msg}");
 
     // Deleting the budget lifts it.
