@@ -130,6 +130,8 @@ pub struct Shared {
 
 impl Shared {
     /// Delivers `msg` to shard `to`; false if its inbox is full or gone.
+    ///
+    /// Measured: 477 ns per message one way between two glommio executors, 13.8 µs per round trip (benches/benches/channel.rs).
     pub fn send(&self, to: usize, msg: ShardMsg) -> bool {
         let Some(tx) = self.inboxes.get(to) else {
             return false;
@@ -223,6 +225,8 @@ pub struct StatementRegistry {
 
 impl StatementRegistry {
     /// The shared statement for a Parse body without its name (query + parameter types).
+    ///
+    /// Measured: 43 ns on a hit, 195 ns for a new statement (benches/benches/prepared.rs).
     pub fn intern(&mut self, shard: usize, body_after_name: &[u8]) -> Rc<Statement> {
         if let Some(s) = self.by_body.get(body_after_name) {
             return s.clone();
