@@ -9,6 +9,11 @@
 # ROUNDS (3), HELIOS_CORES (1), MODES ("simple prepared"), DATABASE_URL (use an existing server
 # instead of a scratch cluster; it must accept postgres://USER:PASS@HOST:PORT/DB logins).
 #
+# Latency (after the pgbench table; LATENCY=0 skips it): helios-loadtest, select-only, closed
+# loop, at 1 and at 50 clients (LAT_CLIENTS), `--compare direct heliosproxy` and `--compare
+# direct pgbouncer` (each -T DURATION per target in alternating slices, ROUNDS times), printing
+# the p50 and p99 each proxy adds over direct, in µs, side by side.
+#
 # PgBouncer (Debian's) is installed with apt if missing. PgBouncer before 1.21 cannot keep
 # protocol-level prepared statements in transaction mode, so -M prepared runs only against
 # direct and heliosproxy. Everything shares this machine's cores: compare ratios from one run.
@@ -24,13 +29,20 @@ ROUNDS=${ROUNDS:-3}
 HELIOS_CORES=${HELIOS_CORES:-1}
 MODES=${MODES:-simple prepared}
 THREADS=${THREADS:-2}
+LATENCY=${LATENCY:-1}
+LAT_CLIENTS=${LAT_CLIENTS:-1 50}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 command -v pgbouncer >/dev/null || {
   echo "installing pgbouncer (apt-get)…" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
 }
 cargo build --release -q -p helios-engine
-HELIOS=target/release/heliosproxy
+HELIOS=$TARGET_DIR/release/heliosproxy
+if [ "$LATENCY" != 0 ]; then
+  cargo build --release -q -p helios-loadtest
+  LOADTEST=$TARGET_DIR/release/helios-loadtest
+fi
 
 WORK=$(mktemp -d /tmp/helios-bench.XXXXXX)
 PIDS=()
@@ -59,7 +71,8 @@ pgbench -i -q -s "$SCALE" -h "$PGHOST" -p "$PG_PORT" -U "$PGUSER" "$PGDB" >/dev/
 
 HP_PORT=$(free_port)
 "$HELIOS" --upstream "postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PG_PORT/$PGDB" --listen "127.0.0.1:$HP_PORT" \
-  --cores "$HELIOS_CORES" --pool-mode transaction --pool-size "$POOL" >"$WORK/helios.log" 2>&1 &
+  --cores "$HELIOS_CORES" --pool-mode transaction --pool-size "$POOL" --admin-listen "127.0.0.1:$(free_port)" \
+  >"$WORK/helios.log" 2>&1 &
 HP_PID=$!; PIDS+=("$HP_PID")
 
 PB_PORT=$(free_port)
@@ -143,4 +156,56 @@ if h and b and h[1] and b[1]:
 hp = agg.get(("heliosproxy", "prepared"))
 if h and hp:
     print(f"heliosproxy prepared/simple TPS {hp[0]/hp[3]/(h[0]/h[3]):.3f}")
+EOF
+
+[ "$LATENCY" = 0 ] && exit 0
+
+# --- latency: what each proxy adds to a query, measured against direct in alternating slices ---
+# lat PROXY CLIENTS ROUND → helios-loadtest --compare direct PROXY, JSON in $WORK/lat-*.json
+lat() {
+  local target=$1 clients=$2 round=$3 port
+  case $target in
+    heliosproxy) port=$HP_PORT ;;
+    pgbouncer) port=$PB_PORT ;;
+  esac
+  local json="$WORK/lat-$target-$clients-$round.json"
+  "$LOADTEST" -b select-only -M simple -c "$clients" -T "$DURATION" --warmup 1 -P 0 \
+    --compare "postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PG_PORT/$PGDB" \
+    "postgres://$PGUSER:$PGPASSWORD@127.0.0.1:$port/$PGDB" --json "$json" >"$WORK/lat.out" 2>&1 || {
+    cat "$WORK/lat.out" >&2; echo "helios-loadtest against $target failed" >&2; exit 1; }
+  python3 - "$json" "$target" "$clients" >&2 <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1])); c = r["comparison"]
+errors = [t["errors"] for t in r["targets"] if t["errors"]]
+if errors: sys.exit(f"{sys.argv[2]}: errors during the latency run: {errors}")
+print(f"  {sys.argv[2]:<12} c={sys.argv[3]:<3} p50 {c['p50_added_us']:+.1f} µs, p99 {c['p99_added_us']:+.1f} µs vs direct")
+EOF
+}
+
+echo >&2
+for r in $(seq 1 "$ROUNDS"); do
+  echo "latency round $r/$ROUNDS (helios-loadtest --compare, -T $DURATION s per target)" >&2
+  for c in $LAT_CLIENTS; do
+    lat heliosproxy "$c" "$r"
+    lat pgbouncer "$c" "$r"
+  done
+done
+
+echo
+echo "latency added over direct PostgreSQL in µs: helios-loadtest -b select-only -M simple, closed loop, -T $DURATION per target in alternating slices, mean of $ROUNDS round(s)"
+python3 - "$WORK" "$LAT_CLIENTS" <<'EOF'
+import glob, json, os, sys, collections
+work, clients = sys.argv[1], sys.argv[2].split()
+acc = collections.defaultdict(list)
+for f in glob.glob(os.path.join(work, "lat-*.json")):
+    _, target, c, _ = os.path.basename(f)[:-len(".json")].split("-")
+    r = json.load(open(f)); cmp = r["comparison"]; d = r["targets"][0]["latency"]
+    acc[(target, c)].append((cmp["p50_added_us"], cmp["p99_added_us"], d["p50_us"], d["p99_us"]))
+avg = lambda xs, i: sum(x[i] for x in xs) / len(xs)
+print(f"{'clients':>7} {'direct p50':>10} {'direct p99':>10} | {'heliosproxy +p50':>16} {'+p99':>8} | {'pgbouncer +p50':>14} {'+p99':>8}")
+for c in clients:
+    h, b = acc.get(("heliosproxy", c)), acc.get(("pgbouncer", c))
+    if not h or not b: continue
+    d = h + b  # direct ran next to each proxy: both runs count
+    print(f"{c:>7} {avg(d, 2):>10.1f} {avg(d, 3):>10.1f} | {avg(h, 0):>+16.1f} {avg(h, 1):>+8.1f} | {avg(b, 0):>+14.1f} {avg(b, 1):>+8.1f}")
 EOF
