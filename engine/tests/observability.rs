@@ -824,11 +824,8 @@ fn ready_follows_the_node() {
 
 /// 5c. After a reload, `/config` shows the configuration the proxy now runs with.
 ///
-/// ENGINE BUG (ignored until fixed): engine/src/startup.rs builds `StaticInfo::config_json`
-/// once at start-up and hands it to `helios_admin::spawn`; a reload (SIGHUP, POST /reload,
-/// console RELOAD) never updates it, so `/config` keeps showing the start-up configuration
-/// while docs/admin-api.md says it is "the configuration the proxy runs with". Run with
-/// `--ignored` to reproduce.
+/// Regression test: `/config` used to be a copy made at start-up (`StaticInfo::config_json`)
+/// that no reload (SIGHUP, POST /reload, console RELOAD) updated (fixed in 19adc49).
 #[test]
 fn config_endpoint_follows_reload() {
     let pg = shared_pg();
@@ -858,12 +855,9 @@ fn config_endpoint_follows_reload() {
 
 /// 4b. `PAUSE db` also holds back clients of a shard that had no pool for the database yet.
 ///
-/// ENGINE BUG (ignored until fixed): `ShardMsg::Pause { database: Some(db) }` (handled in
-/// engine/src/shard.rs, the shard's inbox loop) only sets `paused` on the pools that already
-/// exist on that shard, and `paused_all` only for a PAUSE without a database; `Shard::pool`
-/// creates later pools with `paused = paused_all`. So after `PAUSE app`, a client that lands on
-/// a shard where nobody had used `app` yet gets a fresh, unpaused pool and its queries run.
-/// (PgBouncer makes new clients of a paused database wait.) Run with `--ignored` to reproduce.
+/// Regression test: `PAUSE <db>` used to pause only the pools a shard already had, so a client
+/// landing on a shard where nobody had used the database yet got a fresh, unpaused pool and its
+/// queries ran (fixed in 19adc49). PgBouncer makes new clients of a paused database wait too.
 #[test]
 fn pause_applies_to_pools_created_later() {
     let pg = shared_pg();
