@@ -442,12 +442,10 @@ fn route_plugin_blocks_picks_nodes_and_sees_session_attributes() {
     assert_eq!(c.query_one(count, &[]).unwrap().get::<_, i64>(0), 1);
 }
 
-/// ENGINE BUG (fails until fixed): a route plugin's node chosen at a Parse that takes no server
-/// (transaction mode, named statement, outside a transaction: the Parse is answered by the proxy)
-/// stays in `Session::route_node` and sends the NEXT statement — here an unannotated simple query
-/// — to that node. `Session::run_hooks` (engine/src/frontend/session.rs) only ever sets
-/// `route_node` (`if node.is_some() && self.server.is_none()`), never clears it, and `attach`
-/// consumes it whenever it next runs.
+/// Regression (engine bug found by this suite; fixed in 6b9d176): a route plugin's node chosen
+/// at a Parse that takes no server (transaction mode, named statement, outside a transaction:
+/// the proxy answers the Parse) stayed in `Session::route_node` and sent the NEXT statement —
+/// here an unannotated simple query — to that node.
 #[test]
 fn route_chosen_at_an_unattached_parse_does_not_leak_to_the_next_statement() {
     let (proxy, pg, _second, _db) = route_proxy();
@@ -463,12 +461,10 @@ fn route_chosen_at_an_unattached_parse_does_not_leak_to_the_next_statement() {
     );
 }
 
-/// ENGINE BUG (fails until fixed): a statement prepared with a `node` route and executed later
-/// (the postgres crate's `query`: Parse/Describe/Sync, then Bind/Execute/Sync — JDBC, asyncpg
-/// and pgbench -M prepared do the same) runs on the database's own node: in transaction mode the
-/// route is decided at Parse only (`Session::on_parse` → `run_hooks`), and the later Bind
-/// (`Session::on_bind` → `attach`) checks out the default pool because nothing remembers the
-/// statement's route.
+/// Regression (engine bug found by this suite; fixed in 6b9d176): a statement prepared with a
+/// `node` route and executed later (the postgres crate's `query`: Parse/Describe/Sync, then
+/// Bind/Execute/Sync — JDBC, asyncpg and pgbench -M prepared do the same) ran on the database's
+/// own node: the route was decided at Parse only and the later Bind checked out the default pool.
 #[test]
 fn route_applies_to_a_prepared_statement_executed_later() {
     let (proxy, _pg, second, _db) = route_proxy();
@@ -643,15 +639,11 @@ fn sighup_swaps_plugins_under_an_open_connection() {
     sess.terminate();
 }
 
-/// ENGINE BUG (fails until fixed): a proxy started with plugins off (`[plugins] enabled = false`,
-/// the default) never loads any: a SIGHUP that turns them on reports "configuration reloaded",
-/// logs no warning, and DROP TABLE still runs — on the open connection and on a new one.
-/// `startup::start_plugins` returns `None` when disabled, so `signal_loop` has no
-/// `PluginRuntime` to reload (`if let Some(p) = plugins`); and a session opened while its shard
-/// had no `ShardPlugins` gets no `Hooks` at all (`Hooks::new` in frontend/hooks.rs), so it would
-/// stay unhooked even if the runtime were created at reload. Either the runtime should always
-/// exist (empty when disabled) or the reload should warn that `enabled` needs a restart (then
-/// fix docs/configuration.md, which lists no such exception).
+/// Regression (engine bug found by this suite; fixed in 6b9d176): a proxy started with plugins
+/// off (`[plugins] enabled = false`, the default) never loaded any: a SIGHUP that turned them on
+/// reported "configuration reloaded", logged no warning, and DROP TABLE still ran on open and
+/// new connections (no `PluginRuntime` existed to reload, and sessions opened without plugins
+/// got no `Hooks`).
 #[test]
 fn sighup_turns_plugins_on_when_started_disabled() {
     let pg = shared_pg();
