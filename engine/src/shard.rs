@@ -472,6 +472,7 @@ pub async fn run_shard(
     inbox: Receiver<ShardMsg>,
     doorbell: Arc<AtomicWaker>,
     plugins: Option<helios_plugin_host::PluginRuntime>,
+    on_ready: impl FnOnce(),
 ) {
     let cfg = shard.config();
     if let Some(rt) = plugins {
@@ -505,6 +506,7 @@ pub async fn run_shard(
         let s = shard.clone();
         glommio::spawn_local(accept_loop(s, l)).detach();
     }
+    on_ready();
     glommio::spawn_local(maintenance_loop(shard.clone())).detach();
     glommio::spawn_local(crate::report::reporter(
         shard.clone(),

@@ -167,8 +167,11 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
                 let shard = Shard::new(i, shared, rt);
-                let _ = ready.send(Started::Ready(i));
-                run_shard(shard, rx, doorbell, plugins).await;
+                // Ready once the listeners are bound: "listening" in the log means it.
+                let ready = move || {
+                    let _ = ready.send(Started::Ready(i));
+                };
+                run_shard(shard, rx, doorbell, plugins, ready).await;
             })
             .map_err(|e| anyhow!("shard {i}: cannot start its executor: {e}"))?;
         let exited = events_tx.clone();
