@@ -179,7 +179,7 @@ fn command(shard: &Shard, sql: &str, out: &mut BytesMut) -> Result<(), String> {
         ["SHOW", what] => {
             let st = shard.shared.console_state.lock().unwrap_or_else(|e| e.into_inner());
             let rows = match *what {
-                "POOLS" => pools(&st),
+                "POOLS" => pools(&st, shard),
                 "STATS" => stats(&st),
                 "CLIENTS" => clients(&st),
                 "SERVERS" => servers(&st),
@@ -224,7 +224,8 @@ fn command(shard: &Shard, sql: &str, out: &mut BytesMut) -> Result<(), String> {
     Ok(())
 }
 
-fn pools(st: &helios_admin::AdminState) -> Rows {
+fn pools(st: &helios_admin::AdminState, shard: &Shard) -> Rows {
+    let cfg = shard.config();
     let mut r = Rows::new(&[
         "database",
         "user",
@@ -250,7 +251,14 @@ fn pools(st: &helios_admin::AdminState) -> Rows {
             s(p.max_wait_us / 1_000_000),
             s(p.max_wait_us % 1_000_000),
             s(p.mode),
-            s(p.pool_size),
+            // The configured total: a shard that has not served this database yet has no pool
+            // to report, but its share exists all the same.
+            s(cfg
+                .config
+                .databases
+                .get(&p.database)
+                .map(|d| d.pool_size as u32)
+                .unwrap_or(p.pool_size)),
         ]);
     }
     r

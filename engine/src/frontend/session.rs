@@ -135,6 +135,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         Ok(Ok(Startup::Done)) | Ok(Err(None)) => return,
         Ok(Err(Some(e))) => {
             log::debug!("client {:?}: {e}", client.peer_addr());
+            Counters::add(&shard.stats.counters.connections_refused, 1);
             queue_error(&mut client, &e);
             client.close().await;
             return;
@@ -149,6 +150,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 Blame::Client,
                 "canceling authentication due to timeout",
             );
+            Counters::add(&shard.stats.counters.connections_refused, 1);
             queue_error(&mut client, &e);
             client.close().await;
             return;
@@ -168,6 +170,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     {
         if let Err(message) = hooks.authenticate(&shard) {
             let e = ProxyError::fatal(SqlState::INVALID_AUTHORIZATION, Blame::Client, message);
+            Counters::add(&shard.stats.counters.connections_refused, 1);
             queue_error(&mut client, &e);
             client.close().await;
             return;
@@ -183,6 +186,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                     login.user
                 ),
             );
+            Counters::add(&shard.stats.counters.connections_refused, 1);
             queue_error(&mut client, &e);
             client.close().await;
             return;
@@ -196,13 +200,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             Blame::Client,
             format!("database \"{}\" does not exist", login.database),
         );
+        Counters::add(&shard.stats.counters.connections_refused, 1);
         queue_error(&mut client, &e);
         client.close().await;
         return;
     };
-    let session = match Session::begin(shard, client, reader, pool, login, hooks).await {
+    let session = match Session::begin(shard.clone(), client, reader, pool, login, hooks).await {
         Ok(s) => s,
         Err((mut client, e)) => {
+            Counters::add(&shard.stats.counters.connections_refused, 1);
             queue_error(&mut client, &e);
             client.close().await;
             return;
