@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use helios_config::AdminConfig;
 
 pub use api::Api;
-pub use render::{hgrm, prometheus, LatencySummary};
+pub use render::{hgrm, hgrm_scaled, prometheus, LatencySummary};
 pub use snapshot::{
     new_histogram, record_us, AdminCommand, ClientInfo, Counters, Metric, NodeStatus, PoolStats,
     ServerInfo, ShardSnapshot,

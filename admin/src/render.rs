@@ -59,7 +59,13 @@ impl LatencySummary {
 /// and `helios-loadtest --hgrm` writes), five ticks per half distance, and the `#[Mean …]`,
 /// `#[Max …]`, `#[Buckets …]` footer.
 pub fn hgrm(h: &Histogram<u64>) -> String {
-    const SCALE: f64 = 1000.0; // µs -> ms
+    hgrm_scaled(h, 1000.0) // µs -> ms
+}
+
+/// [`hgrm`] for a histogram recorded in any unit: `units_per_ms` values make one millisecond
+/// (1000 for microseconds, as the shards record; 1 000 000 for nanoseconds, as
+/// `helios-loadtest` records).
+pub fn hgrm_scaled(h: &Histogram<u64>, units_per_ms: f64) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -71,7 +77,7 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         for v in h.iter_quantiles(5) {
             total += v.count_since_last_iteration();
             let q = v.quantile_iterated_to();
-            let value = v.value_iterated_to() as f64 / SCALE;
+            let value = v.value_iterated_to() as f64 / units_per_ms;
             if q < 1.0 {
                 let _ = writeln!(
                     o,
@@ -89,14 +95,14 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
     let _ = writeln!(
         o,
         "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
-        h.mean() / SCALE,
-        h.stdev() / SCALE
+        h.mean() / units_per_ms,
+        h.stdev() / units_per_ms
     );
     let max = if h.is_empty() { 0 } else { h.max() };
     let _ = writeln!(
         o,
         "#[Max     = {:12.3}, Total count    = {:12}]",
-        max as f64 / SCALE,
+        max as f64 / units_per_ms,
         h.len()
     );
     let _ = writeln!(

@@ -280,57 +280,8 @@ impl Report {
 /// `outputPercentileDistribution(out, 5, 1e6)` and wrk2 print, and what the HdrHistogram
 /// plotter reads), values in milliseconds.
 pub fn hgrm(h: &Histogram<u64>) -> String {
-    const SCALE: f64 = 1_000_000.0; // ns -> ms
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "{:>12} {:>14} {:>10} {:>14}\n",
-        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
-    );
-    let mut total = 0u64;
-    if !h.is_empty() {
-        for v in h.iter_quantiles(5) {
-            total += v.count_since_last_iteration();
-            let q = v.quantile_iterated_to();
-            let value = v.value_iterated_to() as f64 / SCALE;
-            if q < 1.0 {
-                let _ = writeln!(
-                    o,
-                    "{:12.3} {:2.12} {:10} {:14.2}",
-                    value,
-                    q,
-                    total,
-                    1.0 / (1.0 - q)
-                );
-            } else {
-                let _ = writeln!(o, "{:12.3} {:2.12} {:10}", value, q, total);
-            }
-        }
-    }
-    let _ = writeln!(
-        o,
-        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
-        h.mean() / SCALE,
-        h.stdev() / SCALE
-    );
-    let max = if h.is_empty() { 0 } else { h.max() };
-    let _ = writeln!(
-        o,
-        "#[Max     = {:12.3}, Total count    = {:12}]",
-        max as f64 / SCALE,
-        h.len()
-    );
-    let _ = writeln!(
-        o,
-        "#[Buckets = {:12}, SubBuckets     = {:12}]",
-        h.buckets(),
-        // The crate keeps sub_bucket_count private; it is the power of two >= 2 * 10^sigfig.
-        (2.0 * 10f64.powi(i32::from(h.sigfig())))
-            .log2()
-            .ceil()
-            .exp2() as u64
-    );
-    o
+    // One writer for the format, shared with the admin API's /histograms?format=hgrm.
+    helios_admin::hgrm_scaled(h, 1_000_000.0) // ns -> ms
 }
 
 #[cfg(test)]
