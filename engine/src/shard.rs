@@ -173,7 +173,11 @@ impl Latch {
         if self.set.get() {
             return Poll::Ready(());
         }
-        self.waiters.borrow_mut().push(cx.waker().clone());
+        // Long-lived tasks (the accept loops) poll this again and again: keep one waker each.
+        let mut w = self.waiters.borrow_mut();
+        if !w.iter().any(|x| x.will_wake(cx.waker())) {
+            w.push(cx.waker().clone());
+        }
         Poll::Pending
     }
 
@@ -202,6 +206,8 @@ pub struct ClientMeta {
     pub state: Cell<&'static str>,
     /// The server connection it holds: id, backend pid, unix seconds it was opened.
     pub server: Cell<Option<(u64, i32, u64)>>,
+    /// The session task's waker, woken at shutdown.
+    pub waker: RefCell<Option<Waker>>,
 }
 
 /// A statement prepared under a proxy-unique name, shared by every client on the shard that
@@ -563,6 +569,11 @@ pub async fn run_shard(
         }
     }
     shard.shutdown.set();
+    for e in shard.cancels.borrow().values() {
+        if let Some(w) = e.meta.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
     let timeout = Duration::from_millis(shard.config().config.server.shutdown_timeout_ms);
     let deadline = std::time::Instant::now() + timeout;
     while shard.sessions.get() > 0 && std::time::Instant::now() < deadline {

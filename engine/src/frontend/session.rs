@@ -337,6 +337,7 @@ impl Session {
             connected_at: crate::backend::pool::unix_ms() / 1000,
             state: Cell::new("idle"),
             server: Cell::new(None),
+            waker: std::cell::RefCell::new(None),
         });
         let (pid, secret) = shard.register_client(cancel_target.clone(), meta.clone());
         hooks.set_client_id(pid);
@@ -420,12 +421,14 @@ impl Session {
             if let Poll::Ready(r) = self.client.poll_read_into(cx, &mut self.creader) {
                 return Poll::Ready(Event::Client(r));
             }
-            if !self.shutdown_registered || self.shard.shutdown.is_set() {
-                // A task's waker stays the same for its life: register once.
+            if !self.shutdown_registered {
+                // A task's waker stays the same for its life: leave it once where the shard
+                // wakes every session at shutdown (it goes with the session's cancel entry).
                 self.shutdown_registered = true;
-                if self.shard.shutdown.poll(cx).is_ready() && self.can_close_for_shutdown() {
-                    return Poll::Ready(Event::Shutdown);
-                }
+                self.meta.waker.replace(Some(cx.waker().clone()));
+            }
+            if self.shard.shutdown.is_set() && self.can_close_for_shutdown() {
+                return Poll::Ready(Event::Shutdown);
             }
             Poll::Pending
         })
