@@ -203,7 +203,7 @@ pub fn prometheus(st: &AdminState) -> String {
     let _ = writeln!(o, "heliosproxy_shards_reporting {}", st.shards_reporting());
 
     type Get = fn(&crate::snapshot::Counters) -> u64;
-    let counters: [(&str, &str, &str, Get); 7] = [
+    let counters: [(&str, &str, &str, Get); 10] = [
         (
             "heliosproxy_connections_accepted_total",
             "counter",
@@ -245,6 +245,24 @@ pub fn prometheus(st: &AdminState) -> String {
             "gauge",
             "Clients connected now.",
             |c| c.clients_active,
+        ),
+        (
+            "heliosproxy_ring_enters_total",
+            "counter",
+            "io_uring_enter calls on the shard's socket ring (0 on the glommio backend).",
+            |c| c.ring_enters,
+        ),
+        (
+            "heliosproxy_ring_waits_total",
+            "counter",
+            "Times the shard slept on its socket ring for the next completion (io.ring_wait_us).",
+            |c| c.ring_waits,
+        ),
+        (
+            "heliosproxy_ring_parks_total",
+            "counter",
+            "Times the shard's ring driver parked in glommio's reactor.",
+            |c| c.ring_parks,
         ),
     ];
     for (name, kind, help, get) in counters {

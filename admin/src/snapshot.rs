@@ -85,6 +85,11 @@ pub struct Counters {
     pub errors_by_class: BTreeMap<String, u64>,
     /// Gauge: clients connected right now.
     pub clients_active: u64,
+    /// The shard's io_uring ring (all zero on the glommio backend): `io_uring_enter` calls,
+    /// sleeps on the ring itself (`io.ring_wait_us`), and parks in glommio's reactor.
+    pub ring_enters: u64,
+    pub ring_waits: u64,
+    pub ring_parks: u64,
 }
 
 impl Counters {
@@ -100,6 +105,9 @@ impl Counters {
             *self.errors_by_class.entry(class.clone()).or_default() += n;
         }
         self.clients_active += other.clients_active;
+        self.ring_enters += other.ring_enters;
+        self.ring_waits += other.ring_waits;
+        self.ring_parks += other.ring_parks;
     }
 }
 

@@ -78,11 +78,14 @@ enum Cmd {
     OneWay(u64),
 }
 
+/// Commands to side A, each with where to send the measured duration.
+type CmdSender = Sender<(Cmd, Sender<Duration>)>;
+
 struct Pair {
     shared: Arc<Shared>,
     b: JoinHandle<()>,
     /// Glommio: side A's executor thread and its command channel.
-    a: Option<(Sender<(Cmd, Sender<Duration>)>, JoinHandle<()>)>,
+    a: Option<(CmdSender, JoinHandle<()>)>,
     /// Park: side A runs on the caller's thread.
     inbox0: Option<Receiver<ShardMsg>>,
 }

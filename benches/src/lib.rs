@@ -220,6 +220,7 @@ pub fn shared_with_inboxes(n: usize) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
         snapshots: None,
         snapshot_interval: Duration::from_secs(1),
         console_state: Mutex::new(helios_admin::AdminState::new(n)),
+        pauses: Default::default(),
     };
     (Arc::new(shared), receivers)
 }
@@ -286,9 +287,10 @@ pub async fn pool_with_one_idle() -> (Rc<Pool>, glommio::net::TcpStream) {
             secret: 7,
         },
         startup_params: Rc::new(Vec::new()),
-        applied: HashMap::new(),
+        applied: Default::default(),
         prepared: PreparedSet::new(100),
         created: now,
+        created_unix: 0,
         last_used: now,
     };
     // The connection was not opened by the pool, so the pool's private count of open

@@ -104,6 +104,12 @@ pub struct IoConfig {
     /// Submission queue entries of each shard's ring.
     #[serde(default = "default_ring_entries")]
     pub ring_entries: u32,
+    /// Microseconds a shard with nothing else to run blocks on its ring for the next socket
+    /// completion before parking in glommio's reactor (one system call per wake-up instead of
+    /// glommio's several). Timers and messages from other shards can be late by this much.
+    /// 0: always park in glommio. At most 10000.
+    #[serde(default = "default_ring_wait_us")]
+    pub ring_wait_us: u32,
 }
 
 impl Default for IoConfig {
@@ -114,6 +120,7 @@ impl Default for IoConfig {
             recv_buffer_size_bytes: default_recv_buffer_size(),
             max_pending_send_bytes: default_max_pending_send(),
             ring_entries: default_ring_entries(),
+            ring_wait_us: default_ring_wait_us(),
         }
     }
 }
@@ -129,6 +136,9 @@ fn default_max_pending_send() -> usize {
 }
 fn default_ring_entries() -> u32 {
     1024
+}
+fn default_ring_wait_us() -> u32 {
+    500
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -530,6 +540,12 @@ impl Config {
         }
         if self.io.max_pending_send_bytes < 4096 {
             return bad("io.max_pending_send_bytes: must be at least 4096".into());
+        }
+        if self.io.ring_wait_us > 10_000 {
+            return bad(format!(
+                "io.ring_wait_us: must be at most 10000, got {}",
+                self.io.ring_wait_us
+            ));
         }
         if !(8..=32768).contains(&self.io.ring_entries) {
             return bad("io.ring_entries: must be between 8 and 32768".into());

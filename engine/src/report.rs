@@ -35,7 +35,14 @@ pub fn build(shard: &Shard) -> ShardSnapshot {
             .map(|(c, n)| (String::from_utf8_lossy(c).into_owned(), *n))
             .collect(),
         clients_active: shard.sessions.get() as u64,
+        ..Counters::default()
     };
+    if let Some(ring) = shard.ring.borrow().as_ref() {
+        let r = ring.stats();
+        snap.counters.ring_enters = r.enters;
+        snap.counters.ring_waits = r.waits;
+        snap.counters.ring_parks = r.parks;
+    }
     let mut nodes: BTreeMap<String, NodeStatus> = BTreeMap::new();
     let cfg = shard.config();
     for n in &cfg.config.nodes {

@@ -108,11 +108,6 @@ pub enum ShardMsg {
     ResetHistograms,
     /// Plugins were enabled by a reload: instantiate them on this shard.
     Plugins(helios_plugin_host::PluginRuntime),
-    /// Console `PAUSE [db]` / `RESUME [db]` (all databases when `None`).
-    Pause {
-        database: Option<String>,
-        pause: bool,
-    },
 }
 
 /// The process-wide part: channels to every shard and the global client count.
@@ -126,6 +121,8 @@ pub struct Shared {
     /// What the psql console shows: the same snapshots, merged (locked once per shard per
     /// interval and per console command; never on the query path).
     pub console_state: std::sync::Mutex<helios_admin::AdminState>,
+    /// Console PAUSE/RESUME, read by every shard's pools.
+    pub pauses: Arc<crate::backend::pool::Pauses>,
 }
 
 impl Shared {
@@ -289,10 +286,6 @@ pub struct Shard {
     pub ring: RefCell<Option<Rc<helios_uring::Ring>>>,
     /// Histograms and counters, sent to the admin thread every snapshot interval.
     pub stats: crate::stats::ShardStats,
-    /// `PAUSE` without a database: pools created afterwards start paused too.
-    pub paused_all: Cell<bool>,
-    /// `PAUSE <db>`: that database's pools created afterwards start paused too.
-    pub paused_dbs: RefCell<std::collections::HashSet<String>>,
     /// This shard's plugin instances (`[plugins] enabled`).
     pub plugins: RefCell<Option<helios_plugin_host::ShardPlugins>>,
     /// Tables / read-only verdicts per statement fingerprint, for plugin inputs.
@@ -317,8 +310,6 @@ impl Shard {
             sessions: Cell::new(0),
             ring: RefCell::new(None),
             stats: crate::stats::ShardStats::default(),
-            paused_all: Cell::new(false),
-            paused_dbs: RefCell::new(Default::default()),
             plugins: RefCell::new(None),
             analysis: RefCell::new(Default::default()),
             request_seq: Cell::new(0),
@@ -348,14 +339,14 @@ impl Shard {
             pools
                 .entry(key)
                 .or_insert_with(|| {
-                    let p = Pool::new(
-                        settings,
-                        self.server_ids.clone(),
-                        self.ring.borrow().clone(),
-                    );
-                    p.paused
-                        .set(self.paused_all.get() || self.paused_dbs.borrow().contains(alias));
-                    Rc::new(p)
+                    Rc::new(
+                        Pool::new(
+                            settings,
+                            self.server_ids.clone(),
+                            self.ring.borrow().clone(),
+                        )
+                        .with_pauses(self.shared.pauses.clone()),
+                    )
                 })
                 .clone(),
         )
@@ -541,30 +532,6 @@ pub async fn run_shard(
                     *shard.plugins.borrow_mut() = Some(rt.shard(shard.id));
                 }
             }
-            Some(ShardMsg::Pause { database, pause }) => {
-                for p in shard.pools() {
-                    if database
-                        .as_ref()
-                        .is_none_or(|d| *d == p.settings.borrow().alias)
-                    {
-                        p.paused.set(pause);
-                    }
-                }
-                match database {
-                    None => {
-                        shard.paused_all.set(pause);
-                        if !pause {
-                            shard.paused_dbs.borrow_mut().clear();
-                        }
-                    }
-                    Some(d) if pause => {
-                        shard.paused_dbs.borrow_mut().insert(d);
-                    }
-                    Some(d) => {
-                        shard.paused_dbs.borrow_mut().remove(&d);
-                    }
-                }
-            }
             Some(ShardMsg::Shutdown) | None => break,
         }
     }
@@ -602,6 +569,7 @@ fn start_ring(io: &helios_config::IoConfig) -> std::io::Result<Rc<helios_uring::
         recv_buffers: io.recv_buffers,
         recv_buffer_size: io.recv_buffer_size_bytes,
         max_pending_send_bytes: io.max_pending_send_bytes,
+        wait: Duration::from_micros(io.ring_wait_us.into()),
     })
 }
 

@@ -15,6 +15,7 @@ use crate::shard::{log_budget, run_shard, RuntimeConfig, Shard, ShardMsg, Shared
 
 /// glommio's registered I/O buffer memory per executor. The proxy does no file I/O, so it is
 /// kept small: it counts against RLIMIT_MEMLOCK together with the rings.
+const PREEMPT_EVERY: Duration = Duration::from_millis(1);
 const IO_MEMORY: usize = 256 * 1024;
 /// What each executor locks beyond IO_MEMORY (its three rings), measured: ≥ 512 KiB.
 const RING_MEMLOCK: u64 = 768 * 1024;
@@ -109,6 +110,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
         snapshots: admin_cfg.enabled.then_some(snap_tx),
         snapshot_interval: Duration::from_millis(admin_cfg.snapshot_interval_ms),
         console_state: std::sync::Mutex::new(helios_admin::AdminState::new(shards)),
+        pauses: Default::default(),
     });
     let live_config =
         helios_admin::live_config(serde_json::to_value(&rt.config).unwrap_or_default());
@@ -165,6 +167,10 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             .io_memory(IO_MEMORY)
+            // The ring driver keeps the run queue busy under load (it blocks on its own ring
+            // instead of parking in glommio): this is how often glommio still gets its loop
+            // back for timers, other threads' wake-ups and its own sockets (accept, connect).
+            .preempt_timer(PREEMPT_EVERY)
             .spawn(move || async move {
                 let shard = Shard::new(i, shared, rt);
                 // Ready once the listeners are bound: "listening" in the log means it.

@@ -882,3 +882,61 @@ fn pause_applies_to_pools_created_later() {
         "a new client of a paused database logged in and ran a query"
     );
 }
+
+/// Sums a per-shard counter family of a `/metrics` exposition.
+fn metric_sum(text: &str, family: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `io.ring_wait_us` decides where an idle shard sleeps: with 0 its ring driver always parks
+/// in glommio's reactor; by default, between a client's round trips, it sleeps on the ring
+/// itself (one `io_uring_enter` per wake-up). On the glommio backend there is no ring at all.
+#[test]
+fn ring_wait_us_decides_where_an_idle_shard_sleeps() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "obs_ring_wait");
+    let glommio = std::env::var("HELIOS_TEST_IO_BACKEND").is_ok_and(|b| b == "glommio");
+    for wait_us in [0, 2000] {
+        let proxy = start_proxy(
+            &config_custom(
+                &pg,
+                FAST_ADMIN,
+                &format!("ring_wait_us = {wait_us}"),
+                TRUST,
+                "",
+                &db_section("app", &db, "transaction", 2, ""),
+            ),
+            None,
+        );
+        let mut c = connect(&proxy, SUPERUSER, "", "app");
+        for i in 0..300 {
+            let v: i32 = c.query_one("select $1::int", &[&i]).unwrap().get(0);
+            assert_eq!(v, i);
+        }
+        let admin = proxy.admin_port();
+        let text = poll(WAIT, "the queries in /metrics", || {
+            let (_, _, body) = http(admin, "GET", "/metrics", None).ok()?;
+            (metric_sum(&body, "heliosproxy_queries_total") >= 300).then_some(body)
+        });
+        let enters = metric_sum(&text, "heliosproxy_ring_enters_total");
+        let waits = metric_sum(&text, "heliosproxy_ring_waits_total");
+        let parks = metric_sum(&text, "heliosproxy_ring_parks_total");
+        eprintln!("ring_wait_us = {wait_us}: {enters} enters, {waits} waits, {parks} parks");
+        if glommio {
+            assert_eq!((enters, waits, parks), (0, 0, 0));
+        } else if wait_us == 0 {
+            assert_eq!(waits, 0);
+            assert!(
+                parks >= 300,
+                "each round trip should park at least once: {parks}"
+            );
+        } else {
+            // Every idle stretch starts with a sleep on the ring (a park follows only if it
+            // lasts over 2 ms): at least one per round trip.
+            assert!(waits >= 300, "{waits} waits");
+        }
+    }
+}

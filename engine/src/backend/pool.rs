@@ -6,10 +6,12 @@
 //! reused first and the coldest ones age out.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -41,10 +43,14 @@ enum WaiterState {
     Handed(Box<ServerConn>),
     /// Room was freed (a connection was dropped): try to open one.
     Retry,
+    /// The checkout timeout passed (set by the pool's sweeper, which also dequeued it).
+    TimedOut,
 }
 
 struct Waiter {
     state: RefCell<WaiterState>,
+    since: Instant,
+    deadline: Instant,
 }
 
 impl Waiter {
@@ -52,6 +58,32 @@ impl Waiter {
         let old = std::mem::replace(&mut *self.state.borrow_mut(), s);
         if let WaiterState::Waiting(Some(w)) = old {
             w.wake();
+        }
+    }
+}
+
+/// A checkout dropped while waiting (its session ended) leaves the queue, and passes on
+/// whatever it was handed.
+struct Dequeue<'a> {
+    pool: &'a Pool,
+    waiter: &'a Rc<Waiter>,
+}
+
+impl Drop for Dequeue<'_> {
+    fn drop(&mut self) {
+        self.pool
+            .waiters
+            .borrow_mut()
+            .retain(|w| !Rc::ptr_eq(w, self.waiter));
+        let state = std::mem::replace(&mut *self.waiter.state.borrow_mut(), WaiterState::Retry);
+        match state {
+            WaiterState::Handed(c) => self.pool.release(*c),
+            WaiterState::Retry => {
+                if let Some(w) = self.pool.waiters.borrow_mut().pop_front() {
+                    w.wake_with(WaiterState::Retry);
+                }
+            }
+            WaiterState::Waiting(_) | WaiterState::TimedOut => {}
         }
     }
 }
@@ -98,14 +130,67 @@ pub struct Pool {
     ring: Option<Rc<helios_uring::Ring>>,
     /// The last connection attempt: succeeded?, its error, unix milliseconds.
     pub last_connect: RefCell<Option<(bool, Option<String>, u64)>>,
-    /// When each waiting client started waiting (FIFO, like `waiters`).
-    wait_started: RefCell<VecDeque<Instant>>,
+    /// A task times waiters out (one timer for the whole queue instead of one per checkout).
+    sweeping: Cell<bool>,
     /// Console PAUSE: no connection is handed out until RESUME (running transactions finish).
-    pub paused: Cell<bool>,
+    pauses: Arc<Pauses>,
+}
+
+/// Console `PAUSE [db]` / `RESUME [db]`, one state for every shard: a pause is in force on all
+/// of them the moment the console answers. Read on each checkout: one atomic load while nothing
+/// is paused.
+#[derive(Default)]
+pub struct Pauses {
+    any: AtomicBool,
+    set: Mutex<PauseSet>,
+}
+
+#[derive(Default)]
+struct PauseSet {
+    all: bool,
+    dbs: HashSet<String>,
+}
+
+impl Pauses {
+    /// `db = None`: every database (RESUME without a database also lifts per-database pauses).
+    pub fn set(&self, db: Option<&str>, pause: bool) {
+        let mut s = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        match db {
+            None => {
+                s.all = pause;
+                if !pause {
+                    s.dbs.clear();
+                }
+            }
+            Some(d) if pause => {
+                s.dbs.insert(d.to_string());
+            }
+            Some(d) => {
+                s.dbs.remove(d);
+            }
+        }
+        self.any
+            .store(s.all || !s.dbs.is_empty(), Ordering::Release);
+    }
+
+    pub fn is_paused(&self, alias: &str) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let s = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        s.all || s.dbs.contains(alias)
+    }
 }
 
 /// ParameterStatus name/value pairs a server reported at login.
 pub type ServerParams = Rc<Vec<(String, String)>>;
+
+async fn sweep_waiters(pool: Rc<Pool>) {
+    while let Some(next) = pool.expire_waiters(Instant::now()) {
+        glommio::timer::sleep(next.saturating_duration_since(Instant::now())).await;
+    }
+    pool.sweeping.set(false);
+}
 
 /// Unix time now, in milliseconds.
 pub fn unix_ms() -> u64 {
@@ -113,11 +198,6 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Unix seconds at which `t` happened.
-pub fn unix_secs_of(t: Instant) -> u64 {
-    (unix_ms() / 1000).saturating_sub(t.elapsed().as_secs())
 }
 
 impl Pool {
@@ -136,9 +216,19 @@ impl Pool {
             next_id: ids,
             ring,
             last_connect: RefCell::new(None),
-            wait_started: RefCell::new(VecDeque::new()),
-            paused: Cell::new(false),
+            sweeping: Cell::new(false),
+            pauses: Arc::default(),
         }
+    }
+
+    /// Shares the process's PAUSE state (a pool alone is never paused).
+    pub fn with_pauses(mut self, pauses: Arc<Pauses>) -> Pool {
+        self.pauses = pauses;
+        self
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.pauses.is_paused(&self.settings.borrow().alias)
     }
 
     fn count(&self, f: impl FnOnce(&mut PoolCounters)) {
@@ -161,10 +251,10 @@ impl Pool {
 
     /// How long the longest-waiting client has waited.
     pub fn max_wait(&self) -> Duration {
-        self.wait_started
+        self.waiters
             .borrow()
             .front()
-            .map(|t| t.elapsed())
+            .map(|w| w.since.elapsed())
             .unwrap_or_default()
     }
 
@@ -173,7 +263,7 @@ impl Pool {
         self.idle
             .borrow()
             .iter()
-            .map(|c| (c.id.0, c.key.pid, unix_secs_of(c.created)))
+            .map(|c| (c.id.0, c.key.pid, c.created_unix))
             .collect()
     }
 
@@ -245,13 +335,13 @@ impl Pool {
     pub async fn checkout(self: &Rc<Self>) -> Result<ServerConn, ProxyError> {
         self.count(|c| c.checkouts += 1);
         let timeout = self.settings.borrow().checkout_timeout;
-        let deadline = Instant::now() + timeout;
         // Paused (console PAUSE): wait for RESUME. Rare and operator-driven, so a short poll
         // is simpler than another wake-up list. The checkout timeout starts after it.
-        while self.paused.get() {
+        while self.is_paused() {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
-        let deadline = deadline.max(Instant::now() + timeout);
+        // Set when the first wait starts: a checkout served at once reads no clock.
+        let mut deadline = None;
         loop {
             if self.waiters.borrow().is_empty() {
                 if let Some(c) = self.take_idle() {
@@ -262,24 +352,22 @@ impl Pool {
                     return self.open().await;
                 }
             }
+            let since = Instant::now();
             let waiter = Rc::new(Waiter {
                 state: RefCell::new(WaiterState::Waiting(None)),
+                since,
+                deadline: *deadline.get_or_insert(since + timeout),
             });
             self.waiters.borrow_mut().push_back(waiter.clone());
-            let since = Instant::now();
-            self.wait_started.borrow_mut().push_back(since);
-            let left = deadline.saturating_duration_since(Instant::now());
-            let _ = glommio::timer::timeout(left, async {
-                WaitFor(waiter.clone()).await;
-                Ok(())
-            })
-            .await;
-            {
-                let mut w = self.wait_started.borrow_mut();
-                if let Some(i) = w.iter().position(|t| *t == since) {
-                    w.remove(i);
-                }
+            if !self.sweeping.replace(true) {
+                glommio::spawn_local(sweep_waiters(self.clone())).detach();
             }
+            let guard = Dequeue {
+                pool: self,
+                waiter: &waiter,
+            };
+            WaitFor(waiter.clone()).await;
+            std::mem::forget(guard);
             let state = std::mem::replace(&mut *waiter.state.borrow_mut(), WaiterState::Retry);
             match state {
                 WaiterState::Handed(c) => return Ok(*c),
@@ -293,10 +381,7 @@ impl Pool {
                         return self.open().await;
                     }
                 }
-                WaiterState::Waiting(_) => {
-                    self.waiters
-                        .borrow_mut()
-                        .retain(|w| !Rc::ptr_eq(w, &waiter));
+                WaiterState::TimedOut | WaiterState::Waiting(_) => {
                     self.count(|c| c.checkout_timeouts += 1);
                     let s = self.settings.borrow();
                     return Err(ProxyError::error(
@@ -342,6 +427,22 @@ impl Pool {
             }
         }
         self.idle.borrow_mut().push(c);
+    }
+
+    /// Times out waiters whose checkout deadline passed. Runs while anyone waits, sleeping until
+    /// the earliest deadline; most waiters are served long before it.
+    fn expire_waiters(&self, now: Instant) -> Option<Instant> {
+        let expired: Vec<Rc<Waiter>> = {
+            let mut w = self.waiters.borrow_mut();
+            let (gone, keep): (VecDeque<_>, VecDeque<_>) =
+                w.drain(..).partition(|w| w.deadline <= now);
+            *w = keep;
+            gone.into()
+        };
+        for w in expired {
+            w.wake_with(WaiterState::TimedOut);
+        }
+        self.waiters.borrow().iter().map(|w| w.deadline).min()
     }
 
     /// A connection that failed or was left in an unknown state.

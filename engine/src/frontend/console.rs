@@ -18,7 +18,7 @@ use crate::net::codec::{
     put_ready, FrameReader,
 };
 use crate::net::conn::Conn;
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::Shard;
 
 /// Serves one console session until the client leaves.
 pub async fn serve(shard: Rc<Shard>, mut client: Conn, mut reader: FrameReader) {
@@ -207,10 +207,7 @@ fn command(shard: &Shard, sql: &str, out: &mut BytesMut) -> Result<(), String> {
                     return Err(format!("no such database: {d}"));
                 }
             }
-            shard.shared.broadcast(|| ShardMsg::Pause {
-                database: db.clone(),
-                pause,
-            });
+            shard.shared.pauses.set(db.as_deref(), pause);
             put_command_complete(out, if pause { "PAUSE" } else { "RESUME" });
         }
         [] => put_msg(out, b'I', |_| {}),

@@ -10,7 +10,7 @@
 //! unfinished extended-protocol batch, and the server said ReadyForQuery idle.
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::rc::Rc;
 use std::task::Poll;
@@ -235,8 +235,9 @@ struct Session {
     /// Sync.
     server_skip: bool,
     /// Session parameters the client wants (SQL text of the value), beyond server defaults.
-    desired: HashMap<String, String>,
-    startup_desired: HashMap<String, String>,
+    /// Ordered maps: comparing two small ones (every checkout) costs no hashing.
+    desired: BTreeMap<String, String>,
+    startup_desired: BTreeMap<String, String>,
     /// The client's named prepared statements (transaction mode).
     statements: HashMap<Bytes, Rc<Statement>>,
     cancel_target: Rc<Cell<Option<BackendKey>>>,
@@ -295,7 +296,7 @@ impl Session {
                 }
             },
         };
-        let mut desired = HashMap::new();
+        let mut desired = BTreeMap::new();
         for (k, v) in &login.params {
             let name = k.to_ascii_lowercase();
             if !name
@@ -685,11 +686,9 @@ impl Session {
         match checked_out {
             Ok(s) => {
                 self.meta.state.set("active");
-                self.meta.server.set(Some((
-                    s.id.0,
-                    s.key.pid,
-                    crate::backend::pool::unix_secs_of(s.created),
-                )));
+                self.meta
+                    .server
+                    .set(Some((s.id.0, s.key.pid, s.created_unix)));
                 self.cancel_target.set(Some(s.key));
                 self.server = Some(s);
                 self.server_fatal = false;

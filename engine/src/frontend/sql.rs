@@ -211,13 +211,43 @@ pub fn transaction_mode_unsupported(sql: &str) -> Option<&'static str> {
         );
     }
     let b = sql.as_bytes();
-    if contains_ci(b, b"pg_advisory_lock") || contains_ci(b, b"pg_try_advisory_lock") {
+    // pg_advisory_lock[_shared], pg_try_advisory_lock[_shared] (not the _xact_ ones): found by
+    // their rare `y` first, which ordinary queries seldom contain.
+    if find_ci_anchored(b, b"advisory_lock", 7).any(|at| {
+        let before = &b[..at];
+        ends_with_ci(before, b"pg_") || ends_with_ci(before, b"pg_try_")
+    }) {
         return Some("session-level advisory locks are not supported in transaction pooling mode (use pg_advisory_xact_lock)");
     }
     if first.eq_ignore_ascii_case("declare") && contains_ci(b, b"with hold") {
         return Some("WITH HOLD cursors are not supported in transaction pooling mode");
     }
     None
+}
+
+/// ASCII case-insensitive substring search that scans for `needle[anchor]` (pick a byte that
+/// is rare in the haystack) and checks around each hit.
+/// Yields the start of every match.
+pub fn find_ci_anchored<'a>(
+    hay: &'a [u8],
+    needle: &'a [u8],
+    anchor: usize,
+) -> impl Iterator<Item = usize> + 'a {
+    let (lo, up) = (
+        needle[anchor].to_ascii_lowercase(),
+        needle[anchor].to_ascii_uppercase(),
+    );
+    memchr::memchr2_iter(lo, up, hay)
+        .filter(move |&at| at >= anchor)
+        .map(move |at| at - anchor)
+        .filter(move |&start| {
+            hay.len() - start >= needle.len()
+                && hay[start..start + needle.len()].eq_ignore_ascii_case(needle)
+        })
+}
+
+fn ends_with_ci(hay: &[u8], suffix: &[u8]) -> bool {
+    hay.len() >= suffix.len() && hay[hay.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
 /// ASCII case-insensitive substring search.
@@ -331,6 +361,10 @@ mod tests {
         assert!(transaction_mode_unsupported("LISTEN chan").is_some());
         assert!(transaction_mode_unsupported("select PG_ADVISORY_LOCK(1)").is_some());
         assert!(transaction_mode_unsupported("select pg_advisory_xact_lock(1)").is_none());
+        assert!(transaction_mode_unsupported("select pg_try_advisory_lock_shared(1)").is_some());
+        assert!(transaction_mode_unsupported("select my_advisory_lock from t").is_none());
+        assert!(transaction_mode_unsupported("select advisory_lock(1)").is_none());
+        assert!(transaction_mode_unsupported("select y, pg_advisory_lock(2)").is_some());
         assert!(transaction_mode_unsupported("DECLARE c CURSOR WITH HOLD FOR select 1").is_some());
         assert!(transaction_mode_unsupported("select 'with hold'").is_none());
     }

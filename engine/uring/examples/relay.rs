@@ -101,6 +101,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 recv_buffers: args.recv_buffers,
                 recv_buffer_size: args.recv_buffer_size,
                 max_pending_send_bytes: args.max_pending_send_bytes,
+                ..RingConfig::default()
             };
             let ring = Ring::new(&cfg).context("io_uring ring")?;
             ring.spawn_driver();

@@ -48,6 +48,13 @@ pub struct RingConfig {
     /// side while `pending_send_bytes()` exceeds it; the ring also uses it to bound how many
     /// received-but-not-yet-taken buffers one connection may hold (see [`RingConfig::rx_cap`]).
     pub max_pending_send_bytes: usize,
+    /// How long the driver may block in `io_uring_enter` waiting for the next completion when
+    /// nothing else on the shard is runnable, before it parks in glommio's reactor instead.
+    /// Blocking on the ring is one system call per wake-up; glommio's park costs several (its
+    /// three rings, preemption timers, a membarrier) plus the eventfd hop. Glommio's timers and
+    /// cross-thread wake-ups wait at most this long (and its preemption timer) meanwhile.
+    /// `Duration::ZERO`: always park in glommio.
+    pub wait: std::time::Duration,
 }
 
 impl Default for RingConfig {
@@ -57,9 +64,14 @@ impl Default for RingConfig {
             recv_buffers: 1024,
             recv_buffer_size: 16 * 1024,
             max_pending_send_bytes: 256 * 1024,
+            wait: std::time::Duration::from_micros(500),
         }
     }
 }
+
+/// Upper bound for [`RingConfig::wait`]: glommio's timers and cross-thread wake-ups are late by
+/// up to this much while the driver blocks.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Upper bound for one receive buffer: larger buffers only waste memory for PostgreSQL traffic.
 const MAX_RECV_BUFFER_SIZE: u32 = 1 << 20;
@@ -88,6 +100,13 @@ impl RingConfig {
         }
         if self.max_pending_send_bytes == 0 {
             return bad("max_pending_send_bytes must be > 0".into());
+        }
+        if self.wait > MAX_WAIT {
+            return bad(format!(
+                "wait must be at most {} ms, got {:?}",
+                MAX_WAIT.as_millis(),
+                self.wait
+            ));
         }
         Ok(())
     }

@@ -192,6 +192,10 @@ pub struct RingStats {
     pub stale_completions: u64,
     /// Times the driver parked on the eventfd.
     pub parks: u64,
+    /// Times the driver blocked on the ring itself (see [`RingConfig::wait`]).
+    pub waits: u64,
+    /// Of those, the ones that ended without a completion (then it parked in glommio).
+    pub wait_timeouts: u64,
 }
 
 #[derive(Default)]
@@ -241,6 +245,11 @@ pub struct Ring {
     recv_limit: bool,
     /// The eventfd registered with the ring, until the driver hands it to glommio.
     eventfd: Cell<Option<OwnedFd>>,
+    /// Bumped by every stream call: tells the driver whether any task touched the ring since
+    /// it last looked (if none did, no other task is runnable and it may block on the ring).
+    activity: Cell<u64>,
+    /// The kernel takes a timeout on `io_uring_enter` (`IORING_FEAT_EXT_ARG`, 5.11).
+    ext_arg: bool,
 }
 
 impl Ring {
@@ -271,6 +280,7 @@ impl Ring {
             Err(e) => return Err(setup_error(e, cfg.entries)),
         };
         let defer_taskrun = is_defer;
+        let ext_arg = uring.params().is_feature_ext_arg();
 
         if !uring.params().is_feature_nodrop() {
             return Err(io::Error::new(
@@ -354,6 +364,8 @@ impl Ring {
             rx_cap,
             recv_limit,
             eventfd: Cell::new(Some(efd)),
+            activity: Cell::new(0),
+            ext_arg,
         }))
     }
 
@@ -389,6 +401,7 @@ impl Ring {
     /// Takes a connected TCP socket (blocking or not; io_uring does not care) and arms its
     /// multishot receive.
     pub fn register(self: &Rc<Self>, stream: TcpStream) -> io::Result<UringStream> {
+        self.touch();
         let mut inner = self.inner.borrow_mut();
         let st = &mut inner.st;
         if st.shutdown {
@@ -427,12 +440,17 @@ impl Ring {
     }
 
     /// The driver: once per loop turn it gives returned buffers back to the kernel, re-arms
-    /// receives that waited for buffers, submits every queued SQE with one `io_uring_enter`
-    /// (which also runs deferred completions), reaps completions and wakes the tasks concerned.
-    /// After a turn that did something it yields, so the woken tasks queue their sends before the
-    /// next submit. When idle it parks in glommio's reactor on the ring's eventfd. Returns after
-    /// [`Ring::shutdown`] once nothing is in flight, or on a fatal ring error (logged; all
-    /// connections then fail).
+    /// receives that waited for buffers, turns queued work into SQEs, submits them with one
+    /// `io_uring_enter` (which also runs deferred completions), reaps completions and wakes the
+    /// tasks concerned, then yields so they run and queue their answers.
+    ///
+    /// Submitting waits until no other task on the shard is runnable: a turn that finds tasks
+    /// touched the ring since the last one (they may have woken others still queued behind the
+    /// driver) only builds SQEs and yields. When nothing else can run, one `io_uring_enter`
+    /// submits everything and blocks for the next completion, up to [`RingConfig::wait`]; after
+    /// that (or while glommio wants its loop back) it parks in glommio's reactor on the ring's
+    /// eventfd. Returns after [`Ring::shutdown`] once nothing is in flight, or on a fatal ring
+    /// error (logged; all connections then fail).
     pub async fn drive(self: Rc<Self>) {
         let efd = {
             let mut inner = self.inner.borrow_mut();
@@ -455,9 +473,15 @@ impl Ring {
         let mut grave = Vec::new();
         let mut enter = true;
         let mut read_errors = 0u32;
+        let mut seen_activity = self.activity.get();
         loop {
-            let did = match self.turn(enter, &mut wake, &mut grave) {
-                Ok(did) => did,
+            // Did any task touch the ring since the last turn? Then others may be runnable.
+            let activity = self.activity.get();
+            let quiet = activity == seen_activity;
+            seen_activity = activity;
+            let may_wait = quiet && !glommio::executor().need_preempt();
+            let turned = match self.turn(enter, quiet, may_wait, &mut wake, &mut grave) {
+                Ok(t) => t,
                 Err(e) => {
                     log::error!("helios-uring: io_uring_enter failed, stopping the ring: {e}");
                     self.fail_all(e.raw_os_error().unwrap_or(libc::EIO));
@@ -468,7 +492,7 @@ impl Ring {
             if self.finished() {
                 break;
             }
-            if did {
+            if let Turned::Busy = turned {
                 futures_lite::future::yield_now().await;
                 continue;
             }
@@ -511,13 +535,18 @@ impl Ring {
         log::debug!("helios-uring: driver stopped");
     }
 
-    /// One loop turn; true if it submitted or reaped anything.
+    /// One loop turn. `quiet`: no task touched the ring since the last turn, so no other task
+    /// is runnable; otherwise SQEs are built but held back (more may come) unless the kernel
+    /// has completions for us anyway. `may_wait`: block for the next completion when there is
+    /// nothing to reap.
     fn turn(
         &self,
         force_enter: bool,
+        quiet: bool,
+        may_wait: bool,
         wake: &mut Vec<Waker>,
         grave: &mut Vec<Bytes>,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Turned> {
         let mut inner = self.inner.borrow_mut();
         let Inner { uring, st } = &mut *inner;
         if st.shutdown {
@@ -525,31 +554,53 @@ impl Ring {
         }
         st.recycle(&self.pool);
         let limit = self.recv_limit.then_some(self.cfg.recv_buffer_size);
-        let mut submitted = st.build_sqes(uring, self.rx_cap, limit)?;
-        let need_enter = force_enter || {
+        st.build_sqes(uring, self.rx_cap, limit)?;
+        let (queued, kernel_work) = {
             let sq = uring.submission();
-            !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+            (sq.len() as u32, sq.taskrun() || sq.cq_overflow())
         };
-        if need_enter {
-            let n = uring.submission().len() as u32;
+        let kernel_work = kernel_work || !uring.completion().is_empty();
+        if !quiet && !force_enter && !kernel_work {
+            // Tasks ran since the last turn: let the rest of the run queue add to the batch.
+            return Ok(Turned::Busy);
+        }
+        let wait = may_wait
+            && !kernel_work
+            && !force_enter
+            && !st.shutdown
+            && st.starved.is_empty()
+            && self.ext_arg
+            && !self.cfg.wait.is_zero();
+        let mut timed_out = false;
+        if wait {
+            // Submit the batch and sleep until the next completion: one system call.
+            st.stats.enters += 1;
+            st.stats.waits += 1;
+            let ts = types::Timespec::from(self.cfg.wait);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match uring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
+                    timed_out = uring.completion().is_empty();
+                    if timed_out {
+                        st.stats.wait_timeouts += 1;
+                    }
+                }
+                // A signal, glommio's task work, or a backed-up CQ: reap and go round again.
+                Err(e) if transient(&e) => {}
+                Err(e) => return Err(e),
+            }
+        } else if force_enter || queued > 0 || kernel_work {
             st.stats.enters += 1;
             // SAFETY: plain enter; the SQEs it submits reference memory kept alive by `Conn`s
             // (boxed, freed only after their completions) and the pool.
             match unsafe {
                 uring
                     .submitter()
-                    .enter::<libc::sigset_t>(n, 0, IORING_ENTER_GETEVENTS, None)
+                    .enter::<libc::sigset_t>(queued, 0, IORING_ENTER_GETEVENTS, None)
             } {
                 Ok(_) => {}
-                // Interrupted, or the CQ is backed up: the next turn retries after reaping.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                    ) =>
-                {
-                    submitted = 1;
-                }
+                Err(e) if transient(&e) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -562,7 +613,9 @@ impl Ring {
         for w in wake.drain(..) {
             w.wake();
         }
-        Ok(submitted > 0 || reaped > 0)
+        // Idle: nothing came back and nothing was submitted, or the wait timed out.
+        let idle = reaped == 0 && (timed_out || (!wait && queued == 0 && !kernel_work));
+        Ok(if idle { Turned::Idle } else { Turned::Busy })
     }
 
     fn finished(&self) -> bool {
@@ -643,7 +696,12 @@ impl Ring {
         Some(r)
     }
 
+    fn touch(&self) {
+        self.activity.set(self.activity.get().wrapping_add(1));
+    }
+
     pub(crate) fn poll_recv(&self, key: Key, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
+        self.touch();
         let rearm_below = self.rx_cap.div_ceil(2).max(1);
         let r = self.with_conn(key, |st, c| {
             if let Some(b) = c.rx.pop_front() {
@@ -680,6 +738,7 @@ impl Ring {
     }
 
     pub(crate) fn queue_send(&self, key: Key, data: Bytes) {
+        self.touch();
         if data.is_empty() {
             return;
         }
@@ -708,6 +767,7 @@ impl Ring {
     }
 
     pub(crate) fn poll_flush(&self, key: Key, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.touch();
         let r = self.with_conn(key, |_, c| {
             if let Some(e) = c.tx_err {
                 return Poll::Ready(Err(io::Error::from_raw_os_error(e)));
@@ -731,6 +791,7 @@ impl Ring {
     /// cancels the receive too in case shutdown could not end it, drops queued data, and frees
     /// the slot — closing the fd — once no operation is in flight.
     pub(crate) fn close(&self, key: Key) {
+        self.touch();
         let mut inner = self.inner.borrow_mut();
         let st = &mut inner.st;
         let Some(mut c) = st.take_conn(key) else {
@@ -851,6 +912,21 @@ fn kick(st: &mut State) {
 enum Woke {
     Eventfd(bool),
     Kicked,
+}
+
+enum Turned {
+    /// Something was submitted, reaped or held back: yield so tasks run, then turn again.
+    Busy,
+    /// Nothing to do: park.
+    Idle,
+}
+
+/// Interrupted, or the CQ is backed up: the next turn retries after reaping.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+    )
 }
 
 /// The driver's park: the eventfd read completing in glommio's reactor, or a kick from a task on

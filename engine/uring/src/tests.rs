@@ -57,6 +57,7 @@ fn cfg(buffers: u16, size: u32, max_pending: usize) -> RingConfig {
         recv_buffers: buffers,
         recv_buffer_size: size,
         max_pending_send_bytes: max_pending,
+        ..RingConfig::default()
     }
 }
 
