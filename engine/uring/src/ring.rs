@@ -554,6 +554,7 @@ impl Ring {
         }
         st.recycle(&self.pool);
         let limit = self.recv_limit.then_some(self.cfg.recv_buffer_size);
+        let sends_before = st.stats.sends;
         st.build_sqes(uring, self.rx_cap, limit)?;
         let (queued, kernel_work) = {
             let sq = uring.submission();
@@ -573,12 +574,16 @@ impl Ring {
             && !self.cfg.wait.is_zero();
         let mut timed_out = false;
         if wait {
-            // Submit the batch and sleep until the next completion: one system call.
+            // Submit the batch and sleep until the next completion: one system call. Sends
+            // mostly complete inline, during the submit; waiting for one completion more than
+            // the batch's sends keeps those from ending the sleep at once. (A send that has to
+            // wait for room instead delays the wake-up to its own completion, or the timeout.)
             st.stats.enters += 1;
             st.stats.waits += 1;
+            let sends = (st.stats.sends - sends_before) as usize;
             let ts = types::Timespec::from(self.cfg.wait);
             let args = types::SubmitArgs::new().timespec(&ts);
-            match uring.submitter().submit_with_args(1, &args) {
+            match uring.submitter().submit_with_args(1 + sends, &args) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
                     timed_out = uring.completion().is_empty();
