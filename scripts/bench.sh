@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # pgbench -S against direct PostgreSQL, heliosproxy and PgBouncer, alternating the three in one
-# run, printing TPS, the ratios, and each proxy's CPU µs per transaction (from /proc).
+# run, printing TPS, the ratios, each proxy's CPU µs per transaction (from /proc) and that of the
+# PostgreSQL backends serving it (the pooled backends of the scratch cluster).
 #
 #   scripts/bench.sh                 # scale 10, 50 clients, pool 20, transaction mode
 #   CLIENTS=4 DURATION=10 ROUNDS=3 scripts/bench.sh
 #
 # Knobs (environment): SCALE (10), CLIENTS (50), POOL (20), DURATION seconds per run (10),
-# ROUNDS (3), HELIOS_CORES (1), MODES ("simple prepared"), DATABASE_URL (use an existing server
+# ROUNDS (3), HELIOS_CORES (auto: one shard per CPU, the default of the config; or a number), MODES ("simple prepared"), DATABASE_URL (use an existing server
 # instead of a scratch cluster; it must accept postgres://USER:PASS@HOST:PORT/DB logins).
 #
 # Latency (after the pgbench table; LATENCY=0 skips it): helios-loadtest, select-only, closed
@@ -26,7 +27,7 @@ CLIENTS=${CLIENTS:-50}
 POOL=${POOL:-20}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
-HELIOS_CORES=${HELIOS_CORES:-1}
+HELIOS_CORES=${HELIOS_CORES:-auto}
 MODES=${MODES:-simple prepared}
 THREADS=${THREADS:-2}
 LATENCY=${LATENCY:-1}
@@ -69,9 +70,11 @@ export PGPASSWORD
 echo "pgbench -i -s $SCALE …" >&2
 pgbench -i -q -s "$SCALE" -h "$PGHOST" -p "$PG_PORT" -U "$PGUSER" "$PGDB" >/dev/null 2>&1
 
+CORES_ARG=()
+[ "$HELIOS_CORES" = auto ] || CORES_ARG=(--cores "$HELIOS_CORES")
 HP_PORT=$(free_port)
 "$HELIOS" --upstream "postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PG_PORT/$PGDB" --listen "127.0.0.1:$HP_PORT" \
-  --cores "$HELIOS_CORES" --pool-mode transaction --pool-size "$POOL" --admin-listen "127.0.0.1:$(free_port)" \
+  ${CORES_ARG[@]+"${CORES_ARG[@]}"} --pool-mode transaction --pool-size "$POOL" --admin-listen "127.0.0.1:$(free_port)" \
   >"$WORK/helios.log" 2>&1 &
 HP_PID=$!; PIDS+=("$HP_PID")
 
@@ -98,7 +101,21 @@ PB_PID=$(pgrep -n -f "pgbouncer $WORK/pgbouncer.ini")
 PIDS+=("$PB_PID")
 wait_port "$HP_PORT"; wait_port "$PB_PORT"
 
-# run TARGET MODE → appends "target mode tps txns cpu_ticks" to $WORK/results
+# CPU ticks of the scratch cluster's backends alive now (the pooled ones live through a run;
+# direct connections' backends exit with pgbench, so this is only reported for the proxies).
+PM_PID=""
+[ -n "${PG_DIR:-}" ] && PM_PID=$(head -1 "$PG_DIR/data/postmaster.pid")
+pg_ticks() {
+  local s=0 p v
+  [ -n "$PM_PID" ] || { echo 0; return; }
+  for p in $(pgrep -P "$PM_PID"); do
+    v=$(proc_cpu_ticks "$p" 2>/dev/null) || v=0
+    s=$((s + ${v:-0}))
+  done
+  echo "$s"
+}
+
+# run TARGET MODE → appends "target mode tps txns cpu_ticks pg_ticks" to $WORK/results
 run() {
   local target=$1 mode=$2 port pid="" before=0 after=0 out
   case $target in
@@ -107,15 +124,18 @@ run() {
     pgbouncer) port=$PB_PORT; pid=$PB_PID ;;
   esac
   [ -n "$pid" ] && before=$(proc_cpu_ticks "$pid")
+  local pg_before pg_after
+  pg_before=$(pg_ticks)
   out=$(pgbench -n -S -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -h 127.0.0.1 -p "$port" -U "$PGUSER" "$PGDB" 2>&1) || {
     echo "$out" >&2; echo "pgbench against $target failed" >&2; exit 1; }
   [ -n "$pid" ] && after=$(proc_cpu_ticks "$pid")
+  pg_after=$(pg_ticks)
   local tps txns failed
   tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
   txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
   failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
   [ "${failed:-0}" = 0 ] || { echo "$out" >&2; echo "$target: $failed failed transactions" >&2; exit 1; }
-  echo "$target $mode $tps $txns $((after - before))" >>"$WORK/results"
+  echo "$target $mode $tps $txns $((after - before)) $((pg_after - pg_before))" >>"$WORK/results"
   printf '  %-12s %-9s %10.0f tps\n' "$target" "$mode" "$tps" >&2
 }
 
@@ -135,11 +155,11 @@ python3 - "$WORK/results" "$CLK" <<'EOF'
 import sys, collections
 rows = [l.split() for l in open(sys.argv[1])]
 clk = int(sys.argv[2])
-agg = collections.defaultdict(lambda: [0.0, 0, 0, 0])
-for t, m, tps, txns, ticks in rows:
+agg = collections.defaultdict(lambda: [0.0, 0, 0, 0, 0])
+for t, m, tps, txns, ticks, pg in rows:
     a = agg[(t, m)]
-    a[0] += float(tps); a[1] += int(txns); a[2] += int(ticks); a[3] += 1
-print(f"{'mode':<9} {'target':<12} {'tps':>10} {'vs direct':>10} {'vs pgbouncer':>13} {'cpu us/txn':>11}")
+    a[0] += float(tps); a[1] += int(txns); a[2] += int(ticks); a[3] += 1; a[4] += int(pg)
+print(f"{'mode':<9} {'target':<12} {'tps':>10} {'vs direct':>10} {'vs pgbouncer':>13} {'cpu us/txn':>11} {'pg us/txn':>10}")
 for m in dict.fromkeys(k[1] for k in agg):
     d = agg.get(("direct", m)); b = agg.get(("pgbouncer", m))
     for t in ("direct", "heliosproxy", "pgbouncer"):
@@ -149,7 +169,8 @@ for m in dict.fromkeys(k[1] for k in agg):
         vd = f"{tps / (d[0]/d[3]):.3f}" if d else "-"
         vb = f"{tps / (b[0]/b[3]):.3f}" if b else "-"
         cpu = f"{a[2] * 1e6 / clk / a[1]:.1f}" if t != "direct" and a[1] else "-"
-        print(f"{m:<9} {t:<12} {tps:>10.0f} {vd:>10} {vb:>13} {cpu:>11}")
+        pg = f"{a[4] * 1e6 / clk / a[1]:.1f}" if t != "direct" and a[1] and a[4] else "-"
+        print(f"{m:<9} {t:<12} {tps:>10.0f} {vd:>10} {vb:>13} {cpu:>11} {pg:>10}")
 h = agg.get(("heliosproxy", "simple")); b = agg.get(("pgbouncer", "simple"))
 if h and b and h[1] and b[1]:
     print(f"\nsimple: heliosproxy/pgbouncer TPS {h[0]/h[3]/(b[0]/b[3]):.3f}, CPU per txn {(h[2]/h[1])/(b[2]/b[1]):.3f}")
