@@ -892,8 +892,8 @@ fn metric_sum(text: &str, family: &str) -> u64 {
 }
 
 /// `io.ring_wait_us` decides where an idle shard sleeps: with 0 its ring driver always parks
-/// in glommio's reactor; by default, between a client's round trips, it sleeps on the ring
-/// itself (one `io_uring_enter` per wake-up). On the glommio backend there is no ring at all.
+/// in glommio's reactor; with 2 ms, in the 1 ms between a client's round trips, it sleeps on
+/// the ring itself (one `io_uring_enter` per wake-up). On the glommio backend there is no ring.
 #[test]
 fn ring_wait_us_decides_where_an_idle_shard_sleeps() {
     let pg = shared_pg();
@@ -915,6 +915,8 @@ fn ring_wait_us_decides_where_an_idle_shard_sleeps() {
         for i in 0..300 {
             let v: i32 = c.query_one("select $1::int", &[&i]).unwrap().get(0);
             assert_eq!(v, i);
+            // A pause between round trips, so the shard surely goes idle in each.
+            std::thread::sleep(Duration::from_millis(1));
         }
         let admin = proxy.admin_port();
         let text = poll(WAIT, "the queries in /metrics", || {

@@ -35,6 +35,8 @@ const OP_CANCEL: u64 = 3;
 const MAX_IOV: usize = 64;
 const IORING_ENTER_GETEVENTS: u32 = 1;
 const MAX_SLOTS: usize = 1 << 24;
+/// Turns in a row that may hold their SQEs back while other tasks run.
+const MAX_HOLDS: u32 = 8;
 
 fn user_data(key: Key, op: u64) -> u64 {
     (key.gen as u64) << 32 | (key.slot as u64) << 8 | op
@@ -474,13 +476,17 @@ impl Ring {
         let mut enter = true;
         let mut read_errors = 0u32;
         let mut seen_activity = self.activity.get();
+        let mut held = 0u32;
         loop {
             // Did any task touch the ring since the last turn? Then others may be runnable.
             let activity = self.activity.get();
             let quiet = activity == seen_activity;
             seen_activity = activity;
+            // Hold the batch back for the rest of the run queue, but not forever: tasks that
+            // keep waking each other must not starve the sends.
+            let hold = !quiet && held < MAX_HOLDS;
             let may_wait = quiet && !glommio::executor().need_preempt();
-            let turned = match self.turn(enter, quiet, may_wait, &mut wake, &mut grave) {
+            let turned = match self.turn(enter, hold, may_wait, &mut wake, &mut grave) {
                 Ok(t) => t,
                 Err(e) => {
                     log::error!("helios-uring: io_uring_enter failed, stopping the ring: {e}");
@@ -492,7 +498,12 @@ impl Ring {
             if self.finished() {
                 break;
             }
-            if let Turned::Busy = turned {
+            held = if let Turned::Held = turned {
+                held + 1
+            } else {
+                0
+            };
+            if let Turned::Busy | Turned::Held = turned {
                 futures_lite::future::yield_now().await;
                 continue;
             }
@@ -535,14 +546,14 @@ impl Ring {
         log::debug!("helios-uring: driver stopped");
     }
 
-    /// One loop turn. `quiet`: no task touched the ring since the last turn, so no other task
-    /// is runnable; otherwise SQEs are built but held back (more may come) unless the kernel
-    /// has completions for us anyway. `may_wait`: block for the next completion when there is
-    /// nothing to reap.
+    /// One loop turn. `hold`: tasks touched the ring since the last turn, so others may still
+    /// be runnable: SQEs are built but held back (more may come) unless the kernel has
+    /// completions for us anyway. `may_wait`: no other task is runnable; block for the next
+    /// completion when there is nothing to reap.
     fn turn(
         &self,
         force_enter: bool,
-        quiet: bool,
+        hold: bool,
         may_wait: bool,
         wake: &mut Vec<Waker>,
         grave: &mut Vec<Bytes>,
@@ -561,9 +572,9 @@ impl Ring {
             (sq.len() as u32, sq.taskrun() || sq.cq_overflow())
         };
         let kernel_work = kernel_work || !uring.completion().is_empty();
-        if !quiet && !force_enter && !kernel_work {
+        if hold && !force_enter && !kernel_work {
             // Tasks ran since the last turn: let the rest of the run queue add to the batch.
-            return Ok(Turned::Busy);
+            return Ok(Turned::Held);
         }
         let wait = may_wait
             && !kernel_work
@@ -920,8 +931,10 @@ enum Woke {
 }
 
 enum Turned {
-    /// Something was submitted, reaped or held back: yield so tasks run, then turn again.
+    /// Something was submitted or reaped: yield so tasks run, then turn again.
     Busy,
+    /// SQEs were built but not submitted: yield, then turn again.
+    Held,
     /// Nothing to do: park.
     Idle,
 }
