@@ -507,3 +507,24 @@ impl Pool {
 fn expired(c: &ServerConn, s: &PoolSettings, now: Instant) -> bool {
     !s.max_lifetime.is_zero() && now.duration_since(c.created) >= s.max_lifetime
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Pauses;
+
+    #[test]
+    fn pauses_per_database_and_for_all() {
+        let p = Pauses::default();
+        assert!(!p.is_paused("app"));
+        p.set(Some("app"), true);
+        assert!(p.is_paused("app") && !p.is_paused("other"));
+        p.set(None, true);
+        assert!(p.is_paused("other"));
+        // RESUME without a database lifts everything, per-database pauses included.
+        p.set(None, false);
+        assert!(!p.is_paused("app") && !p.is_paused("other"));
+        p.set(Some("app"), true);
+        p.set(Some("app"), false);
+        assert!(!p.is_paused("app"));
+    }
+}
