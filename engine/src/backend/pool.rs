@@ -78,11 +78,7 @@ impl Drop for Dequeue<'_> {
         let state = std::mem::replace(&mut *self.waiter.state.borrow_mut(), WaiterState::Retry);
         match state {
             WaiterState::Handed(c) => self.pool.release(*c),
-            WaiterState::Retry => {
-                if let Some(w) = self.pool.waiters.borrow_mut().pop_front() {
-                    w.wake_with(WaiterState::Retry);
-                }
-            }
+            WaiterState::Retry => self.pool.retry_next(),
             WaiterState::Waiting(_) | WaiterState::TimedOut => {}
         }
     }
@@ -294,8 +290,19 @@ impl Pool {
     /// Drops a connection and lets a waiter use the freed room.
     fn forget(&self, c: ServerConn) {
         drop(c);
+        self.room_freed();
+    }
+
+    /// One connection fewer counts against the size: the first waiter may open one.
+    fn room_freed(&self) {
         self.total.set(self.total.get() - 1);
-        if let Some(w) = self.waiters.borrow_mut().pop_front() {
+        self.retry_next();
+    }
+
+    /// Tells the first waiter to try again (take an idle connection or open one).
+    fn retry_next(&self) {
+        let first = self.waiters.borrow_mut().pop_front();
+        if let Some(w) = first {
             w.wake_with(WaiterState::Retry);
         }
     }
@@ -319,10 +326,7 @@ impl Pool {
             Err(e) => {
                 *self.last_connect.borrow_mut() = Some((false, Some(e.message.clone()), unix_ms()));
                 self.count(|c| c.connect_failures += 1);
-                self.total.set(self.total.get() - 1);
-                if let Some(w) = self.waiters.borrow_mut().pop_front() {
-                    w.wake_with(WaiterState::Retry);
-                }
+                self.room_freed();
                 Err(e)
             }
         }

@@ -226,8 +226,7 @@ pub fn transaction_mode_unsupported(sql: &str) -> Option<&'static str> {
 }
 
 /// ASCII case-insensitive substring search that scans for `needle[anchor]` (pick a byte that
-/// is rare in the haystack) and checks around each hit.
-/// Yields the start of every match.
+/// is rare in the haystack) and checks around each hit. Yields the start of every match.
 pub fn find_ci_anchored<'a>(
     hay: &'a [u8],
     needle: &'a [u8],
@@ -252,20 +251,7 @@ fn ends_with_ci(hay: &[u8], suffix: &[u8]) -> bool {
 
 /// ASCII case-insensitive substring search.
 pub fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    let (lo, up) = (
-        needle[0].to_ascii_lowercase(),
-        needle[0].to_ascii_uppercase(),
-    );
-    let mut i = 0;
-    while let Some(p) = memchr::memchr2(lo, up, &hay[i..]) {
-        let at = i + p;
-        if hay.len() - at >= needle.len() && hay[at..at + needle.len()].eq_ignore_ascii_case(needle)
-        {
-            return true;
-        }
-        i = at + 1;
-    }
-    false
+    find_ci_anchored(hay, needle, 0).next().is_some()
 }
 
 /// A SQL string literal: `'it''s'`.

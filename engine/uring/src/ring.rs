@@ -250,8 +250,9 @@ pub struct Ring {
     /// Bumped by every stream call: tells the driver whether any task touched the ring since
     /// it last looked (if none did, no other task is runnable and it may block on the ring).
     activity: Cell<u64>,
-    /// The kernel takes a timeout on `io_uring_enter` (`IORING_FEAT_EXT_ARG`, 5.11).
-    ext_arg: bool,
+    /// How long the driver may sleep on the ring ([`RingConfig::wait`]); `None` when that is
+    /// zero or the kernel takes no timeout on `io_uring_enter` (`IORING_FEAT_EXT_ARG`, 5.11).
+    sleep: Option<types::Timespec>,
 }
 
 impl Ring {
@@ -282,7 +283,8 @@ impl Ring {
             Err(e) => return Err(setup_error(e, cfg.entries)),
         };
         let defer_taskrun = is_defer;
-        let ext_arg = uring.params().is_feature_ext_arg();
+        let sleep = (uring.params().is_feature_ext_arg() && !cfg.wait.is_zero())
+            .then(|| types::Timespec::from(cfg.wait));
 
         if !uring.params().is_feature_nodrop() {
             return Err(io::Error::new(
@@ -367,7 +369,7 @@ impl Ring {
             recv_limit,
             eventfd: Cell::new(Some(efd)),
             activity: Cell::new(0),
-            ext_arg,
+            sleep,
         }))
     }
 
@@ -576,15 +578,12 @@ impl Ring {
             // Tasks ran since the last turn: let the rest of the run queue add to the batch.
             return Ok(Turned::Held);
         }
-        let wait = may_wait
-            && !kernel_work
-            && !force_enter
-            && !st.shutdown
-            && st.starved.is_empty()
-            && self.ext_arg
-            && !self.cfg.wait.is_zero();
+        let sleep = self.sleep.as_ref().filter(|_| {
+            may_wait && !kernel_work && !force_enter && !st.shutdown && st.starved.is_empty()
+        });
+        let wait = sleep.is_some();
         let mut timed_out = false;
-        if wait {
+        if let Some(ts) = sleep {
             // Submit the batch and sleep until the next completion: one system call. Sends
             // mostly complete inline, during the submit; waiting for one completion more than
             // the batch's sends keeps those from ending the sleep at once. (A send that has to
@@ -592,8 +591,7 @@ impl Ring {
             st.stats.enters += 1;
             st.stats.waits += 1;
             let sends = (st.stats.sends - sends_before) as usize;
-            let ts = types::Timespec::from(self.cfg.wait);
-            let args = types::SubmitArgs::new().timespec(&ts);
+            let args = types::SubmitArgs::new().timespec(ts);
             match uring.submitter().submit_with_args(1 + sends, &args) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
