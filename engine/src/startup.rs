@@ -186,12 +186,12 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             let _ = exited.send(Started::Exited(i, r));
         });
     }
-    let mut ready = 0;
-    while ready < shards {
+    let mut started = vec![false; shards];
+    while started.contains(&false) {
         match events.recv_timeout(Duration::from_secs(15)) {
             Ok(Started::Ready(i)) => {
                 log::debug!("shard {i} started");
-                ready += 1;
+                started[i] = true;
             }
             Ok(Started::Exited(i, r)) => {
                 let why = r.err().unwrap_or_else(|| "exited".into());
@@ -200,7 +200,10 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
                      or lower server.cores)"
                 );
             }
-            Err(_) => bail!("shards did not start within 15 s"),
+            Err(_) => {
+                let late: Vec<usize> = (0..shards).filter(|&i| !started[i]).collect();
+                bail!("shards {late:?} did not start within 15 s");
+            }
         }
     }
     log::info!(
