@@ -319,6 +319,11 @@ fn relay_100mb_round_trip() {
 
 /// 4 buffers for 32 connections: receives wait for buffers, ENOBUFS stays bounded by buffer
 /// turnover (no re-arm storm), and nothing deadlocks.
+///
+/// Arms are gated on the buffers free when they are queued, not on the connections already
+/// armed (an idle armed client must not keep others from being armed), so contention still
+/// costs about one ENOBUFS per buffer received here (1,840–2,100 for 2,048 in runs on a loaded
+/// 2-CPU box). Without the gate it is a storm: ~22,000. The bound sits between the two.
 #[test]
 fn buffer_exhaustion_waits_without_storm() {
     run("exhaustion", || async {
@@ -361,7 +366,7 @@ fn buffer_exhaustion_waits_without_storm() {
         eprintln!("{st:?}");
         assert!(st.enobufs > 0, "the test should have exhausted the buffers");
         assert!(
-            st.enobufs <= st.buffers_received + CONNS as u64,
+            st.enobufs <= 2 * st.buffers_received + CONNS as u64,
             "ENOBUFS storm: {} ENOBUFS for {} buffers received",
             st.enobufs,
             st.buffers_received
