@@ -28,9 +28,10 @@ use crate::backend::server::{BackendKey, ServerConn};
 use crate::error::{Blame, ProxyError, SqlState};
 use crate::net::codec::{
     parse_error_fields, put_backend_key, put_command_complete, put_cstr, put_msg,
-    put_parameter_status, put_proxy_error, put_query, put_ready, read_cstr, Frame, FrameReader,
+    put_parameter_status, put_proxy_error, put_query, put_ready, read_cstr, Frame, FrameError,
+    FrameReader, FrameRef,
 };
-use crate::net::conn::Conn;
+use crate::net::conn::{Conn, ZERO_COPY_MIN};
 use crate::shard::{ClientMeta, Shard, Statement};
 use crate::stats::{Counters, DbStats};
 
@@ -446,7 +447,7 @@ impl Session {
                 Event::Client(Ok(n)) => {
                     Counters::add(&self.shard.stats.counters.bytes_in, n as u64);
                     if self.request_start.is_none() {
-                        self.request_start = Some(Instant::now());
+                        self.request_start = Some(helios_uring::turn_time());
                     }
                     loop {
                         let frame = match self.creader.next_frame() {
@@ -470,16 +471,9 @@ impl Session {
                 }
                 Event::Server(Ok(n)) if n > 0 => {
                     Counters::add(&self.shard.stats.counters.bytes_out, n as u64);
-                    loop {
-                        let frame = match self.server.as_mut().map(|s| s.reader.next_frame()) {
-                            Some(Ok(Some(f))) => f,
-                            Some(Ok(None)) | None => break,
-                            Some(Err(e)) => {
-                                log::warn!("session {}: bad frame from server: {e:?}", self.pid);
-                                return self.server_lost().await;
-                            }
-                        };
-                        self.on_server(frame);
+                    if let Err(e) = self.server_frames() {
+                        log::warn!("session {}: bad frame from server: {e:?}", self.pid);
+                        return self.server_lost().await;
                     }
                     // Backpressure: nothing more is read from the server until the client took
                     // this batch.
@@ -536,7 +530,7 @@ impl Session {
             return None;
         }
         if self.server_sent.is_none() {
-            self.server_sent = Some(Instant::now());
+            self.server_sent = Some(helios_uring::turn_time());
         }
         if s.conn.flush().await.is_err() {
             return Some(self.server_lost().await);
@@ -679,10 +673,11 @@ impl Session {
             }
             None => self.default_pool.clone(),
         };
-        let t0 = Instant::now();
+        let t0 = helios_uring::turn_time();
         self.meta.state.set("waiting");
         let checked_out = self.pool.checkout().await;
-        self.db_stats.record_checkout(t0.elapsed());
+        self.db_stats
+            .record_checkout(helios_uring::turn_time().saturating_duration_since(t0));
         match checked_out {
             Ok(s) => {
                 self.meta.state.set("active");
@@ -1192,18 +1187,57 @@ impl Session {
 
     // ---- server → client ----
 
-    fn on_server(&mut self, frame: Frame) {
+    /// Handles the whole frames in the server connection's read buffer. They are read in
+    /// place (the reader is lent out meanwhile): small ones are copied once into the client's
+    /// batch, large ones split off and sent by reference.
+    fn server_frames(&mut self) -> Result<(), FrameError> {
+        let Some(s) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let max = s.reader.max();
+        let mut reader = std::mem::replace(&mut s.reader, FrameReader::new_empty(max));
+        let r = loop {
+            match reader.peek_frame() {
+                Ok(Some((tag, total))) if total >= ZERO_COPY_MIN => {
+                    let b = reader.buf.split_to(total).freeze();
+                    self.on_server(FrameRef {
+                        tag,
+                        bytes: &b,
+                        shared: Some(&b),
+                    });
+                }
+                Ok(Some((tag, total))) => {
+                    self.on_server(FrameRef {
+                        tag,
+                        bytes: &reader.buf[..total],
+                        shared: None,
+                    });
+                    reader.consume(total);
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        // Nothing in `on_server` gives the server connection up (that happens after a batch).
+        debug_assert!(self.server.is_some());
+        if let Some(s) = self.server.as_mut() {
+            s.reader = reader;
+        }
+        r
+    }
+
+    fn on_server(&mut self, frame: FrameRef<'_>) {
         let tag = frame.tag;
         // A cheap clone (a refcount, or nothing) that frees `self` for the handlers below.
         let front = self.expect.front().cloned();
         match tag {
             b'S' | b'A' => {
-                self.client.queue_frame(&frame.bytes);
+                self.client.queue_frame_ref(&frame);
                 return;
             }
             b'N' => {
                 if !matches!(front, Some(Expect::Internal)) {
-                    self.client.queue_frame(&frame.bytes);
+                    self.client.queue_frame_ref(&frame);
                 }
                 return;
             }
@@ -1214,7 +1248,7 @@ impl Session {
             if tag == b'E' {
                 self.note_fatal(&frame);
             }
-            self.client.queue_frame(&frame.bytes);
+            self.client.queue_frame_ref(&frame);
             return;
         };
         match front {
@@ -1236,7 +1270,7 @@ impl Session {
             Expect::Abort => {
                 if tag == b'Z' {
                     self.tx_status = frame.body().first().copied().unwrap_or(b'I');
-                    self.client.queue_frame(&frame.bytes);
+                    self.client.queue_frame_ref(&frame);
                     self.pop();
                     self.ready_sent(true);
                 }
@@ -1250,7 +1284,7 @@ impl Session {
                 .stats
                 .counters
                 .error(parse_error_fields(frame.body()).code);
-            self.client.queue_frame(&frame.bytes);
+            self.client.queue_frame_ref(&frame);
             if front.is_extended() {
                 // The server now skips to the next Sync: drop what it will not answer.
                 while let Some(e) = self.expect.front() {
@@ -1321,8 +1355,8 @@ impl Session {
             _ => false,
         };
         if forward {
-            self.client.queue_frame(&frame.bytes);
-            self.hooks.observe(tag, &frame.bytes);
+            self.client.queue_frame_ref(&frame);
+            self.hooks.observe(tag, frame.bytes);
         }
         if done {
             self.pop();
@@ -1362,7 +1396,7 @@ impl Session {
         self.drain_synthetic();
     }
 
-    fn note_fatal(&mut self, frame: &Frame) {
+    fn note_fatal(&mut self, frame: &FrameRef<'_>) {
         let f = parse_error_fields(frame.body());
         if f.severity == b"FATAL" || f.severity == b"PANIC" {
             self.server_fatal = true;

@@ -22,7 +22,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use helios_uring::{Ring, UringStream};
 
-use super::codec::{FrameReader, READ_CHUNK};
+use super::codec::{FrameReader, FrameRef, READ_CHUNK};
 
 enum Io {
     Glommio(TcpStream),
@@ -44,7 +44,7 @@ pub struct Conn {
 const MIN_READ: usize = 2048;
 const MAX_READ: usize = 64 * 1024;
 /// Frames at least this big are queued by reference instead of copied into the send buffer.
-const ZERO_COPY_MIN: usize = 4096;
+pub const ZERO_COPY_MIN: usize = 4096;
 
 impl Conn {
     pub fn new(stream: TcpStream) -> Conn {
@@ -100,15 +100,8 @@ impl Conn {
         reader: &mut FrameReader,
     ) -> Poll<io::Result<usize>> {
         match &mut self.io {
-            Io::Uring(s) => match s.poll_recv(cx) {
-                // The ring buffer goes back to the kernel as soon as `b` drops, right here.
-                Poll::Ready(Ok(b)) => {
-                    reader.buf.extend_from_slice(&b);
-                    Poll::Ready(Ok(b.len()))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
+            // Copied out of the ring buffer, which goes back to the kernel at the next turn.
+            Io::Uring(s) => s.poll_recv_into(cx, &mut reader.buf),
             Io::Glommio(stream) => {
                 let buf = &mut reader.buf;
                 let len = buf.len();
@@ -147,14 +140,23 @@ impl Conn {
     /// Queues a frame being forwarded: large ones by reference on the ring (no copy), small
     /// ones copied into the batch (one send for the whole batch beats many tiny iovecs).
     pub fn queue_frame(&mut self, frame: &Bytes) {
-        match &mut self.io {
-            Io::Uring(s) if frame.len() >= ZERO_COPY_MIN => {
+        self.queue_bytes(frame, Some(frame));
+    }
+
+    /// [`Conn::queue_frame`] for a frame read in place ([`FrameRef`]).
+    pub fn queue_frame_ref(&mut self, frame: &FrameRef<'_>) {
+        self.queue_bytes(frame.bytes, frame.shared);
+    }
+
+    fn queue_bytes(&mut self, bytes: &[u8], shared: Option<&Bytes>) {
+        match (&mut self.io, shared) {
+            (Io::Uring(s), Some(b)) if b.len() >= ZERO_COPY_MIN => {
                 if !self.wbuf.is_empty() {
                     s.queue_send(self.wbuf.split().freeze());
                 }
-                s.queue_send(frame.clone());
+                s.queue_send(b.clone());
             }
-            _ => self.wbuf.extend_from_slice(frame),
+            _ => self.wbuf.extend_from_slice(bytes),
         }
     }
 

@@ -27,7 +27,7 @@ mod tests;
 use std::io;
 
 pub use probe::{probe, Features};
-pub use ring::{Ring, RingStats};
+pub use ring::{turn_time, Ring, RingStats};
 pub use stream::UringStream;
 
 /// Sizes of one shard's ring, fixed at start-up.

@@ -170,15 +170,32 @@ impl Pool {
     }
 
     /// Wraps buffer `bid` (just handed to us by a completion) holding `len` bytes.
-    pub(crate) fn take(self: &Arc<Self>, bid: u16, len: usize) -> Bytes {
+    /// A completion's buffer, still owned by the ring: the ring either copies it out and
+    /// recycles it on the spot, or turns it into [`Bytes`] with [`Pool::into_bytes`].
+    pub(crate) fn received(&self, bid: u16, len: usize) -> RxBuf {
         debug_assert!(bid < self.count);
         debug_assert!(len <= self.buf_size as usize);
+        RxBuf {
+            bid,
+            len: len.min(self.buf_size as usize) as u32,
+        }
+    }
+
+    /// The bytes the kernel wrote into `b`.
+    pub(crate) fn slice(&self, b: &RxBuf) -> &[u8] {
+        // SAFETY: the kernel wrote `len` bytes into this buffer and will not touch it again
+        // until the ring provides it anew, which happens only after `b` was given back.
+        unsafe { std::slice::from_raw_parts(self.buf_ptr(b.bid), b.len as usize) }
+    }
+
+    /// Hands `b` out as [`Bytes`]: it comes back to the pool when the last clone drops (from
+    /// any thread).
+    pub(crate) fn into_bytes(self: &Arc<Self>, b: RxBuf) -> Bytes {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
-        let len = len.min(self.buf_size as usize) as u32;
         Bytes::from_owner(RecvBuf {
             pool: self.clone(),
-            bid,
-            len,
+            bid: b.bid,
+            len: b.len,
         })
     }
 
@@ -244,6 +261,24 @@ impl Drop for Pool {
 }
 
 /// The owner behind every received [`Bytes`]: gives the buffer back when the last clone drops.
+/// A received buffer held by the ring for its connection. Not `Drop`: the ring gives it back
+/// (`State::give_back`) or converts it ([`Pool::into_bytes`]), and counts those it holds.
+#[derive(Debug)]
+pub(crate) struct RxBuf {
+    pub(crate) bid: u16,
+    len: u32,
+}
+
+impl RxBuf {
+    pub(crate) fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 struct RecvBuf {
     pool: Arc<Pool>,
     bid: u16,

@@ -20,11 +20,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::pool::{Pool, BGID};
+use crate::pool::{Pool, RxBuf, BGID};
 use crate::stream::UringStream;
 use crate::RingConfig;
 
@@ -37,6 +38,24 @@ const IORING_ENTER_GETEVENTS: u32 = 1;
 const MAX_SLOTS: usize = 1 << 24;
 /// Turns in a row that may hold their SQEs back while other tasks run.
 const MAX_HOLDS: u32 = 8;
+
+thread_local! {
+    /// When the running driver's current loop turn began; `None` while it sleeps or parks.
+    static TURN_TIME: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The time of this shard's current loop turn while its ring driver is running (every task
+/// the turn woke runs before the next turn), else the clock. Time stamps that tolerate the
+/// length of one pass over the run queue — the start of a wait, when a connection was last
+/// used — take this instead of a clock read each (one read per turn instead of several per
+/// query).
+pub fn turn_time() -> Instant {
+    TURN_TIME.with(|t| t.get()).unwrap_or_else(Instant::now)
+}
+
+fn set_turn_time(t: Option<Instant>) {
+    TURN_TIME.with(|c| c.set(t));
+}
 
 fn user_data(key: Key, op: u64) -> u64 {
     (key.gen as u64) << 32 | (key.slot as u64) << 8 | op
@@ -110,7 +129,7 @@ enum RxEnd {
 
 struct Conn {
     fd: OwnedFd,
-    rx: VecDeque<Bytes>,
+    rx: VecDeque<RxBuf>,
     rx_state: Rx,
     rx_end: Option<RxEnd>,
     recv_waker: Option<Waker>,
@@ -219,6 +238,10 @@ struct State {
     /// Local copy of the buffer ring tail (published to the kernel after each batch).
     buf_tail: u16,
     kernel_free: u32,
+    /// Buffers the ring holds for its connections (`Conn::rx`), not yet copied out.
+    held: usize,
+    /// Buffers copied out on this thread, to go back to the kernel at the next turn.
+    given_back: Vec<u16>,
     driver: DriverState,
     shutdown: bool,
     wake: Vec<Waker>,
@@ -356,6 +379,8 @@ impl Ring {
                     starved: VecDeque::new(),
                     buf_tail,
                     kernel_free: cfg.recv_buffers as u32,
+                    held: 0,
+                    given_back: Vec::new(),
                     driver: DriverState::default(),
                     shutdown: false,
                     wake: Vec::new(),
@@ -383,7 +408,7 @@ impl Ring {
         let inner = self.inner.borrow();
         let mut s = inner.st.stats.clone();
         s.buffers_in_kernel = inner.st.kernel_free;
-        s.buffers_held = self.pool.outstanding();
+        s.buffers_held = self.pool.outstanding() + inner.st.held;
         s.connections = inner.st.live;
         s
     }
@@ -506,9 +531,12 @@ impl Ring {
                 0
             };
             if let Turned::Busy | Turned::Held = turned {
+                // The tasks this turn woke run before the next one.
+                set_turn_time(Some(Instant::now()));
                 futures_lite::future::yield_now().await;
                 continue;
             }
+            set_turn_time(None);
             if !self.prepare_park() {
                 enter = true;
                 continue;
@@ -544,6 +572,7 @@ impl Ring {
                 Woke::Kicked => {}
             }
         }
+        set_turn_time(None);
         self.inner.borrow_mut().st.driver.running = false;
         log::debug!("helios-uring: driver stopped");
     }
@@ -657,8 +686,10 @@ impl Ring {
         // signal again until it has run: IORING_SQ_TASKRUN tells us about it.
         let kernel_work = !sq.is_empty() || sq.taskrun() || sq.cq_overflow();
         drop(sq);
-        let local_work =
-            !st.to_arm.is_empty() || !st.to_send.is_empty() || !st.to_cancel.is_empty();
+        let local_work = !st.to_arm.is_empty()
+            || !st.to_send.is_empty()
+            || !st.to_cancel.is_empty()
+            || !st.given_back.is_empty();
         let buffers_back = self.pool.has_returned();
         if cq_ready || kernel_work || local_work || buffers_back || st.shutdown {
             uring.completion().disable_eventfd();
@@ -715,8 +746,46 @@ impl Ring {
     }
 
     pub(crate) fn poll_recv(&self, key: Key, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
+        self.poll_recv_with(key, cx, Bytes::new, |st, pool, b| {
+            st.held -= 1;
+            pool.into_bytes(b)
+        })
+    }
+
+    /// Receives into `dst`: the ring's buffer is copied and goes straight back to the kernel
+    /// (no `Bytes` made, nothing counted across threads). `Ok(0)` is end of stream.
+    pub(crate) fn poll_recv_into(
+        &self,
+        key: Key,
+        cx: &mut Context<'_>,
+        dst: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        self.poll_recv_with(
+            key,
+            cx,
+            || 0,
+            |st, pool, b| {
+                dst.extend_from_slice(pool.slice(&b));
+                let n = b.len();
+                st.give_back(b);
+                if !st.starved.is_empty() {
+                    kick(st);
+                }
+                n
+            },
+        )
+    }
+
+    fn poll_recv_with<T>(
+        &self,
+        key: Key,
+        cx: &mut Context<'_>,
+        eof: impl FnOnce() -> T,
+        take: impl FnOnce(&mut State, &Arc<Pool>, RxBuf) -> T,
+    ) -> Poll<io::Result<T>> {
         self.touch();
         let rearm_below = self.rx_cap.div_ceil(2).max(1);
+        let pool = &self.pool;
         let r = self.with_conn(key, |st, c| {
             if let Some(b) = c.rx.pop_front() {
                 if c.rx_state == Rx::Idle && c.may_arm(rearm_below, st.shutdown) {
@@ -724,10 +793,10 @@ impl Ring {
                     st.to_arm.push(key);
                     kick(st);
                 }
-                return Poll::Ready(Ok(b));
+                return Poll::Ready(Ok(take(st, pool, b)));
             }
             match c.rx_end {
-                Some(RxEnd::Eof) => return Poll::Ready(Ok(Bytes::new())),
+                Some(RxEnd::Eof) => return Poll::Ready(Ok(eof())),
                 Some(RxEnd::Err(e)) => return Poll::Ready(Err(io::Error::from_raw_os_error(e))),
                 None => {}
             }
@@ -815,7 +884,7 @@ impl Ring {
             c.closing = true;
             // SAFETY: shutdown(2) on the socket we own; ENOTCONN (peer already gone) is fine.
             unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
-            st.grave.extend(c.rx.drain(..));
+            st.give_back_all(&mut c.rx);
             if !c.tx_inflight {
                 st.grave.extend(c.tx.drain(..));
                 c.tx_pending = 0;
@@ -986,13 +1055,13 @@ impl State {
             s.conn = Some(c);
             return;
         }
+        s.gen = s.gen.wrapping_add(1);
         // Dropping `c` closes the fd: safe now, no operation references it any more.
-        self.grave.extend(c.rx.drain(..));
+        self.give_back_all(&mut c.rx);
         self.grave.extend(c.tx.drain(..));
         self.wake.extend(c.recv_waker.take());
         self.wake.extend(c.flush_waker.take());
         drop(c);
-        s.gen = s.gen.wrapping_add(1);
         self.free_slots.push(key.slot);
         self.live -= 1;
     }
@@ -1027,9 +1096,26 @@ impl State {
     }
 
     /// Gives buffers dropped by their last `Bytes` back to the kernel.
+    /// A buffer copied out on this thread: back to the kernel at the next turn.
+    fn give_back(&mut self, b: RxBuf) {
+        self.held -= 1;
+        self.given_back.push(b.bid);
+    }
+
+    fn give_back_all(&mut self, rx: &mut VecDeque<RxBuf>) {
+        for b in rx.drain(..) {
+            self.give_back(b);
+        }
+    }
+
     fn recycle(&mut self, pool: &Pool) {
         let mut tail = self.buf_tail;
         let mut n = 0;
+        for bid in self.given_back.drain(..) {
+            pool.provide(tail, bid);
+            tail = tail.wrapping_add(1);
+            n += 1;
+        }
         pool.drain_returned(|bid| {
             pool.provide(tail, bid);
             tail = tail.wrapping_add(1);
@@ -1165,11 +1251,14 @@ impl State {
             debug_assert!(self.kernel_free > 0);
             self.kernel_free = self.kernel_free.saturating_sub(1);
             self.stats.buffers_received += 1;
-            pool.take(bid, res.max(0) as usize)
+            self.held += 1;
+            pool.received(bid, res.max(0) as usize)
         });
         let Some(mut c) = self.take_conn(key) else {
             self.stats.stale_completions += 1;
-            self.grave.extend(buf);
+            if let Some(b) = buf {
+                self.give_back(b);
+            }
             return;
         };
         match op {
@@ -1187,12 +1276,12 @@ impl State {
         c: &mut Conn,
         res: i32,
         flags: u32,
-        buf: Option<Bytes>,
+        buf: Option<RxBuf>,
         rx_cap: usize,
     ) {
         if let Some(b) = buf {
             if c.closing || b.is_empty() {
-                self.grave.push(b);
+                self.give_back(b);
             } else {
                 c.rx.push_back(b);
                 self.wake.extend(c.recv_waker.take());

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::ring::{Key, Ring};
 
@@ -42,6 +42,17 @@ impl UringStream {
     /// call simply stays pending until one is returned.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
         self.ring.poll_recv(self.key, cx)
+    }
+
+    /// Appends the next received bytes (at most one receive buffer's worth) to `dst` and gives
+    /// the ring buffer straight back: the cheaper way in when the data is parsed, not forwarded
+    /// as is. `Ok(0)` means EOF; otherwise as [`UringStream::poll_recv`].
+    pub fn poll_recv_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        self.ring.poll_recv_into(self.key, cx, dst)
     }
 
     /// See [`UringStream::poll_recv`].
