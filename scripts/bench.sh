@@ -73,7 +73,10 @@ pgbench -i -q -s "$SCALE" -h "$PGHOST" -p "$PG_PORT" -U "$PGUSER" "$PGDB" >/dev/
 CORES_ARG=()
 [ "$HELIOS_CORES" = auto ] || CORES_ARG=(--cores "$HELIOS_CORES")
 HP_PORT=$(free_port)
-"$HELIOS" --upstream "postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PG_PORT/$PGDB" --listen "127.0.0.1:$HP_PORT" \
+# Each proxy runs in a session of its own (setsid), as a service manager would start it: with
+# the kernel's autogroup scheduling (on by default) a process sharing pgbench's session also
+# shares its CPU share. PostgreSQL's pg_ctl does the same for the server.
+setsid "$HELIOS" --upstream "postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PG_PORT/$PGDB" --listen "127.0.0.1:$HP_PORT" \
   ${CORES_ARG[@]+"${CORES_ARG[@]}"} --pool-mode transaction --pool-size "$POOL" --admin-listen "127.0.0.1:$(free_port)" \
   >"$WORK/helios.log" 2>&1 &
 HP_PID=$!; PIDS+=("$HP_PID")
@@ -95,7 +98,8 @@ logfile = $WORK/pgbouncer.log
 EOF
 printf '"%s" "%s"\n' "$PGUSER" "$PGPASSWORD" >"$WORK/userlist.txt"
 chmod 755 "$WORK"; [ "$(id -u)" = 0 ] && chown -R postgres "$WORK"
-as_postgres pgbouncer "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 &
+AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(runuser -u postgres --)
+setsid ${AS_PG[@]+"${AS_PG[@]}"} pgbouncer "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 &
 sleep 0.2
 PB_PID=$(pgrep -n -f "pgbouncer $WORK/pgbouncer.ini")
 PIDS+=("$PB_PID")
