@@ -108,6 +108,9 @@ impl FrameReader {
     /// taking it: the caller reads `buf[..total]` and then [`FrameReader::consume`]s it.
     pub fn peek_frame(&mut self) -> Result<Option<(u8, usize)>, FrameError> {
         if self.buf.len() < 5 {
+            if self.buf.is_empty() {
+                rewind(&mut self.buf);
+            }
             return Ok(None);
         }
         let tag = self.buf[0];
@@ -156,6 +159,16 @@ impl FrameReader {
             return Ok(None);
         }
         Ok(Some(self.buf.split_to(len).freeze()))
+    }
+}
+
+/// Moves an empty connection buffer back to the start of its memory when that costs no
+/// allocation (nothing else still refers to it). Request/response traffic then keeps using the
+/// same few cache-hot lines instead of walking through the whole buffer between wrap-arounds.
+pub fn rewind(buf: &mut BytesMut) {
+    debug_assert!(buf.is_empty());
+    if buf.capacity() < READ_CHUNK {
+        let _ = buf.try_reclaim(READ_CHUNK);
     }
 }
 

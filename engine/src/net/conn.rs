@@ -22,7 +22,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use helios_uring::{Ring, UringStream};
 
-use super::codec::{FrameReader, FrameRef, READ_CHUNK};
+use super::codec::{rewind, FrameReader, FrameRef, READ_CHUNK};
 
 enum Io {
     Glommio(TcpStream),
@@ -134,6 +134,9 @@ impl Conn {
 
     /// Queues bytes the proxy writes itself.
     pub fn queue(&mut self) -> &mut BytesMut {
+        if self.wbuf.is_empty() {
+            rewind(&mut self.wbuf);
+        }
         &mut self.wbuf
     }
 
@@ -156,7 +159,7 @@ impl Conn {
                 }
                 s.queue_send(b.clone());
             }
-            _ => self.wbuf.extend_from_slice(bytes),
+            _ => self.queue().extend_from_slice(bytes),
         }
     }
 
