@@ -6,13 +6,14 @@
 #   scripts/bench.sh                 # scale 10, 50 clients, pool 20, transaction mode
 #   CLIENTS=4 DURATION=10 ROUNDS=3 scripts/bench.sh
 #
-# Knobs (environment): SCALE (10), CLIENTS (50), POOL (20), DURATION seconds per run (10),
-# ROUNDS (3), HELIOS_CORES (auto: one shard per CPU, the default of the config; or a number), MODES ("simple prepared"), DATABASE_URL (use an existing server
+# Knobs (environment): SCALE (10), CLIENTS (50), POOL (20), DURATION seconds per run (8),
+# ROUNDS (5; this VM's speed drifts by ±10 % within minutes, so many short alternations compare
+# better than a few long ones), LAT_ROUNDS (3), HELIOS_CORES (auto: one shard per CPU, the default of the config; or a number), MODES ("simple prepared"), DATABASE_URL (use an existing server
 # instead of a scratch cluster; it must accept postgres://USER:PASS@HOST:PORT/DB logins).
 #
 # Latency (after the pgbench table; LATENCY=0 skips it): helios-loadtest, select-only, closed
 # loop, at 1 and at 50 clients (LAT_CLIENTS), `--compare direct heliosproxy` and `--compare
-# direct pgbouncer` (each -T DURATION per target in alternating slices, ROUNDS times), printing
+# direct pgbouncer` (each -T DURATION per target in alternating slices, LAT_ROUNDS times), printing
 # the p50 and p99 each proxy adds over direct, in µs, side by side.
 #
 # PgBouncer (Debian's) is installed with apt if missing. PgBouncer before 1.21 cannot keep
@@ -25,8 +26,9 @@ cd "$(dirname "$0")/.."
 SCALE=${SCALE:-10}
 CLIENTS=${CLIENTS:-50}
 POOL=${POOL:-20}
-DURATION=${DURATION:-10}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-5}
+LAT_ROUNDS=${LAT_ROUNDS:-3}
 HELIOS_CORES=${HELIOS_CORES:-auto}
 MODES=${MODES:-simple prepared}
 THREADS=${THREADS:-2}
@@ -146,9 +148,15 @@ run() {
 for mode in $MODES; do
   for r in $(seq 1 "$ROUNDS"); do
     echo "round $r/$ROUNDS, -M $mode" >&2
+    # The proxies take turns at running right after direct (whose 50 backends exit as it ends).
     run direct "$mode"
-    run heliosproxy "$mode"
-    [ "$mode" = simple ] && run pgbouncer "$mode"
+    if [ "$mode" = simple ] && [ $((r % 2)) = 0 ]; then
+      run pgbouncer "$mode"
+      run heliosproxy "$mode"
+    else
+      run heliosproxy "$mode"
+      [ "$mode" = simple ] && run pgbouncer "$mode"
+    fi
   done
 done
 
@@ -208,8 +216,8 @@ EOF
 }
 
 echo >&2
-for r in $(seq 1 "$ROUNDS"); do
-  echo "latency round $r/$ROUNDS (helios-loadtest --compare, -T $DURATION s per target)" >&2
+for r in $(seq 1 "$LAT_ROUNDS"); do
+  echo "latency round $r/$LAT_ROUNDS (helios-loadtest --compare, -T $DURATION s per target)" >&2
   for c in $LAT_CLIENTS; do
     lat heliosproxy "$c" "$r"
     lat pgbouncer "$c" "$r"
@@ -217,7 +225,7 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "latency added over direct PostgreSQL in µs: helios-loadtest -b select-only -M simple, closed loop, -T $DURATION per target in alternating slices, mean of $ROUNDS round(s)"
+echo "latency added over direct PostgreSQL in µs: helios-loadtest -b select-only -M simple, closed loop, -T $DURATION per target in alternating slices, mean of $LAT_ROUNDS round(s)"
 python3 - "$WORK" "$LAT_CLIENTS" <<'EOF'
 import glob, json, os, sys, collections
 work, clients = sys.argv[1], sys.argv[2].split()
