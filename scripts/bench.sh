@@ -121,6 +121,7 @@ pg_ticks() {
   echo "$s"
 }
 
+CLK=$(getconf CLK_TCK)
 # run TARGET MODE → appends "target mode tps txns cpu_ticks pg_ticks" to $WORK/results
 run() {
   local target=$1 mode=$2 port pid="" before=0 after=0 out
@@ -142,7 +143,9 @@ run() {
   failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
   [ "${failed:-0}" = 0 ] || { echo "$out" >&2; echo "$target: $failed failed transactions" >&2; exit 1; }
   echo "$target $mode $tps $txns $((after - before)) $((pg_after - pg_before))" >>"$WORK/results"
-  printf '  %-12s %-9s %10.0f tps\n' "$target" "$mode" "$tps" >&2
+  local cpu="-"
+  [ -n "$pid" ] && [ "${txns:-0}" -gt 0 ] && cpu=$(awk -v t=$((after - before)) -v n="$txns" -v c="$CLK" 'BEGIN { printf "%.1f", t * 1e6 / c / n }')
+  printf '  %-12s %-9s %10.0f tps  %5s us/txn\n' "$target" "$mode" "$tps" "$cpu" >&2
 }
 
 for mode in $MODES; do
@@ -160,7 +163,6 @@ for mode in $MODES; do
   done
 done
 
-CLK=$(getconf CLK_TCK)
 echo
 echo "pgbench -S -c $CLIENTS -j $THREADS -T $DURATION x $ROUNDS rounds, scale $SCALE, pool $POOL (transaction mode), heliosproxy cores=$HELIOS_CORES"
 python3 - "$WORK/results" "$CLK" <<'EOF'
