@@ -395,6 +395,44 @@ fn small_buffers(fd: i32) {
     }
 }
 
+/// `turn_time` is the driver's time for the tasks a loop turn woke (no clock read however
+/// often it is asked), and the clock again once the driver parks.
+#[test]
+fn turn_time_is_the_drivers_while_it_runs() {
+    run("turn_time", || async {
+        let ring = Ring::new(&cfg(16, 4096, 1 << 20)).expect("ring");
+        let driver = ring.spawn_driver();
+        let (l, addr) = listener();
+        let mut peer = TcpStream::connect(addr).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        let mut us = ring.register(s).expect("register");
+        peer.write_all(b"x").expect("write");
+        let got = us.recv().await.expect("recv");
+        assert_eq!(&got[..], b"x");
+        // Woken by a driver turn; blocking the thread lets no other turn run meanwhile.
+        let a = crate::turn_time();
+        thread::sleep(Duration::from_millis(2));
+        assert_eq!(
+            crate::turn_time(),
+            a,
+            "within one turn the time is the turn's"
+        );
+        assert!(a <= Instant::now());
+        drop(got);
+        // Nothing to do: the driver parks and leaves the time to the clock.
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        let c = crate::turn_time();
+        thread::sleep(Duration::from_millis(2));
+        assert!(
+            crate::turn_time() > c,
+            "a parked driver must not freeze the time"
+        );
+        us.close();
+        ring.shutdown();
+        driver.await;
+    });
+}
+
 /// `poll_recv_into` copies out of the ring buffer and gives it back at once: with one buffer
 /// for the whole ring, 4 MiB still flow through, in order, and no buffer stays held.
 #[test]
