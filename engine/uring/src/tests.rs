@@ -252,7 +252,9 @@ fn echo_many_connections() {
         .await;
         let st = ring.stats();
         eprintln!("{st:?}");
-        assert_eq!(st.buffers_in_kernel, st.buffers_total);
+        assert_eq!(st.buffers_in_kernel + st.buffers_spare, st.buffers_total);
+        // 256 buffers: idle, only the hot set is in the kernel's ring.
+        assert!(st.buffers_in_kernel <= 128, "{st:?}");
         ring.shutdown();
         driver.await;
     });
