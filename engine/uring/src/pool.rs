@@ -86,7 +86,7 @@ fn mmap_anon(len: usize) -> io::Result<NonNull<u8>> {
 
 impl Pool {
     /// Maps the buffers and the buffer ring. Registration with the kernel is the ring's job
-    /// ([`Pool::ring_addr`]), after which [`Pool::provide_all`] fills the ring.
+    /// ([`Pool::ring_addr`]), after which it provides buffers ([`Pool::provide`]).
     pub(crate) fn new(count: u16, buf_size: u32, wake_fd: OwnedFd) -> io::Result<Arc<Pool>> {
         debug_assert!(count.is_power_of_two() && buf_size > 0);
         let map_len = count as usize * stride(buf_size);
@@ -172,9 +172,9 @@ impl Pool {
         }
     }
 
-    /// Wraps buffer `bid` (just handed to us by a completion) holding `len` bytes.
-    /// A completion's buffer, still owned by the ring: the ring either copies it out and
-    /// recycles it on the spot, or turns it into [`Bytes`] with [`Pool::into_bytes`].
+    /// Buffer `bid`, just handed to us by a completion with `len` bytes, still owned by the
+    /// ring: the ring either copies it out and recycles it on the spot, or turns it into
+    /// [`Bytes`] with [`Pool::into_bytes`].
     pub(crate) fn received(&self, bid: u16, len: usize) -> RxBuf {
         debug_assert!(bid < self.count);
         debug_assert!(len <= self.buf_size as usize);
@@ -263,7 +263,6 @@ impl Drop for Pool {
     }
 }
 
-/// The owner behind every received [`Bytes`]: gives the buffer back when the last clone drops.
 /// A received buffer held by the ring for its connection. Not `Drop`: the ring gives it back
 /// (`State::give_back`) or converts it ([`Pool::into_bytes`]), and counts those it holds.
 #[derive(Debug)]
@@ -282,6 +281,7 @@ impl RxBuf {
     }
 }
 
+/// The owner behind every received [`Bytes`]: gives the buffer back when the last clone drops.
 struct RecvBuf {
     pool: Arc<Pool>,
     bid: u16,

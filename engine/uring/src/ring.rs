@@ -1115,7 +1115,6 @@ impl State {
         }
     }
 
-    /// Gives buffers dropped by their last `Bytes` back to the kernel.
     /// A buffer copied out on this thread: back to the kernel at the next turn.
     fn give_back(&mut self, b: RxBuf) {
         self.held -= 1;
@@ -1128,8 +1127,9 @@ impl State {
         }
     }
 
-    /// Returned buffers become spares; the kernel's ring is topped up from the most recently
-    /// returned ones to [`HOT_BUFFERS`], or with every spare while receives wait for a buffer.
+    /// Buffers given back on this thread or dropped by their last `Bytes` become spares; the
+    /// kernel's ring is topped up from the most recently returned ones to [`HOT_BUFFERS`], or
+    /// with every spare while receives wait for a buffer.
     fn recycle(&mut self, pool: &Pool) {
         self.spare.append(&mut self.given_back);
         pool.drain_returned(|bid| self.spare.push(bid));
