@@ -67,6 +67,13 @@ fn listener() -> (TcpListener, SocketAddr) {
     (l, a)
 }
 
+/// A connection to `l`: the peer's end, and the accepted end on `ring`.
+fn connected(ring: &Rc<Ring>, l: &TcpListener, addr: SocketAddr) -> (TcpStream, UringStream) {
+    let peer = TcpStream::connect(addr).expect("connect");
+    let (s, _) = l.accept().expect("accept");
+    (peer, ring.register(s).expect("register"))
+}
+
 /// Byte `i` of a reproducible pseudo-random stream (independent of how it is chunked).
 fn stream_byte(seed: u64, i: u64) -> u8 {
     let mut z = (i / 8)
@@ -405,9 +412,7 @@ fn turn_time_is_the_drivers_while_it_runs() {
         let ring = Ring::new(&cfg(16, 4096, 1 << 20)).expect("ring");
         let driver = ring.spawn_driver();
         let (l, addr) = listener();
-        let mut peer = TcpStream::connect(addr).expect("connect");
-        let (s, _) = l.accept().expect("accept");
-        let mut us = ring.register(s).expect("register");
+        let (mut peer, mut us) = connected(&ring, &l, addr);
         peer.write_all(b"x").expect("write");
         let got = us.recv().await.expect("recv");
         assert_eq!(&got[..], b"x");
@@ -491,12 +496,8 @@ fn zero_copy_forward_returns_buffer_after_send() {
         let ring = Ring::new(&cfg(16, 4096, 1 << 20)).expect("ring");
         let driver = ring.spawn_driver();
         let (l, addr) = listener();
-        let mut src_peer = TcpStream::connect(addr).expect("connect");
-        let (src, _) = l.accept().expect("accept");
-        let dst_peer = TcpStream::connect(addr).expect("connect");
-        let (dst, _) = l.accept().expect("accept");
-        let mut src = ring.register(src).expect("register");
-        let mut dst = ring.register(dst).expect("register");
+        let (mut src_peer, mut src) = connected(&ring, &l, addr);
+        let (dst_peer, mut dst) = connected(&ring, &l, addr);
 
         // Clog dst: its peer does not read yet, and 64 MiB is more than the socket buffers can
         // absorb even at their sysctl maxima (here tcp_wmem 4 MiB + tcp_rmem 32 MiB). Small
@@ -623,9 +624,7 @@ fn close_ends_armed_multishot_recv() {
         let ring = Ring::new(&cfg(16, 4096, 65536)).expect("ring");
         let driver = ring.spawn_driver();
         let (l, addr) = listener();
-        let mut peer = TcpStream::connect(addr).expect("connect");
-        let (s, _) = l.accept().expect("accept");
-        let s = ring.register(s).expect("register");
+        let (mut peer, s) = connected(&ring, &l, addr);
         wait_for("recv armed", 10, || ring.stats().recv_arms >= 1).await;
         assert_eq!(ring.stats().connections, 1);
         s.close();
