@@ -8,8 +8,9 @@
 #
 # Knobs (environment): SCALE (10), CLIENTS (50), POOL (20), DURATION seconds per run (8),
 # ROUNDS (5; this VM's speed drifts by ±10 % within minutes, so many short alternations compare
-# better than a few long ones), LAT_ROUNDS (3), HELIOS_CORES (auto: one shard per CPU, the default of the config; or a number), MODES ("simple prepared"), DATABASE_URL (use an existing server
-# instead of a scratch cluster; it must accept postgres://USER:PASS@HOST:PORT/DB logins).
+# better than a few long ones), LAT_ROUNDS (3), HELIOS_CORES (auto: one shard per CPU, the
+# default of the config; or a number), MODES ("simple prepared"), DATABASE_URL (use an existing
+# server instead of a scratch cluster; it must accept postgres://USER:PASS@HOST:PORT/DB logins).
 #
 # Latency (after the pgbench table; LATENCY=0 skips it): helios-loadtest, select-only, closed
 # loop, at 1 and at 50 clients (LAT_CLIENTS), `--compare direct heliosproxy` and `--compare
@@ -100,8 +101,7 @@ logfile = $WORK/pgbouncer.log
 EOF
 printf '"%s" "%s"\n' "$PGUSER" "$PGPASSWORD" >"$WORK/userlist.txt"
 chmod 755 "$WORK"; [ "$(id -u)" = 0 ] && chown -R postgres "$WORK"
-AS_PG=(); [ "$(id -u)" = 0 ] && AS_PG=(runuser -u postgres --)
-setsid ${AS_PG[@]+"${AS_PG[@]}"} pgbouncer "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 &
+setsid ${AS_POSTGRES[@]+"${AS_POSTGRES[@]}"} pgbouncer "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 &
 sleep 0.2
 PB_PID=$(pgrep -n -f "pgbouncer $WORK/pgbouncer.ini")
 PIDS+=("$PB_PID")
@@ -152,14 +152,13 @@ for mode in $MODES; do
   for r in $(seq 1 "$ROUNDS"); do
     echo "round $r/$ROUNDS, -M $mode" >&2
     # The proxies take turns at running right after direct (whose 50 backends exit as it ends).
-    run direct "$mode"
-    if [ "$mode" = simple ] && [ $((r % 2)) = 0 ]; then
-      run pgbouncer "$mode"
-      run heliosproxy "$mode"
-    else
-      run heliosproxy "$mode"
-      [ "$mode" = simple ] && run pgbouncer "$mode"
+    targets="heliosproxy"
+    if [ "$mode" = simple ]; then
+      targets="heliosproxy pgbouncer"
+      [ $((r % 2)) = 0 ] && targets="pgbouncer heliosproxy"
     fi
+    run direct "$mode"
+    for t in $targets; do run "$t" "$mode"; done
   done
 done
 

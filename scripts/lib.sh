@@ -9,8 +9,11 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# The prefix that runs a command as postgres (initdb refuses root); empty when not root.
+AS_POSTGRES=()
+[ "$(id -u)" = 0 ] && AS_POSTGRES=(runuser -u postgres --)
 as_postgres() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  ${AS_POSTGRES[@]+"${AS_POSTGRES[@]}"} "$@"
 }
 
 wait_port() { # port [seconds]
