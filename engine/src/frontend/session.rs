@@ -1194,8 +1194,7 @@ impl Session {
         let Some(s) = self.server.as_mut() else {
             return Ok(());
         };
-        let max = s.reader.max();
-        let mut reader = std::mem::replace(&mut s.reader, FrameReader::new_empty(max));
+        let mut reader = s.reader.take();
         let r = loop {
             match reader.peek_frame() {
                 Ok(Some((tag, total))) if total >= ZERO_COPY_MIN => {

@@ -78,16 +78,14 @@ impl FrameReader {
         }
     }
 
-    /// A reader with no buffer yet (it allocates on first use).
-    pub fn new_empty(max_frame: usize) -> Self {
-        FrameReader {
+    /// Takes the reader out (to read frames while its owner is borrowed elsewhere), leaving
+    /// an empty one with the same limit in its place; put it back when done.
+    pub fn take(&mut self) -> FrameReader {
+        let empty = FrameReader {
             buf: BytesMut::new(),
-            max: max_frame,
-        }
-    }
-
-    pub fn max(&self) -> usize {
-        self.max
+            max: self.max,
+        };
+        std::mem::replace(self, empty)
     }
 
     pub fn set_max(&mut self, max_frame: usize) {
