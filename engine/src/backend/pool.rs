@@ -20,6 +20,9 @@ use helios_config::PoolMode;
 use super::server::{ServerConn, ServerId, ServerTarget};
 use crate::error::{Blame, ProxyError, SqlState};
 
+/// Finished waiters kept for reuse, per pool.
+const MAX_SPARE_WAITERS: usize = 256;
+
 /// This shard's share of a database's pool settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolSettings {
@@ -37,10 +40,13 @@ pub struct PoolSettings {
     pub max_frame: usize,
 }
 
+// Not boxed: waiters are recycled (see `Pool::spare`), so the size costs nothing, while a box
+// would cost an allocation per handover.
+#[allow(clippy::large_enum_variant)]
 enum WaiterState {
     Waiting(Option<Waker>),
     /// A released connection handed straight to this waiter.
-    Handed(Box<ServerConn>),
+    Handed(ServerConn),
     /// Room was freed (a connection was dropped): try to open one.
     Retry,
     /// The checkout timeout passed (set by the pool's sweeper, which also dequeued it).
@@ -49,8 +55,8 @@ enum WaiterState {
 
 struct Waiter {
     state: RefCell<WaiterState>,
-    since: Instant,
-    deadline: Instant,
+    since: Cell<Instant>,
+    deadline: Cell<Instant>,
 }
 
 impl Waiter {
@@ -77,16 +83,16 @@ impl Drop for Dequeue<'_> {
             .retain(|w| !Rc::ptr_eq(w, self.waiter));
         let state = std::mem::replace(&mut *self.waiter.state.borrow_mut(), WaiterState::Retry);
         match state {
-            WaiterState::Handed(c) => self.pool.release(*c),
+            WaiterState::Handed(c) => self.pool.release(c),
             WaiterState::Retry => self.pool.retry_next(),
             WaiterState::Waiting(_) | WaiterState::TimedOut => {}
         }
     }
 }
 
-struct WaitFor(Rc<Waiter>);
+struct WaitFor<'a>(&'a Waiter);
 
-impl Future for WaitFor {
+impl Future for WaitFor<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut s = self.0.state.borrow_mut();
@@ -128,6 +134,8 @@ pub struct Pool {
     pub last_connect: RefCell<Option<(bool, Option<String>, u64)>>,
     /// A task times waiters out (one timer for the whole queue instead of one per checkout).
     sweeping: Cell<bool>,
+    /// Waiters done with, for the next checkout that has to wait: waiting allocates nothing.
+    spare: RefCell<Vec<Rc<Waiter>>>,
     /// Console PAUSE: no connection is handed out until RESUME (running transactions finish).
     pauses: Arc<Pauses>,
 }
@@ -213,6 +221,7 @@ impl Pool {
             ring,
             last_connect: RefCell::new(None),
             sweeping: Cell::new(false),
+            spare: RefCell::new(Vec::new()),
             pauses: Arc::default(),
         }
     }
@@ -250,7 +259,7 @@ impl Pool {
         self.waiters
             .borrow()
             .front()
-            .map(|w| w.since.elapsed())
+            .map(|w| w.since.get().elapsed())
             .unwrap_or_default()
     }
 
@@ -356,12 +365,8 @@ impl Pool {
                     return self.open().await;
                 }
             }
-            let since = Instant::now();
-            let waiter = Rc::new(Waiter {
-                state: RefCell::new(WaiterState::Waiting(None)),
-                since,
-                deadline: *deadline.get_or_insert(since + timeout),
-            });
+            let since = helios_uring::turn_time();
+            let waiter = self.waiter(since, *deadline.get_or_insert(since + timeout));
             self.waiters.borrow_mut().push_back(waiter.clone());
             if !self.sweeping.replace(true) {
                 glommio::spawn_local(sweep_waiters(self.clone())).detach();
@@ -370,11 +375,12 @@ impl Pool {
                 pool: self,
                 waiter: &waiter,
             };
-            WaitFor(waiter.clone()).await;
+            WaitFor(&waiter).await;
             std::mem::forget(guard);
             let state = std::mem::replace(&mut *waiter.state.borrow_mut(), WaiterState::Retry);
+            self.recycle(waiter);
             match state {
-                WaiterState::Handed(c) => return Ok(*c),
+                WaiterState::Handed(c) => return Ok(c),
                 WaiterState::Retry => {
                     // Room was freed: open a connection now, ahead of later arrivals.
                     if let Some(c) = self.take_idle() {
@@ -404,6 +410,32 @@ impl Pool {
         }
     }
 
+    /// A waiter in the `Waiting` state: a spare one if there is, else a new one.
+    fn waiter(&self, since: Instant, deadline: Instant) -> Rc<Waiter> {
+        match self.spare.borrow_mut().pop() {
+            Some(w) => {
+                w.since.set(since);
+                w.deadline.set(deadline);
+                *w.state.borrow_mut() = WaiterState::Waiting(None);
+                w
+            }
+            None => Rc::new(Waiter {
+                state: RefCell::new(WaiterState::Waiting(None)),
+                since: Cell::new(since),
+                deadline: Cell::new(deadline),
+            }),
+        }
+    }
+
+    /// Keeps a finished waiter for reuse, unless something (the sweeper's list of expired
+    /// waiters) still holds it; at most as many as ever waited at once, up to a bound.
+    fn recycle(&self, w: Rc<Waiter>) {
+        let mut spare = self.spare.borrow_mut();
+        if Rc::strong_count(&w) == 1 && spare.len() < MAX_SPARE_WAITERS {
+            spare.push(w);
+        }
+    }
+
     /// Gives a connection back: to the first waiter, to the idle list, or closed if it is
     /// over the (possibly reloaded, smaller) size or too old.
     ///
@@ -426,7 +458,7 @@ impl Pool {
             };
             let waiting = matches!(*w.state.borrow(), WaiterState::Waiting(_));
             if waiting {
-                w.wake_with(WaiterState::Handed(Box::new(c)));
+                w.wake_with(WaiterState::Handed(c));
                 return;
             }
         }
@@ -439,14 +471,14 @@ impl Pool {
         let expired: Vec<Rc<Waiter>> = {
             let mut w = self.waiters.borrow_mut();
             let (gone, keep): (VecDeque<_>, VecDeque<_>) =
-                w.drain(..).partition(|w| w.deadline <= now);
+                w.drain(..).partition(|w| w.deadline.get() <= now);
             *w = keep;
             gone.into()
         };
         for w in expired {
             w.wake_with(WaiterState::TimedOut);
         }
-        self.waiters.borrow().iter().map(|w| w.deadline).min()
+        self.waiters.borrow().iter().map(|w| w.deadline.get()).min()
     }
 
     /// A connection that failed or was left in an unknown state.

@@ -247,6 +247,9 @@ fn echo_many_connections() {
             let us = ring.register(s).expect("register");
             tasks.push(glommio::spawn_local(ring_echo(us, 32 * 1024)));
         }
+        // Every connection is operated on by its registered-file index (Linux 5.19+, like the
+        // provided-buffer ring this crate needs anyway).
+        assert_eq!(ring.stats().registered_files, CONNS);
         for t in tasks {
             assert_eq!(t.await.expect("echo"), BYTES as u64);
         }
@@ -259,6 +262,8 @@ fn echo_many_connections() {
         .await;
         let st = ring.stats();
         eprintln!("{st:?}");
+        // Closed connections left the table (their sockets really closed).
+        assert_eq!(st.registered_files, 0);
         assert_eq!(st.buffers_in_kernel + st.buffers_spare, st.buffers_total);
         // 256 buffers: idle, only the hot set is in the kernel's ring.
         assert!(st.buffers_in_kernel <= 128, "{st:?}");
@@ -629,6 +634,16 @@ fn close_ends_armed_multishot_recv() {
         assert_eq!(ring.stats().connections, 1);
         s.close();
         wait_for("slot freed", 10, || ring.stats().connections == 0).await;
+        // EOF alone comes from the shutdown. The socket must be closed as well, its last
+        // reference (the registered-file entry) dropped: then the kernel has orphaned it, and
+        // /proc/net/tcp shows it without an inode, if at all.
+        assert_eq!(ring.stats().registered_files, 0);
+        let ours = (addr.port(), peer.local_addr().expect("addr").port());
+        assert!(
+            matches!(socket_inode(ours), None | Some(0)),
+            "the closed socket still has a file: inode {:?}",
+            socket_inode(ours)
+        );
         let mut b = [0u8; 1];
         let n = glommio::executor()
             .spawn_blocking(move || peer.read(&mut b))
@@ -639,6 +654,22 @@ fn close_ends_armed_multishot_recv() {
         driver.await; // returns only when nothing is in flight
         assert_eq!(ring.stats().buffers_held, 0);
     });
+}
+
+/// The inode of the IPv4 TCP socket with these (local, remote) ports, from /proc/net/tcp: 0
+/// once no file refers to it any more (closed, the kernel finishing the connection).
+fn socket_inode((local, remote): (u16, u16)) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port = |a: &str| {
+        a.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 9 && port(f[1]) == Some(local) && port(f[2]) == Some(remote))
+            .then(|| f[9].parse().expect("inode"))
+    })
 }
 
 /// A relay whose upstream never reads: pending bytes on the upstream side stop at the limit
