@@ -9,7 +9,8 @@
 # Knobs (environment): SCALE (10), CLIENTS (50), POOL (20), DURATION seconds per run (8),
 # ROUNDS (5; this VM's speed drifts by ±10 % within minutes, so many short alternations compare
 # better than a few long ones), LAT_ROUNDS (3), HELIOS_CORES (auto: one shard per CPU, the
-# default of the config; or a number), MODES ("simple prepared"), DATABASE_URL (use an existing
+# default of the config; or a number), HELIOS_ALT_CORES (1: a second heliosproxy with this many
+# shards takes part in the simple-protocol rounds as `heliosproxy-N`; empty: none), MODES ("simple prepared"), DATABASE_URL (use an existing
 # server instead of a scratch cluster; it must accept postgres://USER:PASS@HOST:PORT/DB logins).
 #
 # Latency (after the pgbench table; LATENCY=0 skips it): helios-loadtest, select-only, closed
@@ -31,6 +32,12 @@ DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-5}
 LAT_ROUNDS=${LAT_ROUNDS:-3}
 HELIOS_CORES=${HELIOS_CORES:-auto}
+# One shard is the peer's shape (PgBouncer is one thread), and on this box, where PostgreSQL and
+# pgbench share the CPUs, a shard per CPU competes with them for each: both are shown.
+HELIOS_ALT_CORES=${HELIOS_ALT_CORES-1}
+[ "$HELIOS_ALT_CORES" = "$HELIOS_CORES" ] && HELIOS_ALT_CORES=""
+ALT=""
+[ -n "$HELIOS_ALT_CORES" ] && ALT="heliosproxy-$HELIOS_ALT_CORES"
 MODES=${MODES:-simple prepared}
 THREADS=${THREADS:-2}
 LATENCY=${LATENCY:-1}
@@ -73,16 +80,26 @@ export PGPASSWORD
 echo "pgbench -i -s $SCALE …" >&2
 pgbench -i -q -s "$SCALE" -h "$PGHOST" -p "$PG_PORT" -U "$PGUSER" "$PGDB" >/dev/null 2>&1
 
-CORES_ARG=()
-[ "$HELIOS_CORES" = auto ] || CORES_ARG=(--cores "$HELIOS_CORES")
-HP_PORT=$(free_port)
+# start_helios CORES LOG → starts a heliosproxy, sets STARTED_PORT and STARTED_PID.
 # Each proxy runs in a session of its own (setsid), as a service manager would start it: with
 # the kernel's autogroup scheduling (on by default) a process sharing pgbench's session also
 # shares its CPU share. PostgreSQL's pg_ctl does the same for the server.
-setsid "$HELIOS" --upstream "postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PG_PORT/$PGDB" --listen "127.0.0.1:$HP_PORT" \
-  ${CORES_ARG[@]+"${CORES_ARG[@]}"} --pool-mode transaction --pool-size "$POOL" --admin-listen "127.0.0.1:$(free_port)" \
-  >"$WORK/helios.log" 2>&1 &
-HP_PID=$!; PIDS+=("$HP_PID")
+start_helios() {
+  local cores=() port
+  [ "$1" = auto ] || cores=(--cores "$1")
+  port=$(free_port)
+  setsid "$HELIOS" --upstream "postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PG_PORT/$PGDB" --listen "127.0.0.1:$port" \
+    ${cores[@]+"${cores[@]}"} --pool-mode transaction --pool-size "$POOL" --admin-listen "127.0.0.1:$(free_port)" \
+    >"$2" 2>&1 &
+  STARTED_PID=$!; STARTED_PORT=$port; PIDS+=("$STARTED_PID")
+}
+start_helios "$HELIOS_CORES" "$WORK/helios.log"
+HP_PORT=$STARTED_PORT; HP_PID=$STARTED_PID
+ALT_PORT=""; ALT_PID=""
+if [ -n "$ALT" ]; then
+  start_helios "$HELIOS_ALT_CORES" "$WORK/helios-alt.log"
+  ALT_PORT=$STARTED_PORT; ALT_PID=$STARTED_PID
+fi
 
 PB_PORT=$(free_port)
 cat >"$WORK/pgbouncer.ini" <<EOF
@@ -106,6 +123,7 @@ sleep 0.2
 PB_PID=$(pgrep -n -f "pgbouncer $WORK/pgbouncer.ini")
 PIDS+=("$PB_PID")
 wait_port "$HP_PORT"; wait_port "$PB_PORT"
+[ -z "$ALT" ] || wait_port "$ALT_PORT"
 
 # CPU ticks of the scratch cluster's backends alive now (the pooled ones live through a run;
 # direct connections' backends exit with pgbench, so this is only reported for the proxies).
@@ -128,6 +146,7 @@ run() {
   case $target in
     direct) port=$PG_PORT ;;
     heliosproxy) port=$HP_PORT; pid=$HP_PID ;;
+    "$ALT") port=$ALT_PORT; pid=$ALT_PID ;;
     pgbouncer) port=$PB_PORT; pid=$PB_PID ;;
   esac
   [ -n "$pid" ] && before=$(proc_cpu_ticks "$pid")
@@ -145,7 +164,7 @@ run() {
   echo "$target $mode $tps $txns $((after - before)) $((pg_after - pg_before))" >>"$WORK/results"
   local cpu="-"
   [ -n "$pid" ] && [ "${txns:-0}" -gt 0 ] && cpu=$(awk -v t=$((after - before)) -v n="$txns" -v c="$CLK" 'BEGIN { printf "%.1f", t * 1e6 / c / n }')
-  printf '  %-12s %-9s %10.0f tps  %5s us/txn\n' "$target" "$mode" "$tps" "$cpu" >&2
+  printf '  %-14s %-9s %10.0f tps  %5s us/txn\n' "$target" "$mode" "$tps" "$cpu" >&2
 }
 
 for mode in $MODES; do
@@ -154,8 +173,9 @@ for mode in $MODES; do
     # The proxies take turns at running right after direct (whose 50 backends exit as it ends).
     targets="heliosproxy"
     if [ "$mode" = simple ]; then
-      targets="heliosproxy pgbouncer"
-      [ $((r % 2)) = 0 ] && targets="pgbouncer heliosproxy"
+      set -- heliosproxy $ALT pgbouncer
+      for _ in $(seq 2 "$r"); do set -- "${@:2}" "$1"; done
+      targets="$*"
     fi
     run direct "$mode"
     for t in $targets; do run "$t" "$mode"; done
@@ -163,19 +183,20 @@ for mode in $MODES; do
 done
 
 echo
-echo "pgbench -S -c $CLIENTS -j $THREADS -T $DURATION x $ROUNDS rounds, scale $SCALE, pool $POOL (transaction mode), heliosproxy cores=$HELIOS_CORES"
-python3 - "$WORK/results" "$CLK" <<'EOF'
+echo "pgbench -S -c $CLIENTS -j $THREADS -T $DURATION x $ROUNDS rounds, scale $SCALE, pool $POOL (transaction mode), heliosproxy cores=$HELIOS_CORES${ALT:+, $ALT cores=$HELIOS_ALT_CORES}"
+python3 - "$WORK/results" "$CLK" "$ALT" <<'EOF'
 import sys, collections
 rows = [l.split() for l in open(sys.argv[1])]
 clk = int(sys.argv[2])
+alt = sys.argv[3]
 agg = collections.defaultdict(lambda: [0.0, 0, 0, 0, 0])
 for t, m, tps, txns, ticks, pg in rows:
     a = agg[(t, m)]
     a[0] += float(tps); a[1] += int(txns); a[2] += int(ticks); a[3] += 1; a[4] += int(pg)
-print(f"{'mode':<9} {'target':<12} {'tps':>10} {'vs direct':>10} {'vs pgbouncer':>13} {'cpu us/txn':>11} {'pg us/txn':>10}")
+print(f"{'mode':<9} {'target':<14} {'tps':>10} {'vs direct':>10} {'vs pgbouncer':>13} {'cpu us/txn':>11} {'pg us/txn':>10}")
 for m in dict.fromkeys(k[1] for k in agg):
     d = agg.get(("direct", m)); b = agg.get(("pgbouncer", m))
-    for t in ("direct", "heliosproxy", "pgbouncer"):
+    for t in ("direct", "heliosproxy", alt, "pgbouncer"):
         a = agg.get((t, m))
         if not a: continue
         tps = a[0] / a[3]
@@ -183,10 +204,13 @@ for m in dict.fromkeys(k[1] for k in agg):
         vb = f"{tps / (b[0]/b[3]):.3f}" if b else "-"
         cpu = f"{a[2] * 1e6 / clk / a[1]:.1f}" if t != "direct" and a[1] else "-"
         pg = f"{a[4] * 1e6 / clk / a[1]:.1f}" if t != "direct" and a[1] and a[4] else "-"
-        print(f"{m:<9} {t:<12} {tps:>10.0f} {vd:>10} {vb:>13} {cpu:>11} {pg:>10}")
+        print(f"{m:<9} {t:<14} {tps:>10.0f} {vd:>10} {vb:>13} {cpu:>11} {pg:>10}")
 h = agg.get(("heliosproxy", "simple")); b = agg.get(("pgbouncer", "simple"))
-if h and b and h[1] and b[1]:
-    print(f"\nsimple: heliosproxy/pgbouncer TPS {h[0]/h[3]/(b[0]/b[3]):.3f}, CPU per txn {(h[2]/h[1])/(b[2]/b[1]):.3f}")
+print()
+for t in ("heliosproxy", alt):
+    x = agg.get((t, "simple"))
+    if x and b and x[1] and b[1]:
+        print(f"simple: {t}/pgbouncer TPS {x[0]/x[3]/(b[0]/b[3]):.3f}, CPU per txn {(x[2]/x[1])/(b[2]/b[1]):.3f}")
 hp = agg.get(("heliosproxy", "prepared"))
 if h and hp:
     print(f"heliosproxy prepared/simple TPS {hp[0]/hp[3]/(h[0]/h[3]):.3f}")

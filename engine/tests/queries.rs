@@ -370,9 +370,12 @@ fn cancel_of_pg_sleep_returns_57014_within_a_second() {
             let watcher = {
                 let conn = pg.conn_str(&db);
                 let tag = tag.clone();
+                // Returns when it sent the cancel, or None if the query was not seen running
+                // within 10 s (the main thread then reports what its client got instead).
                 std::thread::spawn(move || {
                     let mut d = postgres::Client::connect(&conn, NoTls).unwrap();
-                    poll(Duration::from_secs(10), "pg_sleep to start", || {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    loop {
                         let n: i64 = d
                             .query_one(
                                 "select count(*) from pg_stat_activity where state = 'active' and query like $1",
@@ -380,11 +383,17 @@ fn cancel_of_pg_sleep_returns_57014_within_a_second() {
                             )
                             .unwrap()
                             .get(0);
-                        (n == 1).then_some(())
-                    });
+                        if n == 1 {
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            return None;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                     let sent = Instant::now();
                     token.cancel_query(NoTls).expect("send the cancel request");
-                    sent
+                    Some(sent)
                 })
             };
             let started = Instant::now();
@@ -392,7 +401,12 @@ fn cancel_of_pg_sleep_returns_57014_within_a_second() {
                 .batch_execute(&format!("select pg_sleep(10) /* {tag} */"))
                 .unwrap_err();
             let done = Instant::now();
-            let sent = watcher.join().unwrap();
+            let Some(sent) = watcher.join().unwrap() else {
+                panic!(
+                    "{alias} round {round}: pg_sleep was never seen running; the client got, after {:?}: {e:?}",
+                    done.duration_since(started)
+                );
+            };
             assert_eq!(sqlstate(&e), Some("57014"), "{alias} round {round}: {e}");
             assert!(
                 done.duration_since(sent) < Duration::from_secs(1),
