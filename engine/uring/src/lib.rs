@@ -55,6 +55,13 @@ pub struct RingConfig {
     /// cross-thread wake-ups wait at most this long (and its preemption timer) meanwhile.
     /// `Duration::ZERO`: always park in glommio.
     pub wait: std::time::Duration,
+    /// Loop turns in a row the driver may hold its batch back while tasks keep touching the
+    /// ring (tasks woken behind it may add to the batch: fewer, larger submits). 0: submit at
+    /// every turn. Measured with pgbench -S at 50 clients on 2 CPUs shared with PostgreSQL:
+    /// with two shards, 8 turns cost 6 % less CPU per transaction and gave 7 % more throughput
+    /// than 0; with one shard, 8 turns cost 9 % of the throughput and made it erratic for no
+    /// CPU saved — one shard serves every client, and each held turn delays all of them.
+    pub hold_turns: u32,
 }
 
 impl Default for RingConfig {
@@ -65,6 +72,7 @@ impl Default for RingConfig {
             recv_buffer_size: 16 * 1024,
             max_pending_send_bytes: 256 * 1024,
             wait: std::time::Duration::from_micros(500),
+            hold_turns: 8,
         }
     }
 }

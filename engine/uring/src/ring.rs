@@ -225,6 +225,8 @@ pub struct RingStats {
     pub connections: usize,
     /// Of those, the ones whose operations go through the ring's registered-file table.
     pub registered_files: usize,
+    /// Loop turns that held their batch back ([`RingConfig::hold_turns`]).
+    pub held_turns: u64,
     /// `io_uring_enter` calls made by the driver.
     pub enters: u64,
     /// Completions reaped.
@@ -564,13 +566,12 @@ impl Ring {
     /// `io_uring_enter` (which also runs deferred completions), reaps completions and wakes the
     /// tasks concerned, then yields so they run and queue their answers.
     ///
-    /// The batch is what the tasks queued while the driver waited behind them in the run queue.
-    /// When no task touched the ring since the last turn (nothing else can run), one
+    /// A turn that finds tasks touched the ring since the last one (they may have woken others
+    /// still queued behind the driver) only builds SQEs and yields, up to
+    /// [`RingConfig::hold_turns`] turns in a row. When nothing else can run, one
     /// `io_uring_enter` submits everything and blocks for the next completion, up to
     /// [`RingConfig::wait`]; after that (or while glommio wants its loop back) it parks in
-    /// glommio's reactor on the ring's eventfd. (Holding a batch back for more turns, hoping for
-    /// a bigger one, was measured: on one shard it cost 8 % of the throughput and made it
-    /// erratic, for no CPU saved.) Returns after [`Ring::shutdown`] once nothing is in flight, or on a fatal ring
+    /// glommio's reactor on the ring's eventfd. Returns after [`Ring::shutdown`] once nothing is in flight, or on a fatal ring
     /// error (logged; all connections then fail).
     pub async fn drive(self: Rc<Self>) {
         let efd = {
@@ -595,13 +596,17 @@ impl Ring {
         let mut enter = true;
         let mut read_errors = 0u32;
         let mut seen_activity = self.activity.get();
+        let mut held = 0u32;
         loop {
             // Did any task touch the ring since the last turn? Then others may be runnable.
             let activity = self.activity.get();
             let quiet = activity == seen_activity;
             seen_activity = activity;
+            // Hold the batch back for the rest of the run queue, but not forever: tasks that
+            // keep waking each other must not starve the sends.
+            let hold = !quiet && held < self.cfg.hold_turns;
             let may_wait = quiet && !glommio::executor().need_preempt();
-            let turned = match self.turn(enter, may_wait, &mut wake, &mut grave) {
+            let turned = match self.turn(enter, hold, may_wait, &mut wake, &mut grave) {
                 Ok(t) => t,
                 Err(e) => {
                     log::error!("helios-uring: io_uring_enter failed, stopping the ring: {e}");
@@ -613,7 +618,12 @@ impl Ring {
             if self.finished() {
                 break;
             }
-            if let Turned::Busy = turned {
+            held = if let Turned::Held = turned {
+                held + 1
+            } else {
+                0
+            };
+            if let Turned::Busy | Turned::Held = turned {
                 // The tasks this turn woke run before the next one.
                 set_turn_time(Some(Instant::now()));
                 futures_lite::future::yield_now().await;
@@ -660,11 +670,14 @@ impl Ring {
         log::debug!("helios-uring: driver stopped");
     }
 
-    /// One loop turn. `may_wait`: no other task is runnable; block for the next completion when
-    /// there is nothing to reap.
+    /// One loop turn. `hold`: tasks touched the ring since the last turn, so others may still
+    /// be runnable: SQEs are built but held back (more may come) unless the kernel has
+    /// completions for us anyway. `may_wait`: no other task is runnable; block for the next
+    /// completion when there is nothing to reap.
     fn turn(
         &self,
         force_enter: bool,
+        hold: bool,
         may_wait: bool,
         wake: &mut Vec<Waker>,
         grave: &mut Vec<Bytes>,
@@ -683,6 +696,11 @@ impl Ring {
             (sq.len() as u32, sq.taskrun() || sq.cq_overflow())
         };
         let kernel_work = kernel_work || !uring.completion().is_empty();
+        if hold && !force_enter && !kernel_work {
+            // Tasks ran since the last turn: let the rest of the run queue add to the batch.
+            st.stats.held_turns += 1;
+            return Ok(Turned::Held);
+        }
         let sleep = self.sleep.as_ref().filter(|_| {
             may_wait && !kernel_work && !force_enter && !st.shutdown && st.starved.is_empty()
         });
@@ -1081,6 +1099,8 @@ enum Woke {
 enum Turned {
     /// Something was submitted or reaped: yield so tasks run, then turn again.
     Busy,
+    /// SQEs were built but not submitted: yield, then turn again.
+    Held,
     /// Nothing to do: park.
     Idle,
 }
