@@ -374,8 +374,7 @@ fn cancel_of_pg_sleep_returns_57014_within_a_second() {
                 // within 10 s (the main thread then reports what its client got instead).
                 std::thread::spawn(move || {
                     let mut d = postgres::Client::connect(&conn, NoTls).unwrap();
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    loop {
+                    try_poll(Duration::from_secs(10), || {
                         let n: i64 = d
                             .query_one(
                                 "select count(*) from pg_stat_activity where state = 'active' and query like $1",
@@ -383,14 +382,8 @@ fn cancel_of_pg_sleep_returns_57014_within_a_second() {
                             )
                             .unwrap()
                             .get(0);
-                        if n == 1 {
-                            break;
-                        }
-                        if Instant::now() > deadline {
-                            return None;
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
+                        (n == 1).then_some(())
+                    })?;
                     let sent = Instant::now();
                     token.cancel_query(NoTls).expect("send the cancel request");
                     Some(sent)

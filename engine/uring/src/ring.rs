@@ -281,9 +281,9 @@ struct State {
     wake: Vec<Waker>,
     /// Bytes to drop after the `RefCell` borrow ends (an arbitrary `Bytes` owner may run code).
     grave: Vec<Bytes>,
-    /// Freed connections with a registered-file entry still to clear before their descriptor
-    /// closes and their slot is reused: [`Inner::release_closed`], at the end of every ring
-    /// call that can free one.
+    /// Freed connections (by slot) whose registered-file entry (the same index) is still to
+    /// clear before their descriptor closes and their slot is reused: [`Inner::release_closed`],
+    /// at the end of every ring call that can free one.
     closed: Vec<(u32, Box<Conn>)>,
     stats: RingStats,
 }
@@ -304,12 +304,10 @@ impl Inner {
     /// its reset) and frees their slots.
     fn release_closed(&mut self) {
         for (slot, c) in self.st.closed.drain(..) {
-            if let Some(i) = c.fixed {
-                if let Err(e) = self.uring.submitter().register_files_update(i, &[-1]) {
-                    // Cannot happen for a valid index; the socket then stays open until the
-                    // entry is reused or the ring closes, so say so.
-                    log::warn!("helios-uring: clearing registered file {i} failed: {e}");
-                }
+            if let Err(e) = self.uring.submitter().register_files_update(slot, &[-1]) {
+                // Cannot happen for a valid index; the socket then stays open until the entry is
+                // reused or the ring closes, so say so.
+                log::warn!("helios-uring: clearing registered file {slot} failed: {e}");
             }
             drop(c);
             self.st.stats.registered_files -= 1;
@@ -571,8 +569,8 @@ impl Ring {
     /// [`RingConfig::hold_turns`] turns in a row. When nothing else can run, one
     /// `io_uring_enter` submits everything and blocks for the next completion, up to
     /// [`RingConfig::wait`]; after that (or while glommio wants its loop back) it parks in
-    /// glommio's reactor on the ring's eventfd. Returns after [`Ring::shutdown`] once nothing is in flight, or on a fatal ring
-    /// error (logged; all connections then fail).
+    /// glommio's reactor on the ring's eventfd. Returns after [`Ring::shutdown`] once nothing
+    /// is in flight, or on a fatal ring error (logged; all connections then fail).
     pub async fn drive(self: Rc<Self>) {
         let efd = {
             let mut inner = self.inner.borrow_mut();
@@ -833,8 +831,9 @@ impl Ring {
         let st = &mut inner.st;
         let mut conn = st.take_conn(key)?;
         let r = f(st, &mut conn);
+        // Never frees the connection: only `close` and completions make one closing and idle,
+        // and they free it themselves (so nothing here for `Inner::release_closed`).
         st.put_conn(key, conn);
-        inner.release_closed();
         Some(r)
     }
 
