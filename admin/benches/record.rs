@@ -1,5 +1,5 @@
 //! Cost of recording one latency the way a shard does: into a pre-sized histogram
-//! (1 µs ..= 60 s, 3 significant digits) with `record_us` (saturating at 60 s).
+//! (1 µs ..= 60 s, 2 significant digits) with `record_us` (saturating at 60 s).
 //!
 //! `cargo bench -p helios-admin --bench record`. Measured numbers are in the doc comment of
 //! `helios_admin::snapshot::new_histogram`.

@@ -270,8 +270,15 @@ fn every_endpoint_answers_with_its_shape() {
     ] {
         assert!(v[k].is_number(), "{k} in {v}");
     }
-    assert_eq!(v["p50_us"], 300);
-    assert!((v["max_us"].as_u64().unwrap() as i64 - 2_000).abs() <= 2);
+    // Within the histograms' 1 %.
+    assert!(
+        (v["p50_us"].as_u64().unwrap() as i64 - 300).abs() <= 3,
+        "{v}"
+    );
+    assert!(
+        (v["max_us"].as_u64().unwrap() as i64 - 2_000).abs() <= 20,
+        "{v}"
+    );
     let (st, v) = a.get("/histograms");
     assert_eq!(
         (st, &v["db"], &v["window"]),

@@ -292,7 +292,16 @@ pub struct Shard {
     pub analysis: RefCell<crate::frontend::analyze::AnalysisCache>,
     /// Request ids for plugin hooks (the shard id is in the top bits).
     pub request_seq: Cell<u64>,
+    /// Clients' start-up session settings, shared between clients that sent the same ones:
+    /// a server connection last used by any of them then matches with a pointer comparison.
+    param_sets: RefCell<Vec<Rc<ParamMap>>>,
 }
+
+/// Session parameters by name, values quoted as SQL literals.
+pub type ParamMap = std::collections::BTreeMap<String, String>;
+
+/// Distinct start-up settings kept for sharing; more only cost a full comparison per checkout.
+const MAX_PARAM_SETS: usize = 64;
 
 impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>, config: Arc<RuntimeConfig>) -> Rc<Shard> {
@@ -313,7 +322,22 @@ impl Shard {
             plugins: RefCell::new(None),
             analysis: RefCell::new(Default::default()),
             request_seq: Cell::new(0),
+            param_sets: RefCell::new(Vec::new()),
         })
+    }
+
+    /// `params`, shared with earlier clients that started with the same settings.
+    pub fn shared_params(&self, params: ParamMap) -> Rc<ParamMap> {
+        let mut sets = self.param_sets.borrow_mut();
+        if let Some(p) = sets.iter().find(|p| ***p == params) {
+            return p.clone();
+        }
+        let p = Rc::new(params);
+        if sets.len() == MAX_PARAM_SETS {
+            sets.remove(0);
+        }
+        sets.push(p.clone());
+        p
     }
 
     pub fn config(&self) -> Arc<RuntimeConfig> {

@@ -172,6 +172,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             // back for timers, other threads' wake-ups and its own sockets (accept, connect).
             .preempt_timer(PREEMPT_EVERY)
             .spawn(move || async move {
+                request_sched_slice(i, rt.config.server.sched_slice_us);
                 let shard = Shard::new(i, shared, rt);
                 // Ready once the listeners are bound: "listening" in the log means it.
                 let ready = move || {
@@ -338,8 +339,13 @@ fn signal_loop(
 }
 
 fn warn_restart_only(old: &Config, new: &Config) {
-    if old.server.listen != new.server.listen || old.server.cores != new.server.cores {
-        log::warn!("server.listen / server.cores changed: they apply at the next restart");
+    if old.server.listen != new.server.listen
+        || old.server.cores != new.server.cores
+        || old.server.sched_slice_us != new.server.sched_slice_us
+    {
+        log::warn!(
+            "server.listen / server.cores / server.sched_slice_us changed: they apply at the next restart"
+        );
     }
     if old.limits.max_message_size_bytes != new.limits.max_message_size_bytes
         || old.limits.startup_timeout_ms != new.limits.startup_timeout_ms
@@ -378,5 +384,41 @@ impl helios_admin::PluginKv for PluginKvBridge {
     }
     fn delete(&self, plugin: &str, key: &[u8]) -> Result<(), helios_admin::KvFailure> {
         self.0.kv_delete(plugin, key).map_err(kv_failure)
+    }
+}
+
+/// Asks the scheduler to give the calling (shard) thread `us`-microsecond slices
+/// (`server.sched_slice_us`), keeping its policy and nice value. 0 leaves the kernel's default.
+fn request_sched_slice(shard: usize, us: u32) {
+    if us == 0 {
+        return;
+    }
+    let size = std::mem::size_of::<libc::sched_attr>() as u32;
+    // SAFETY: sched_attr is plain data; the kernel fills at most `size` bytes of it.
+    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
+    let got = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr, size, 0) };
+    if got != 0 {
+        log::warn!(
+            "shard {shard}: sched_getattr failed ({}): keeping the kernel's time slice",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let policy = attr.sched_policy as i32;
+    if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
+        log::info!("shard {shard}: scheduling policy {policy} set from outside: slice left alone");
+        return;
+    }
+    attr.size = size;
+    attr.sched_runtime = u64::from(us) * 1000;
+    // SAFETY: a valid sched_attr for this thread (pid 0), policy and nice as read above.
+    let set = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) };
+    if set != 0 {
+        log::warn!(
+            "shard {shard}: asking for a {us} µs time slice failed ({}): kernel default kept",
+            std::io::Error::last_os_error()
+        );
+    } else if shard == 0 {
+        log::info!("shard threads run with a {us} µs scheduler time slice");
     }
 }

@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-/// Latencies are recorded in microseconds, 1 µs to 60 s, 3 significant digits.
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
+use helios_admin::new_histogram;
 
 fn micros(d: Duration) -> u64 {
     (d.as_micros() as u64).max(1)

@@ -1,5 +1,6 @@
 //! Signals: SIGHUP reloads users and pool sizes without touching open connections; SIGTERM
 //! stops accepting, lets open transactions finish within the shutdown timeout, and exits 0.
+//! Threads: shard threads run with the scheduler slice `server.sched_slice_us` asks for.
 
 mod common;
 
@@ -255,4 +256,66 @@ fn sigterm_does_not_wait_for_an_idle_session_that_ran_an_extended_copy() {
         "an idle session held the drain for {:?} (shutdown_timeout_ms = 5000)",
         sent.elapsed()
     );
+}
+
+/// `(thread name, se.slice in ns)` of each thread of `pid`, as /proc reports them.
+fn thread_slices(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let sched = std::fs::read_to_string(t.path().join("sched")).unwrap_or_default();
+        let slice = sched
+            .lines()
+            .find(|l| l.starts_with("se.slice"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.trim().parse().ok());
+        if let Some(slice) = slice {
+            out.push((comm.trim().to_string(), slice));
+        }
+    }
+    out
+}
+
+#[test]
+fn shard_threads_run_with_the_configured_scheduler_slice() {
+    let own = std::fs::read_to_string("/proc/self/sched").unwrap_or_default();
+    if !own.lines().any(|l| l.starts_with("se.slice")) {
+        eprintln!("skipped: this kernel does not report se.slice (per-task slices need 6.12+)");
+        return;
+    }
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "slice");
+    let dbs = db_section("app", &db, "transaction", 2, "");
+    for (setting, want) in [(250u64, Some(250_000u64)), (0, None)] {
+        let cfg = config(&pg, TRUST, "", &dbs).replacen(
+            "cores = 2\n",
+            &format!("cores = 2\nsched_slice_us = {setting}\n"),
+            1,
+        );
+        let proxy = start_proxy(&cfg, None);
+        let threads = thread_slices(proxy.pid());
+        let main = threads[0].1;
+        for shard in 0..2 {
+            let name = format!("shard-{shard}");
+            let slices: Vec<u64> = threads
+                .iter()
+                .filter(|(n, _)| n.starts_with(&name))
+                .map(|(_, s)| *s)
+                .collect();
+            assert!(!slices.is_empty(), "no thread named {name}: {threads:?}");
+            match want {
+                Some(ns) => assert!(
+                    slices.contains(&ns),
+                    "sched_slice_us = {setting}: {name} threads have slices {slices:?}"
+                ),
+                None => assert!(
+                    slices.iter().all(|s| *s == main),
+                    "sched_slice_us = 0: {name} threads have {slices:?}, not the default {main}"
+                ),
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! A connection to a PostgreSQL server: opening it and logging in with the proxy's credentials
 //! (SCRAM-SHA-256, md5, cleartext or trust), then the per-connection state pooling needs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -47,7 +47,7 @@ pub struct ServerConn {
     /// ParameterStatus values the server reported at login.
     pub startup_params: Rc<Vec<(String, String)>>,
     /// Session parameters the proxy has SET on this connection (absent = server default).
-    pub applied: BTreeMap<String, String>,
+    pub applied: Rc<crate::shard::ParamMap>,
     /// Proxy-named prepared statements that exist on this connection, with their last use.
     pub prepared: PreparedSet,
     pub created: Instant,
@@ -129,7 +129,7 @@ impl ServerConn {
             reader,
             key,
             startup_params: Rc::new(params),
-            applied: BTreeMap::new(),
+            applied: Rc::default(),
             prepared: PreparedSet::new(prepared_cap),
             created: now,
             created_unix: crate::backend::pool::unix_ms() / 1000,

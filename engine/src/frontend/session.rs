@@ -10,7 +10,7 @@
 //! unfinished extended-protocol batch, and the server said ReadyForQuery idle.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::rc::Rc;
 use std::task::Poll;
@@ -32,7 +32,7 @@ use crate::net::codec::{
     FrameReader, FrameRef,
 };
 use crate::net::conn::{Conn, ZERO_COPY_MIN};
-use crate::shard::{ClientMeta, Shard, Statement};
+use crate::shard::{ClientMeta, ParamMap, Shard, Statement};
 use crate::stats::{Counters, DbStats};
 
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
@@ -237,8 +237,9 @@ struct Session {
     server_skip: bool,
     /// Session parameters the client wants (SQL text of the value), beyond server defaults.
     /// Ordered maps: comparing two small ones (every checkout) costs no hashing.
-    desired: BTreeMap<String, String>,
-    startup_desired: BTreeMap<String, String>,
+    /// Session settings the client expects (shared: see `Shard::shared_params`).
+    desired: Rc<ParamMap>,
+    startup_desired: Rc<ParamMap>,
     /// The client's named prepared statements (transaction mode).
     statements: HashMap<Bytes, Rc<Statement>>,
     cancel_target: Rc<Cell<Option<BackendKey>>>,
@@ -297,7 +298,7 @@ impl Session {
                 }
             },
         };
-        let mut desired = BTreeMap::new();
+        let mut desired = ParamMap::new();
         for (k, v) in &login.params {
             let name = k.to_ascii_lowercase();
             if !name
@@ -347,6 +348,7 @@ impl Session {
         put_ready(client.queue(), b'I');
         let mode = pool.settings.borrow().mode;
         let default_pool = pool.clone();
+        let desired = shard.shared_params(desired);
         Ok(Session {
             client,
             creader,
@@ -702,11 +704,13 @@ impl Session {
     /// Re-applies the client's session settings where this server connection differs.
     fn sync_params(&mut self) {
         let Some(s) = &mut self.server else { return };
-        if s.applied == self.desired {
+        // Usually the same shared set (clients with the same start-up settings and no SET).
+        if Rc::ptr_eq(&s.applied, &self.desired) || s.applied == self.desired {
+            s.applied = self.desired.clone();
             return;
         }
         let mut q = String::new();
-        for (k, v) in &self.desired {
+        for (k, v) in self.desired.iter() {
             if s.applied.get(k) != Some(v) {
                 q.push_str(&format!("SET {k} TO {v};"));
             }
@@ -1374,13 +1378,15 @@ impl Session {
         if self.tx_status == b'I' {
             Counters::add(&c.transactions, 1);
         }
-        let now = Instant::now();
+        // The start of this loop turn: when the answer's completion was reaped.
+        let now = helios_uring::turn_time();
         if let Some(t) = self.request_start {
-            self.db_stats.record_query(now - t);
+            self.db_stats.record_query(now.saturating_duration_since(t));
         }
         if from_server {
             if let Some(t) = self.server_sent {
-                self.db_stats.record_server(now - t);
+                self.db_stats
+                    .record_server(now.saturating_duration_since(t));
             }
         }
         if self.expect.is_empty() {
@@ -1442,26 +1448,26 @@ impl Session {
         let Some(s) = &mut self.server else { return };
         match cmd {
             SessionCommand::Set { name, value } => {
-                self.desired.insert(name.clone(), value.clone());
-                s.applied.insert(name, value);
+                Rc::make_mut(&mut self.desired).insert(name.clone(), value.clone());
+                Rc::make_mut(&mut s.applied).insert(name, value);
             }
             SessionCommand::Reset { name } => {
-                s.applied.remove(&name);
+                Rc::make_mut(&mut s.applied).remove(&name);
                 match self.startup_desired.get(&name) {
                     Some(v) => {
-                        self.desired.insert(name, v.clone());
+                        Rc::make_mut(&mut self.desired).insert(name, v.clone());
                     }
                     None => {
-                        self.desired.remove(&name);
+                        Rc::make_mut(&mut self.desired).remove(&name);
                     }
                 }
             }
             SessionCommand::ResetAll => {
-                s.applied.clear();
+                s.applied = Rc::default();
                 self.desired = self.startup_desired.clone();
             }
             SessionCommand::DiscardAll => {
-                s.applied.clear();
+                s.applied = Rc::default();
                 s.prepared.clear();
                 self.desired = self.startup_desired.clone();
                 self.statements.clear();
@@ -1499,7 +1505,7 @@ async fn reset_and_release(pool: Rc<Pool>, mut s: ServerConn) {
     .await
     .unwrap_or(false);
     if ok {
-        s.applied.clear();
+        s.applied = Rc::default();
         s.prepared.clear();
         pool.release(s);
     } else {
