@@ -1,6 +1,7 @@
 //! Signals: SIGHUP reloads users and pool sizes without touching open connections; SIGTERM
 //! stops accepting, lets open transactions finish within the shutdown timeout, and exits 0.
-//! Threads: shard threads run with the scheduler slice `server.sched_slice_us` asks for.
+//! Threads: shard threads run with the scheduler slice `server.sched_slice_us` asks for, each on
+//! its own CPU, or on its share of the CPUs when there are fewer shards than CPUs.
 
 mod common;
 
@@ -318,4 +319,70 @@ fn shard_threads_run_with_the_configured_scheduler_slice() {
             }
         }
     }
+}
+
+/// The CPUs each thread of `pid` named `shard-N…` may run on (its executor and glommio's helper
+/// threads inherit the same mask), by shard.
+fn shard_cpus(pid: u32, shards: usize) -> Vec<String> {
+    (0..shards)
+        .map(|shard| {
+            let mut lists = Vec::new();
+            for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .flatten()
+            {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                if !comm.starts_with(&format!("shard-{shard}")) {
+                    continue;
+                }
+                let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+                let list = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .unwrap()
+                    .trim()
+                    .to_string();
+                lists.push(list);
+            }
+            lists.sort();
+            lists.dedup();
+            assert_eq!(
+                lists.len(),
+                1,
+                "shard {shard}: threads with different masks {lists:?}"
+            );
+            lists.pop().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn shards_own_a_cpu_each_or_share_them_when_fewer() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let all = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap();
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "placement");
+    let dbs = db_section("app", &db, "transaction", 2, "");
+    // The suite's two shards: one CPU each when the host has two, else every other CPU.
+    let proxy = start_proxy(&config(&pg, TRUST, "", &dbs), None);
+    let two = shard_cpus(proxy.pid(), 2);
+    drop(proxy);
+    if cpus >= 2 {
+        assert_ne!(two[0], two[1], "two shards share a CPU mask: {two:?}");
+    }
+    if cpus == 2 {
+        assert!(two.iter().all(|l| l.parse::<usize>().is_ok()), "{two:?}");
+    }
+    // One shard: anywhere.
+    let cfg = config(&pg, TRUST, "", &dbs).replacen("cores = 2\n", "cores = 1\n", 1);
+    let proxy = start_proxy(&cfg, None);
+    let one = shard_cpus(proxy.pid(), 1);
+    assert_eq!(one, vec![all.clone()], "one shard on {cpus} CPUs ({all})");
 }
