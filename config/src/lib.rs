@@ -157,8 +157,8 @@ pub struct ServerConfig {
     /// with SO_REUSEPORT, so the kernel spreads connections across shards.
     #[serde(default = "default_listen")]
     pub listen: Vec<String>,
-    /// Number of shards (one glommio executor pinned per CPU): a number, or `"auto"` for one per
-    /// available CPU.
+    /// Number of shards (one glommio executor pinned per CPU; with fewer shards than CPUs, each
+    /// on its share of them): a number, or `"auto"` for one per available CPU.
     #[serde(default)]
     pub cores: Cores,
     /// Time slice (µs) each shard thread asks the Linux scheduler for (EEVDF's per-task slice,
