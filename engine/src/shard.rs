@@ -108,6 +108,9 @@ pub enum ShardMsg {
     ResetHistograms,
     /// Plugins were enabled by a reload: instantiate them on this shard.
     Plugins(helios_plugin_host::PluginRuntime),
+    /// A client connection another shard accepted while it had more clients than this one
+    /// (already counted in `Shared::sessions` for this shard).
+    Adopt(std::net::TcpStream),
 }
 
 /// The process-wide part: channels to every shard and the global client count.
@@ -115,6 +118,9 @@ pub struct Shared {
     pub inboxes: Vec<Sender<ShardMsg>>,
     pub doorbells: Vec<Arc<AtomicWaker>>,
     pub clients: AtomicUsize,
+    /// Client sessions per shard (including those handed over and not yet started): where
+    /// a newly accepted client goes.
+    pub sessions: Vec<AtomicUsize>,
     /// To the admin thread, if it runs: one snapshot per shard per interval.
     pub snapshots: Option<Sender<helios_admin::ShardSnapshot>>,
     pub snapshot_interval: Duration,
@@ -136,6 +142,20 @@ impl Shared {
         let ok = tx.try_send(msg).is_ok();
         self.doorbells[to].wake();
         ok
+    }
+
+    /// The shard with the fewest clients if it has fewer than `from` (the kernel spreads
+    /// connections over the shards' listeners by a hash of their addresses, which leaves one
+    /// shard with noticeably more clients than another, and with them its share of the pool).
+    fn lighter_than(&self, from: usize) -> Option<usize> {
+        let mine = self.sessions[from].load(Ordering::Relaxed);
+        let (to, least) = self
+            .sessions
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|&(i, n)| (n, i != from))?;
+        (least < mine).then_some(to)
     }
 
     pub fn broadcast(&self, msg: impl Fn() -> ShardMsg) {
@@ -551,6 +571,12 @@ pub async fn run_shard(
             Some(ShardMsg::Cancel { pid, secret }) => shard.cancel_local(pid, secret),
             Some(ShardMsg::Reload(cfg)) => shard.reload(cfg),
             Some(ShardMsg::ResetHistograms) => shard.stats.reset_histograms(),
+            Some(ShardMsg::Adopt(stream)) => {
+                use std::os::fd::{FromRawFd, IntoRawFd};
+                // SAFETY: the descriptor comes from a std stream that gives it up here.
+                let stream = unsafe { glommio::net::TcpStream::from_raw_fd(stream.into_raw_fd()) };
+                start_session(&shard, stream);
+            }
             Some(ShardMsg::Plugins(rt)) => {
                 if shard.plugins.borrow().is_none() {
                     *shard.plugins.borrow_mut() = Some(rt.shard(shard.id));
@@ -616,14 +642,13 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 shard.shared.clients.fetch_add(1, Ordering::Relaxed);
                 let c = &shard.stats.counters;
                 crate::stats::Counters::add(&c.connections_accepted, 1);
-                shard.sessions.set(shard.sessions.get() + 1);
-                let s = shard.clone();
-                glommio::spawn_local(async move {
-                    crate::frontend::session::serve(s.clone(), stream).await;
-                    s.sessions.set(s.sessions.get() - 1);
-                    s.shared.clients.fetch_sub(1, Ordering::Relaxed);
-                })
-                .detach();
+                if let Some(to) = shard.shared.lighter_than(shard.id) {
+                    if hand_over(&shard, to, &stream) {
+                        continue;
+                    }
+                }
+                shard.shared.sessions[shard.id].fetch_add(1, Ordering::Relaxed);
+                start_session(&shard, stream);
             }
             Some(Err(e)) => {
                 log::warn!("shard {}: accept: {e}", shard.id);
@@ -631,6 +656,40 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// Gives an accepted client to shard `to` (it has fewer clients). False if its inbox is full:
+/// the client then stays here.
+fn hand_over(shard: &Shard, to: usize, stream: &glommio::net::TcpStream) -> bool {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // glommio's stream cannot give up its descriptor: the other shard gets a duplicate, and
+    // this one closes its own when `stream` drops.
+    // SAFETY: dup of an open socket we own; the std stream owns the copy.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        return false;
+    }
+    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let sessions = &shard.shared.sessions[to];
+    sessions.fetch_add(1, Ordering::Relaxed);
+    if shard.shared.send(to, ShardMsg::Adopt(std_stream)) {
+        return true;
+    }
+    sessions.fetch_sub(1, Ordering::Relaxed);
+    false
+}
+
+/// Serves a client on this shard (already counted in `Shared::sessions`).
+fn start_session(shard: &Rc<Shard>, stream: glommio::net::TcpStream) {
+    shard.sessions.set(shard.sessions.get() + 1);
+    let s = shard.clone();
+    glommio::spawn_local(async move {
+        crate::frontend::session::serve(s.clone(), stream).await;
+        s.sessions.set(s.sessions.get() - 1);
+        s.shared.sessions[s.id].fetch_sub(1, Ordering::Relaxed);
+        s.shared.clients.fetch_sub(1, Ordering::Relaxed);
+    })
+    .detach();
 }
 
 async fn maintenance_loop(shard: Rc<Shard>) {

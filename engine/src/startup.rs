@@ -107,6 +107,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
         inboxes,
         doorbells: doorbells.clone(),
         clients: AtomicUsize::new(0),
+        sessions: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
         snapshots: admin_cfg.enabled.then_some(snap_tx),
         snapshot_interval: Duration::from_millis(admin_cfg.snapshot_interval_ms),
         console_state: std::sync::Mutex::new(helios_admin::AdminState::new(shards)),
@@ -206,8 +207,9 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
         }
     }
     log::info!(
-        "heliosproxy listening on {} with {shards} shards",
-        rt.config.server.listen.join(", ")
+        "heliosproxy listening on {} with {shards} shard{}",
+        rt.config.server.listen.join(", "),
+        if shards == 1 { "" } else { "s" }
     );
     signal_loop(
         &shared,

@@ -1,7 +1,8 @@
 //! Signals: SIGHUP reloads users and pool sizes without touching open connections; SIGTERM
 //! stops accepting, lets open transactions finish within the shutdown timeout, and exits 0.
 //! Threads: shard threads run with the scheduler slice `server.sched_slice_us` asks for, each on
-//! its own CPU, or on its share of the CPUs when there are fewer shards than CPUs.
+//! its own CPU, or on its share of the CPUs when there are fewer shards than CPUs; clients are
+//! spread evenly over the shards whichever listener the kernel hands them to.
 
 mod common;
 
@@ -80,11 +81,15 @@ fn sighup_reloads_users_and_pool_sizes_and_keeps_connections() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), Some("28P01"), "bob is not a user yet: {e}");
     // Four clients on shard 0 of `app`: with pool_size 2 only one can be in a transaction.
+    // (Clients on shard 1 stay connected meanwhile: clients are spread evenly over the shards.)
     let mut shard0 = Vec::new();
+    let mut shard1 = Vec::new();
     for _ in 0..200 {
         let r = scram_login(port, "alice", "alice-pw", "app");
         if r.shard() == 0 {
             shard0.push(r);
+        } else {
+            shard1.push(r);
         }
         if shard0.len() == 4 {
             break;
@@ -385,4 +390,31 @@ fn shards_own_a_cpu_each_or_share_them_when_fewer() {
     let proxy = start_proxy(&cfg, None);
     let one = shard_cpus(proxy.pid(), 1);
     assert_eq!(one, vec![all.clone()], "one shard on {cpus} CPUs ({all})");
+}
+
+#[test]
+fn clients_are_spread_evenly_over_the_shards() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "spread");
+    let dbs = db_section("app", &db, "transaction", 4, "");
+    let proxy = start_proxy(&config(&pg, TRUST, "", &dbs), None);
+    let mut clients = Vec::new();
+    let mut per_shard = [0usize; 2];
+    for _ in 0..10 {
+        let mut r = Raw::trust(proxy.port(), "app");
+        // Each one works, wherever it was accepted.
+        assert_eq!(first_value(&r.query("SELECT 1")).as_deref(), Some("1"));
+        per_shard[r.shard() as usize] += 1;
+        clients.push(r);
+    }
+    assert_eq!(per_shard, [5, 5], "10 clients over 2 shards");
+    // One leaves shard 0: the next client goes there.
+    let at = clients.iter().position(|r| r.shard() == 0).unwrap();
+    clients.remove(at).terminate();
+    poll(Duration::from_secs(5), "the session to end", || {
+        let v = admin_json(proxy.admin_port(), "/stats");
+        (v["by_shard"][0]["clients_active"] == 4).then_some(())
+    });
+    let r = Raw::trust(proxy.port(), "app");
+    assert_eq!(r.shard(), 0);
 }

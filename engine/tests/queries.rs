@@ -913,6 +913,9 @@ fn extended_copy_from_stdin_keeps_response_order_and_releases_the_server() {
         if alias == "tx" {
             // pool_size 1 per shard: another client on the same shard needs the connection the
             // idle client above must have given back.
+            // (Those landing elsewhere stay connected: clients are spread evenly over the
+            // shards, so the next one goes where there are fewer.)
+            let mut elsewhere = Vec::new();
             let mut tried = 0;
             loop {
                 let mut o = Raw::trust(proxy.port(), "tx");
@@ -925,6 +928,7 @@ fn extended_copy_from_stdin_keeps_response_order_and_releases_the_server() {
                     );
                     break;
                 }
+                elsewhere.push(o);
                 tried += 1;
                 assert!(tried < 40, "no client landed on shard {}", r.shard());
             }
@@ -932,13 +936,16 @@ fn extended_copy_from_stdin_keeps_response_order_and_releases_the_server() {
     }
 }
 
-/// Raw clients on the same shard as `r` until one is found (the pool is per shard).
+/// Raw clients on the same shard as `r` until one is found (the pool is per shard). Those that
+/// land elsewhere stay connected until then: clients are spread evenly over the shards.
 fn same_shard(port: u16, db: &str, r: &Raw) -> Raw {
+    let mut elsewhere = Vec::new();
     for _ in 0..60 {
         let o = Raw::trust(port, db);
         if o.shard() == r.shard() {
             return o;
         }
+        elsewhere.push(o);
     }
     panic!("no client landed on shard {}", r.shard());
 }

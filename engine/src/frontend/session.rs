@@ -236,8 +236,8 @@ struct Session {
     /// Sync.
     server_skip: bool,
     /// Session parameters the client wants (SQL text of the value), beyond server defaults.
-    /// Ordered maps: comparing two small ones (every checkout) costs no hashing.
-    /// Session settings the client expects (shared: see `Shard::shared_params`).
+    /// Shared copy-on-write (`Shard::shared_params`): a server connection last used by a client
+    /// with the same settings matches by pointer; otherwise two small ordered maps compare.
     desired: Rc<ParamMap>,
     startup_desired: Rc<ParamMap>,
     /// The client's named prepared statements (transaction mode).
