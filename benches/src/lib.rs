@@ -217,6 +217,7 @@ pub fn shared_with_inboxes(n: usize) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
         inboxes,
         doorbells,
         clients: AtomicUsize::new(0),
+        sessions: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         snapshots: None,
         snapshot_interval: Duration::from_secs(1),
         console_state: Mutex::new(helios_admin::AdminState::new(n)),
