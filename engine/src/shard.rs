@@ -661,15 +661,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 /// Gives an accepted client to shard `to` (it has fewer clients). False if its inbox is full:
 /// the client then stays here.
 fn hand_over(shard: &Shard, to: usize, stream: &glommio::net::TcpStream) -> bool {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // glommio's stream cannot give up its descriptor: the other shard gets a duplicate, and
-    // this one closes its own when `stream` drops.
-    // SAFETY: dup of an open socket we own; the std stream owns the copy.
-    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    if fd < 0 {
+    let Ok(std_stream) = crate::net::conn::duplicate(stream) else {
         return false;
-    }
-    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    };
     let sessions = &shard.shared.sessions[to];
     sessions.fetch_add(1, Ordering::Relaxed);
     if shard.shared.send(to, ShardMsg::Adopt(std_stream)) {

@@ -46,6 +46,18 @@ const MAX_READ: usize = 64 * 1024;
 /// Frames at least this big are queued by reference instead of copied into the send buffer.
 pub const ZERO_COPY_MIN: usize = 4096;
 
+/// A std socket on a duplicate of `stream`'s descriptor: glommio's stream has no way to give
+/// its descriptor up, so whoever takes the socket over (the ring, another shard) gets a copy and
+/// `stream` closes its own when it drops.
+pub fn duplicate(stream: &TcpStream) -> io::Result<std::net::TcpStream> {
+    // SAFETY: dup of an open fd we own; the std socket owns the copy.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
+}
+
 impl Conn {
     pub fn new(stream: TcpStream) -> Conn {
         let _ = stream.set_nodelay(true);
@@ -65,14 +77,7 @@ impl Conn {
             return Ok(self);
         };
         debug_assert!(self.wbuf.is_empty());
-        // glommio's stream has no way to give up its fd: the ring takes a duplicate.
-        // SAFETY: dup of an open fd we own; the std socket owns the copy.
-        let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-        let uring = ring.register(std_stream)?;
+        let uring = ring.register(duplicate(stream)?)?;
         Ok(Conn {
             io: Io::Uring(uring),
             wbuf: self.wbuf,
