@@ -264,45 +264,53 @@ fn sigterm_does_not_wait_for_an_idle_session_that_ran_an_extended_copy() {
     );
 }
 
-/// `(thread name, se.slice in ns)` of each thread of `pid`, as /proc reports them.
-fn thread_slices(pid: u32) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+/// `(name, /proc directory)` of each thread of `pid`.
+fn threads(pid: u32) -> Vec<(String, std::path::PathBuf)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .flatten()
-    {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let sched = std::fs::read_to_string(t.path().join("sched")).unwrap_or_default();
-        let slice = sched
-            .lines()
-            .find(|l| l.starts_with("se.slice"))
-            .and_then(|l| l.split(':').nth(1))
-            .and_then(|v| v.trim().parse().ok());
-        if let Some(slice) = slice {
-            out.push((comm.trim().to_string(), slice));
-        }
-    }
-    out
+        .map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            (comm.trim().to_string(), t.path())
+        })
+        .collect()
+}
+
+/// The value of the `key` line of a /proc file made of `key: value` lines (spaces allowed
+/// before the colon, as in `sched`).
+fn proc_field(path: &std::path::Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
+/// A trust-auth proxy config with database `app` (transaction pooling) and `server` in place
+/// of the suite's `cores = 2` line.
+fn app_config(pg: &helios_testkit::PgCluster, prefix: &str, server: &str) -> String {
+    let db = fresh_db(pg, prefix);
+    let dbs = db_section("app", &db, "transaction", 4, "");
+    config(pg, TRUST, "", &dbs).replacen("cores = 2\n", server, 1)
 }
 
 #[test]
 fn shard_threads_run_with_the_configured_scheduler_slice() {
-    let own = std::fs::read_to_string("/proc/self/sched").unwrap_or_default();
-    if !own.lines().any(|l| l.starts_with("se.slice")) {
+    if proc_field(std::path::Path::new("/proc/self/sched"), "se.slice").is_none() {
         eprintln!("skipped: this kernel does not report se.slice (per-task slices need 6.12+)");
         return;
     }
     let pg = shared_pg();
-    let db = fresh_db(&pg, "slice");
-    let dbs = db_section("app", &db, "transaction", 2, "");
     for (setting, want) in [(250u64, Some(250_000u64)), (0, None)] {
-        let cfg = config(&pg, TRUST, "", &dbs).replacen(
-            "cores = 2\n",
-            &format!("cores = 2\nsched_slice_us = {setting}\n"),
-            1,
-        );
-        let proxy = start_proxy(&cfg, None);
-        let threads = thread_slices(proxy.pid());
+        let server = format!("cores = 2\nsched_slice_us = {setting}\n");
+        let proxy = start_proxy(&app_config(&pg, "slice", &server), None);
+        let threads: Vec<(String, u64)> = threads(proxy.pid())
+            .into_iter()
+            .filter_map(|(name, dir)| {
+                let slice = proc_field(&dir.join("sched"), "se.slice")?.parse().ok()?;
+                Some((name, slice))
+            })
+            .collect();
         let main = threads[0].1;
         for shard in 0..2 {
             let name = format!("shard-{shard}");
@@ -329,26 +337,14 @@ fn shard_threads_run_with_the_configured_scheduler_slice() {
 /// The CPUs each thread of `pid` named `shard-N…` may run on (its executor and glommio's helper
 /// threads inherit the same mask), by shard.
 fn shard_cpus(pid: u32, shards: usize) -> Vec<String> {
+    let threads = threads(pid);
     (0..shards)
         .map(|shard| {
-            let mut lists = Vec::new();
-            for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-                .unwrap()
-                .flatten()
-            {
-                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-                if !comm.starts_with(&format!("shard-{shard}")) {
-                    continue;
-                }
-                let status = std::fs::read_to_string(t.path().join("status")).unwrap();
-                let list = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                    .unwrap()
-                    .trim()
-                    .to_string();
-                lists.push(list);
-            }
+            let mut lists: Vec<String> = threads
+                .iter()
+                .filter(|(name, _)| name.starts_with(&format!("shard-{shard}")))
+                .map(|(_, dir)| proc_field(&dir.join("status"), "Cpus_allowed_list").unwrap())
+                .collect();
             lists.sort();
             lists.dedup();
             assert_eq!(
@@ -364,19 +360,14 @@ fn shard_cpus(pid: u32, shards: usize) -> Vec<String> {
 #[test]
 fn shards_own_a_cpu_each_or_share_them_when_fewer() {
     let cpus = std::thread::available_parallelism().unwrap().get();
-    let all = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Cpus_allowed_list:")
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap();
+    let all = proc_field(
+        std::path::Path::new("/proc/self/status"),
+        "Cpus_allowed_list",
+    )
+    .unwrap();
     let pg = shared_pg();
-    let db = fresh_db(&pg, "placement");
-    let dbs = db_section("app", &db, "transaction", 2, "");
     // The suite's two shards: one CPU each when the host has two, else every other CPU.
-    let proxy = start_proxy(&config(&pg, TRUST, "", &dbs), None);
+    let proxy = start_proxy(&app_config(&pg, "placement", "cores = 2\n"), None);
     let two = shard_cpus(proxy.pid(), 2);
     drop(proxy);
     if cpus >= 2 {
@@ -386,8 +377,7 @@ fn shards_own_a_cpu_each_or_share_them_when_fewer() {
         assert!(two.iter().all(|l| l.parse::<usize>().is_ok()), "{two:?}");
     }
     // One shard: anywhere.
-    let cfg = config(&pg, TRUST, "", &dbs).replacen("cores = 2\n", "cores = 1\n", 1);
-    let proxy = start_proxy(&cfg, None);
+    let proxy = start_proxy(&app_config(&pg, "placement", "cores = 1\n"), None);
     let one = shard_cpus(proxy.pid(), 1);
     assert_eq!(one, vec![all.clone()], "one shard on {cpus} CPUs ({all})");
 }
@@ -395,9 +385,7 @@ fn shards_own_a_cpu_each_or_share_them_when_fewer() {
 #[test]
 fn clients_are_spread_evenly_over_the_shards() {
     let pg = shared_pg();
-    let db = fresh_db(&pg, "spread");
-    let dbs = db_section("app", &db, "transaction", 4, "");
-    let proxy = start_proxy(&config(&pg, TRUST, "", &dbs), None);
+    let proxy = start_proxy(&app_config(&pg, "spread", "cores = 2\n"), None);
     let mut clients = Vec::new();
     let mut per_shard = [0usize; 2];
     for _ in 0..10 {
