@@ -90,6 +90,37 @@ impl Expect {
     }
 }
 
+/// Where a client message stands after its checks.
+enum Next {
+    /// Answered, refused or queued: nothing more to do.
+    Done,
+    /// Terminate.
+    Terminate,
+    /// It goes to a server: attach one, then finish it with [`Session::then`].
+    Server(Then),
+}
+
+/// The rest of a client message, once a server connection is attached.
+enum Then {
+    Query {
+        frame: Frame,
+        track: Option<SessionCommand>,
+    },
+    Parse(Frame),
+    Bind(Frame),
+    Describe(Frame),
+    Close(Frame),
+    Execute(Frame),
+    FunctionCall(Frame),
+}
+
+impl Then {
+    /// Whether a failure to attach is reported the extended protocol's way.
+    fn extended(&self) -> bool {
+        !matches!(self, Then::Query { .. } | Then::FunctionCall(_))
+    }
+}
+
 enum Event {
     Client(io::Result<usize>),
     Server(io::Result<usize>),
@@ -457,10 +488,24 @@ impl Session {
                             Ok(None) => break,
                             Err(e) => return End::Fatal(e.into()),
                         };
-                        match self.on_client(frame).await {
-                            Ok(true) => {}
-                            Ok(false) => return End::ClientGone,
+                        let then = match self.on_client(frame) {
+                            Ok(Next::Done) => continue,
+                            Ok(Next::Terminate) => return End::ClientGone,
+                            Ok(Next::Server(then)) => then,
                             Err(e) => return End::Fatal(e),
+                        };
+                        // The one wait of a client message: for a server connection. Its
+                        // future exists only while one is taken (the handlers are plain
+                        // functions, so no message builds and moves nested futures).
+                        if self.server.is_none() {
+                            match self.attach(then.extended()).await {
+                                Ok(true) => {}
+                                Ok(false) => continue,
+                                Err(e) => return End::Fatal(e),
+                            }
+                        }
+                        if let Err(e) = self.then(then) {
+                            return End::Fatal(e);
                         }
                     }
                     if let Some(end) = self.flush_server().await {
@@ -577,30 +622,22 @@ impl Session {
 
     // ---- client → server ----
 
-    /// Handles one client message. `Ok(false)`: the client terminated.
-    async fn on_client(&mut self, frame: Frame) -> Result<bool, ProxyError> {
+    /// Handles one client message up to the point where it needs a server connection (then
+    /// [`Session::then`] finishes it, once one is attached).
+    fn on_client(&mut self, frame: Frame) -> Result<Next, ProxyError> {
         if self.client_skip && frame.tag != b'S' && frame.tag != b'X' {
-            return Ok(true);
+            return Ok(Next::Done);
         }
         match frame.tag {
-            b'X' => return Ok(false),
-            b'Q' => self.on_query(frame).await?,
-            b'P' => self.on_parse(frame).await?,
-            b'B' => self.on_bind(frame).await?,
-            b'D' => self.on_describe(frame).await?,
-            b'C' => self.on_close(frame).await?,
+            b'X' => return Ok(Next::Terminate),
+            b'Q' => return self.on_query(frame),
+            b'P' => return self.on_parse(frame),
+            b'B' => return self.on_bind(frame),
+            b'D' => return self.on_describe(frame),
+            b'C' => return self.on_close(frame),
             b'E' => {
                 self.ext_open = true;
-                if self.attach(true).await? {
-                    self.forward(&frame);
-                    let track = if self.portal_cmds.is_empty() {
-                        None
-                    } else {
-                        let mut rest = frame.body();
-                        read_cstr(&mut rest).and_then(|p| self.portal_cmds.get(p).cloned())
-                    };
-                    self.push(Expect::Execute { track });
-                }
+                return Ok(Next::Server(Then::Execute(frame)));
             }
             b'S' => self.on_sync(frame),
             b'H' => {
@@ -616,13 +653,10 @@ impl Session {
                         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                     let desc = format!("FUNCTION CALL {}", oid.unwrap_or(0));
                     if self.run_hooks(&desc, false).is_none() {
-                        return Ok(true);
+                        return Ok(Next::Done);
                     }
                 }
-                if self.attach(false).await? {
-                    self.forward(&frame);
-                    self.push(Expect::FunctionCall);
-                }
+                return Ok(Next::Server(Then::FunctionCall(frame)));
             }
             b'd' | b'c' | b'f' => {
                 // COPY data goes to the server the COPY runs on; outside a COPY there is none.
@@ -640,7 +674,39 @@ impl Session {
                 )))
             }
         }
-        Ok(true)
+        Ok(Next::Done)
+    }
+
+    /// Finishes a client message on the attached server connection.
+    fn then(&mut self, then: Then) -> Result<(), ProxyError> {
+        match then {
+            Then::Query { frame, track } => {
+                self.forward(&frame);
+                self.push(Expect::Query { track });
+            }
+            Then::Parse(frame) => self.parse_on_server(frame)?,
+            Then::Bind(frame) => self.bind_on_server(frame)?,
+            Then::Describe(frame) => self.describe_on_server(frame)?,
+            Then::Close(frame) => {
+                self.forward(&frame);
+                self.push(Expect::Close { swallow: false });
+            }
+            Then::Execute(frame) => {
+                self.forward(&frame);
+                let track = if self.portal_cmds.is_empty() {
+                    None
+                } else {
+                    let mut rest = frame.body();
+                    read_cstr(&mut rest).and_then(|p| self.portal_cmds.get(p).cloned())
+                };
+                self.push(Expect::Execute { track });
+            }
+            Then::FunctionCall(frame) => {
+                self.forward(&frame);
+                self.push(Expect::FunctionCall);
+            }
+        }
+        Ok(())
     }
 
     fn forward(&mut self, frame: &Frame) {
@@ -805,13 +871,13 @@ impl Session {
         }
     }
 
-    async fn on_query(&mut self, mut frame: Frame) -> Result<(), ProxyError> {
+    fn on_query(&mut self, mut frame: Frame) -> Result<Next, ProxyError> {
         if Hooks::active(&self.shard) {
             let body = frame.body();
             let sql =
                 String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body)).into_owned();
             match self.run_hooks(&sql, false) {
-                None => return Ok(()),
+                None => return Ok(Next::Done),
                 Some(Some(rewritten)) => {
                     let mut b = BytesMut::new();
                     put_query(&mut b, &rewritten);
@@ -833,31 +899,27 @@ impl Session {
                     ProxyError::error(SqlState::FEATURE_NOT_SUPPORTED, Blame::Client, msg),
                     false,
                 );
-                return Ok(());
+                return Ok(Next::Done);
             }
             match sql::session_command(sql_text) {
                 Some(SessionCommand::Deallocate { name }) => {
                     if self.statements.remove(name.as_bytes()).is_some() {
                         self.respond_locally("DEALLOCATE");
-                        return Ok(());
+                        return Ok(Next::Done);
                     }
                 }
                 Some(SessionCommand::DeallocateAll) => {
                     self.statements.clear();
                     self.respond_locally("DEALLOCATE ALL");
-                    return Ok(());
+                    return Ok(Next::Done);
                 }
                 other => track = other,
             }
         }
-        if self.attach(false).await? {
-            self.forward(&frame);
-            self.push(Expect::Query { track });
-        }
-        Ok(())
+        Ok(Next::Server(Then::Query { frame, track }))
     }
 
-    async fn on_parse(&mut self, mut frame: Frame) -> Result<(), ProxyError> {
+    fn on_parse(&mut self, mut frame: Frame) -> Result<Next, ProxyError> {
         self.ext_open = true;
         if Hooks::active(&self.shard) {
             // Parse carries the SQL: a statement refused here is never prepared, so no later
@@ -869,7 +931,7 @@ impl Session {
                 read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
             let sql = String::from_utf8_lossy(query).into_owned();
             match self.run_hooks(&sql, true) {
-                None => return Ok(()),
+                None => return Ok(Next::Done),
                 Some(Some(rewritten)) => {
                     let mut b = BytesMut::new();
                     put_msg(&mut b, b'P', |b| {
@@ -896,7 +958,7 @@ impl Session {
                     ProxyError::error(SqlState::FEATURE_NOT_SUPPORTED, Blame::Client, msg),
                     true,
                 );
-                return Ok(());
+                return Ok(Next::Done);
             }
             if !name.is_empty() && self.statements.contains_key(name) {
                 self.reject(
@@ -910,7 +972,7 @@ impl Session {
                     ),
                     true,
                 );
-                return Ok(());
+                return Ok(Next::Done);
             }
             match sql::session_command(text) {
                 Some(cmd) => {
@@ -943,11 +1005,15 @@ impl Session {
                 None => {}
             }
             self.client.queue().extend_from_slice(PARSE_COMPLETE);
-            return Ok(());
+            return Ok(Next::Done);
         }
-        if !self.attach(true).await? {
-            return Ok(());
-        }
+        Ok(Next::Server(Then::Parse(frame)))
+    }
+
+    fn parse_on_server(&mut self, frame: Frame) -> Result<(), ProxyError> {
+        let mut rest = frame.body();
+        let name = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
+        let after_name = rest;
         if name.is_empty() || self.mode == PoolMode::Session {
             self.forward(&frame);
             self.push(Expect::Parse {
@@ -1031,7 +1097,7 @@ impl Session {
         }
     }
 
-    async fn on_bind(&mut self, frame: Frame) -> Result<(), ProxyError> {
+    fn on_bind(&mut self, frame: Frame) -> Result<Next, ProxyError> {
         self.ext_open = true;
         let mut rest = frame.body();
         let portal = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Bind"))?;
@@ -1047,9 +1113,13 @@ impl Session {
             }
         }
         self.route_for_statement(name);
-        if !self.attach(true).await? {
-            return Ok(());
-        }
+        Ok(Next::Server(Then::Bind(frame)))
+    }
+
+    fn bind_on_server(&mut self, frame: Frame) -> Result<(), ProxyError> {
+        let mut rest = frame.body();
+        let portal = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Bind"))?;
+        let name = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Bind"))?;
         if name.is_empty() || self.mode == PoolMode::Session {
             self.forward(&frame);
         } else {
@@ -1069,7 +1139,7 @@ impl Session {
         Ok(())
     }
 
-    async fn on_describe(&mut self, frame: Frame) -> Result<(), ProxyError> {
+    fn on_describe(&mut self, frame: Frame) -> Result<Next, ProxyError> {
         self.ext_open = true;
         let mut rest = frame.body();
         let kind = *rest
@@ -1081,9 +1151,17 @@ impl Session {
         if kind == b'S' {
             self.route_for_statement(name);
         }
-        if !self.attach(true).await? {
-            return Ok(());
-        }
+        Ok(Next::Server(Then::Describe(frame)))
+    }
+
+    fn describe_on_server(&mut self, frame: Frame) -> Result<(), ProxyError> {
+        let mut rest = frame.body();
+        let kind = *rest
+            .first()
+            .ok_or_else(|| ProxyError::protocol("malformed Describe"))?;
+        rest = &rest[1..];
+        let name =
+            read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Describe"))?;
         if kind != b'S' || name.is_empty() || self.mode == PoolMode::Session {
             self.forward(&frame);
         } else {
@@ -1101,7 +1179,7 @@ impl Session {
         Ok(())
     }
 
-    async fn on_close(&mut self, frame: Frame) -> Result<(), ProxyError> {
+    fn on_close(&mut self, frame: Frame) -> Result<Next, ProxyError> {
         self.ext_open = true;
         let mut rest = frame.body();
         let kind = *rest
@@ -1119,13 +1197,9 @@ impl Session {
             } else {
                 self.client.queue().extend_from_slice(CLOSE_COMPLETE);
             }
-            return Ok(());
+            return Ok(Next::Done);
         }
-        if self.attach(true).await? {
-            self.forward(&frame);
-            self.push(Expect::Close { swallow: false });
-        }
-        Ok(())
+        Ok(Next::Server(Then::Close(frame)))
     }
 
     fn on_sync(&mut self, frame: Frame) {
