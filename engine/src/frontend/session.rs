@@ -924,11 +924,7 @@ impl Session {
         if Hooks::active(&self.shard) {
             // Parse carries the SQL: a statement refused here is never prepared, so no later
             // Bind/Execute can run it; a rewrite is what gets prepared and executed.
-            let mut rest = frame.body();
-            let name =
-                read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
-            let query =
-                read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
+            let ([name, query], rest) = read_cstrs(frame.body(), "Parse")?;
             let sql = String::from_utf8_lossy(query).into_owned();
             match self.run_hooks(&sql, true) {
                 None => return Ok(Next::Done),
@@ -947,10 +943,8 @@ impl Session {
                 Some(None) => {}
             }
         }
-        let mut rest = frame.body();
-        let name = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
-        let after_name = rest;
-        let query = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
+        let ([name], after_name) = read_cstrs(frame.body(), "Parse")?;
+        let ([query], _) = read_cstrs(after_name, "Parse")?;
         if self.mode == PoolMode::Transaction {
             let text = std::str::from_utf8(query).unwrap_or("");
             if let Some(msg) = sql::transaction_mode_unsupported(text) {
@@ -1011,9 +1005,7 @@ impl Session {
     }
 
     fn parse_on_server(&mut self, frame: Frame) -> Result<(), ProxyError> {
-        let mut rest = frame.body();
-        let name = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Parse"))?;
-        let after_name = rest;
+        let ([name], after_name) = read_cstrs(frame.body(), "Parse")?;
         if name.is_empty() || self.mode == PoolMode::Session {
             self.forward(&frame);
             self.push(Expect::Parse {
@@ -1099,9 +1091,7 @@ impl Session {
 
     fn on_bind(&mut self, frame: Frame) -> Result<Next, ProxyError> {
         self.ext_open = true;
-        let mut rest = frame.body();
-        let portal = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Bind"))?;
-        let name = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Bind"))?;
+        let ([portal, name], _) = read_cstrs(frame.body(), "Bind")?;
         if !self.stmt_cmds.is_empty() || !self.portal_cmds.is_empty() {
             match self.stmt_cmds.get(name).cloned() {
                 Some(cmd) => {
@@ -1117,9 +1107,7 @@ impl Session {
     }
 
     fn bind_on_server(&mut self, frame: Frame) -> Result<(), ProxyError> {
-        let mut rest = frame.body();
-        let portal = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Bind"))?;
-        let name = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Bind"))?;
+        let ([portal, name], rest) = read_cstrs(frame.body(), "Bind")?;
         if name.is_empty() || self.mode == PoolMode::Session {
             self.forward(&frame);
         } else {
@@ -1141,13 +1129,7 @@ impl Session {
 
     fn on_describe(&mut self, frame: Frame) -> Result<Next, ProxyError> {
         self.ext_open = true;
-        let mut rest = frame.body();
-        let kind = *rest
-            .first()
-            .ok_or_else(|| ProxyError::protocol("malformed Describe"))?;
-        rest = &rest[1..];
-        let name =
-            read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Describe"))?;
+        let (kind, name) = kind_and_name(frame.body(), "Describe")?;
         if kind == b'S' {
             self.route_for_statement(name);
         }
@@ -1155,13 +1137,7 @@ impl Session {
     }
 
     fn describe_on_server(&mut self, frame: Frame) -> Result<(), ProxyError> {
-        let mut rest = frame.body();
-        let kind = *rest
-            .first()
-            .ok_or_else(|| ProxyError::protocol("malformed Describe"))?;
-        rest = &rest[1..];
-        let name =
-            read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Describe"))?;
+        let (kind, name) = kind_and_name(frame.body(), "Describe")?;
         if kind != b'S' || name.is_empty() || self.mode == PoolMode::Session {
             self.forward(&frame);
         } else {
@@ -1181,12 +1157,7 @@ impl Session {
 
     fn on_close(&mut self, frame: Frame) -> Result<Next, ProxyError> {
         self.ext_open = true;
-        let mut rest = frame.body();
-        let kind = *rest
-            .first()
-            .ok_or_else(|| ProxyError::protocol("malformed Close"))?;
-        rest = &rest[1..];
-        let name = read_cstr(&mut rest).ok_or_else(|| ProxyError::protocol("malformed Close"))?;
+        let (kind, name) = kind_and_name(frame.body(), "Close")?;
         if kind == b'S' && !name.is_empty() && self.mode == PoolMode::Transaction {
             // The statement stays prepared on server connections (other clients may share it);
             // only this client's name goes.
@@ -1555,6 +1526,30 @@ impl Session {
 
 /// Session mode: a released server connection is reset with DISCARD ALL before anyone else
 /// gets it; one that does not answer cleanly is closed.
+/// The NUL-terminated strings a message body starts with, and what follows them. A body cut
+/// short is a protocol violation naming the message. (Bind, Describe and Parse are read in their
+/// checks and again when sent: a few bytes each, already in cache.)
+fn read_cstrs<'a, const N: usize>(
+    mut body: &'a [u8],
+    message: &str,
+) -> Result<([&'a [u8]; N], &'a [u8]), ProxyError> {
+    let mut out = [&[][..]; N];
+    for s in &mut out {
+        *s = read_cstr(&mut body)
+            .ok_or_else(|| ProxyError::protocol(format!("malformed {message}")))?;
+    }
+    Ok((out, body))
+}
+
+/// Describe's and Close's body: a kind byte (`S`tatement or `P`ortal) and a name.
+fn kind_and_name<'a>(body: &'a [u8], message: &str) -> Result<(u8, &'a [u8]), ProxyError> {
+    let (&kind, rest) = body
+        .split_first()
+        .ok_or_else(|| ProxyError::protocol(format!("malformed {message}")))?;
+    let ([name], _) = read_cstrs(rest, message)?;
+    Ok((kind, name))
+}
+
 async fn reset_and_release(pool: Rc<Pool>, mut s: ServerConn) {
     put_query(s.conn.queue(), "DISCARD ALL");
     let ok = glommio::timer::timeout(Duration::from_secs(5), async {
