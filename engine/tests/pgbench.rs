@@ -10,6 +10,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::*;
 use helios_testkit::proxy::Proxy;
@@ -22,20 +23,104 @@ fn seconds() -> u64 {
         .unwrap_or(10)
 }
 
-fn pgbench(args: &[&str], url: &str) -> (String, String) {
-    let out = Command::new("pgbench")
+/// Runs pgbench to completion, or fails after `seconds() + 120` s with what the proxy, its
+/// threads, its sockets and the server were doing (a stuck run must fail with evidence, not
+/// hang the suite).
+fn pgbench(args: &[&str], url: &str, proxy: &Proxy, pg: &PgCluster, db: &str) -> (String, String) {
+    let dir = proxy.dir();
+    let (out_path, err_path) = (dir.join("pgbench.out"), dir.join("pgbench.err"));
+    let mut child = Command::new("pgbench")
         .args(args)
         .arg(url)
-        .output()
+        .stdout(std::fs::File::create(&out_path).expect("pgbench.out"))
+        .stderr(std::fs::File::create(&err_path).expect("pgbench.err"))
+        .spawn()
         .expect("run pgbench");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let deadline = Instant::now() + Duration::from_secs(seconds() + 120);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for pgbench") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let report = stuck_report(proxy, pg, db);
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "pgbench {args:?} still running after {} s:\n{report}\npgbench stderr:\n{}",
+                seconds() + 120,
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     assert!(
-        out.status.success(),
-        "pgbench {args:?} exited with {}:\n{stdout}\n{stderr}",
-        out.status
+        status.success(),
+        "pgbench {args:?} exited with {status}:\n{stdout}\n{stderr}"
     );
     (stdout, stderr)
+}
+
+/// What a stuck run looks like from outside: whether every shard still reports (the admin
+/// API's snapshot age), the sessions' states, each proxy thread's scheduler state and kernel
+/// wait, the proxy's sockets with their queues, and what the backends wait for.
+fn stuck_report(proxy: &Proxy, pg: &PgCluster, db: &str) -> String {
+    let pid = proxy.pid();
+    let mut r = String::new();
+    for target in ["/health", "/clients"] {
+        let body = match http(proxy.admin_port(), "GET", target, None) {
+            Ok((_, _, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
+                // One line per client: id, shard, state.
+                Ok(v) if target == "/clients" => v["clients"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| format!("{} shard {} {}; ", c["id"], c["shard"], c["state"]))
+                    .collect(),
+                _ => body,
+            },
+            Err(e) => format!("error: {e}"),
+        };
+        r += &format!("GET {target}: {body}\n");
+    }
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let p = t.path();
+            let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+            let stat = read("stat");
+            // The state is the field after the parenthesised name.
+            let state = stat.rsplit_once(')').map(|(_, s)| s.trim()).unwrap_or("");
+            let state = state.split(' ').next().unwrap_or("?");
+            r += &format!(
+                "thread {} {}: state {state}, wchan {}\n{}",
+                t.file_name().to_string_lossy(),
+                read("comm").trim(),
+                read("wchan"),
+                read("stack")
+            );
+        }
+    }
+    if let Ok(out) = Command::new("ss").args(["-tnp"]).output() {
+        let needle = format!("pid={pid},");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.contains(&needle) {
+                r += &format!("socket: {line}\n");
+            }
+        }
+    }
+    r += &format!(
+        "backends:\n{}\n",
+        pg.psql(
+            "postgres",
+            &format!(
+                "select string_agg(pid || ' ' || state || ' ' || coalesce(wait_event, '-') \
+                 || ' ' || left(query, 60), E'\\n') from pg_stat_activity where datname = '{db}'"
+            ),
+        )
+        .unwrap_or_else(|e| format!("{e:#}"))
+    );
+    r
 }
 
 /// sum(abalance), sum(tbalance), sum(bbalance) and sum(delta) of the history, read directly.
@@ -91,7 +176,7 @@ fn run_all_modes(pool_mode: &str, pool_size: usize) {
         None,
     );
     let url = proxy.url(SUPERUSER, "", "bench");
-    pgbench(&["-i", "-s", "1", "-q"], &url);
+    pgbench(&["-i", "-s", "1", "-q"], &url, &proxy, &pg, &db);
     let accounts = pg
         .psql(&db, "select count(*) from pgbench_accounts")
         .unwrap();
@@ -99,7 +184,13 @@ fn run_all_modes(pool_mode: &str, pool_size: usize) {
     let secs = seconds().to_string();
     for mode in ["simple", "extended", "prepared"] {
         let before = sums(&pg, &db);
-        let (out, err) = pgbench(&["-M", mode, "-c", "20", "-j", "2", "-T", &secs], &url);
+        let (out, err) = pgbench(
+            &["-M", mode, "-c", "20", "-j", "2", "-T", &secs],
+            &url,
+            &proxy,
+            &pg,
+            &db,
+        );
         let what = format!("{pool_mode} pooling, -M {mode}");
         assert!(
             out.lines()
