@@ -13,9 +13,10 @@ use helios_config::{Config, Userlist};
 
 use crate::shard::{log_budget, run_shard, RuntimeConfig, Shard, ShardMsg, Shared};
 
+/// How often glommio takes its loop back from a busy run queue (see the executor builder).
+const PREEMPT_EVERY: Duration = Duration::from_millis(1);
 /// glommio's registered I/O buffer memory per executor. The proxy does no file I/O, so it is
 /// kept small: it counts against RLIMIT_MEMLOCK together with the rings.
-const PREEMPT_EVERY: Duration = Duration::from_millis(1);
 const IO_MEMORY: usize = 256 * 1024;
 /// What each executor locks beyond IO_MEMORY (its three rings), measured: ≥ 512 KiB.
 const RING_MEMLOCK: u64 = 768 * 1024;
