@@ -168,6 +168,12 @@ pub struct ServerConfig {
     /// in fewer, larger batches. 0: the kernel's default. Otherwise 100 to 100000.
     #[serde(default = "default_sched_slice_us")]
     pub sched_slice_us: u32,
+    /// Bind each shard thread to its CPU(s) (see `cores`). `false`: shards run wherever the
+    /// kernel puts them — on a host where other busy processes share the CPUs, a pinned shard
+    /// cannot move off a CPU they hold and its clients wait (measured in docs/io-uring.md,
+    /// session 7).
+    #[serde(default = "default_true")]
+    pub pin_shards: bool,
     /// How long SIGTERM waits for running transactions before closing every connection.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
@@ -179,6 +185,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             cores: Cores::Auto,
             sched_slice_us: default_sched_slice_us(),
+            pin_shards: true,
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
         }
     }
@@ -189,6 +196,9 @@ fn default_listen() -> Vec<String> {
 }
 fn default_sched_slice_us() -> u32 {
     100
+}
+fn default_true() -> bool {
+    true
 }
 fn default_shutdown_timeout_ms() -> u64 {
     30_000

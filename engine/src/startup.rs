@@ -156,9 +156,16 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             cpus.len()
         );
     }
+    if !rt.config.server.pin_shards {
+        log::info!("shards are not bound to CPUs (server.pin_shards = false)");
+    }
     let (events_tx, events) = crossbeam_channel::unbounded();
     for (i, rx) in receivers.into_iter().enumerate() {
-        let placement = shard_placement(i, shards, &cpus);
+        let placement = if rt.config.server.pin_shards {
+            shard_placement(i, shards, &cpus)
+        } else {
+            Placement::Unbound
+        };
         let shared = shared.clone();
         let doorbell = doorbells[i].clone();
         let rt = rt.clone();
@@ -343,9 +350,10 @@ fn warn_restart_only(old: &Config, new: &Config) {
     if old.server.listen != new.server.listen
         || old.server.cores != new.server.cores
         || old.server.sched_slice_us != new.server.sched_slice_us
+        || old.server.pin_shards != new.server.pin_shards
     {
         log::warn!(
-            "server.listen / server.cores / server.sched_slice_us changed: they apply at the next restart"
+            "server.listen / server.cores / server.sched_slice_us / server.pin_shards changed: they apply at the next restart"
         );
     }
     if old.limits.max_message_size_bytes != new.limits.max_message_size_bytes

@@ -1,7 +1,8 @@
 //! Signals: SIGHUP reloads users and pool sizes without touching open connections; SIGTERM
 //! stops accepting, lets open transactions finish within the shutdown timeout, and exits 0.
 //! Threads: shard threads run with the scheduler slice `server.sched_slice_us` asks for, each on
-//! its own CPU, or on its share of the CPUs when there are fewer shards than CPUs; clients are
+//! its own CPU, or on its share of the CPUs when there are fewer shards than CPUs, or anywhere
+//! with `server.pin_shards = false`; clients are
 //! spread evenly over the shards whichever listener the kernel hands them to.
 
 mod common;
@@ -380,6 +381,18 @@ fn shards_own_a_cpu_each_or_share_them_when_fewer() {
     let proxy = start_proxy(&app_config(&pg, "placement", "cores = 1\n"), None);
     let one = shard_cpus(proxy.pid(), 1);
     assert_eq!(one, vec![all.clone()], "one shard on {cpus} CPUs ({all})");
+    drop(proxy);
+    // Not pinned: every shard may run on every CPU.
+    let proxy = start_proxy(
+        &app_config(&pg, "placement", "cores = 2\npin_shards = false\n"),
+        None,
+    );
+    let unpinned = shard_cpus(proxy.pid(), 2);
+    assert_eq!(
+        unpinned,
+        vec![all.clone(), all.clone()],
+        "pin_shards = false on {cpus} CPUs ({all})"
+    );
 }
 
 #[test]
