@@ -36,7 +36,8 @@ fn pgbench(args: &[&str], url: &str, proxy: &Proxy, pg: &PgCluster, db: &str) ->
         .stderr(std::fs::File::create(&err_path).expect("pgbench.err"))
         .spawn()
         .expect("run pgbench");
-    let deadline = Instant::now() + Duration::from_secs(seconds() + 120);
+    let limit = Duration::from_secs(seconds() + 120);
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait for pgbench") {
             break st;
@@ -46,8 +47,7 @@ fn pgbench(args: &[&str], url: &str, proxy: &Proxy, pg: &PgCluster, db: &str) ->
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "pgbench {args:?} still running after {} s:\n{report}\npgbench stderr:\n{}",
-                seconds() + 120,
+                "pgbench {args:?} still running after {limit:?}:\n{report}\npgbench stderr:\n{}",
                 std::fs::read_to_string(&err_path).unwrap_or_default()
             );
         }
