@@ -185,7 +185,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             cores: Cores::Auto,
             sched_slice_us: default_sched_slice_us(),
-            pin_shards: true,
+            pin_shards: default_true(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
         }
     }

@@ -146,9 +146,16 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             })?;
     }
     let rt = Arc::new(rt);
-    let mut cpus: Vec<usize> = CpuSet::online()
-        .map(|s| s.into_iter().map(|l| l.cpu).collect())
-        .unwrap_or_default();
+    // The CPUs the shards are bound to: none when `server.pin_shards = false` (every shard is
+    // then unbound, see `shard_placement`).
+    let mut cpus: Vec<usize> = if rt.config.server.pin_shards {
+        CpuSet::online()
+            .map(|s| s.into_iter().map(|l| l.cpu).collect())
+            .unwrap_or_default()
+    } else {
+        log::info!("shards are not bound to CPUs (server.pin_shards = false)");
+        Vec::new()
+    };
     cpus.sort_unstable();
     if !cpus.is_empty() && shards > cpus.len() {
         log::warn!(
@@ -156,16 +163,9 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             cpus.len()
         );
     }
-    if !rt.config.server.pin_shards {
-        log::info!("shards are not bound to CPUs (server.pin_shards = false)");
-    }
     let (events_tx, events) = crossbeam_channel::unbounded();
     for (i, rx) in receivers.into_iter().enumerate() {
-        let placement = if rt.config.server.pin_shards {
-            shard_placement(i, shards, &cpus)
-        } else {
-            Placement::Unbound
-        };
+        let placement = shard_placement(i, shards, &cpus);
         let shared = shared.clone();
         let doorbell = doorbells[i].clone();
         let rt = rt.clone();
@@ -436,7 +436,7 @@ fn request_sched_slice(shard: usize, us: u32) {
 /// as CPUs (round robin beyond that); with fewer shards, on its share of the CPUs (every
 /// `shards`-th), so that one shard on a two-CPU host can run wherever the scheduler finds room
 /// instead of waiting behind the backends on CPU 0 while CPU 1 idles (measured: docs/io-uring.md,
-/// session 5).
+/// session 5). With no CPUs given (not pinned, or the list is unknown) it runs anywhere.
 fn shard_placement(i: usize, shards: usize, cpus: &[usize]) -> Placement {
     if cpus.is_empty() {
         return Placement::Unbound;

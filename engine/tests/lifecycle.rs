@@ -2,8 +2,8 @@
 //! stops accepting, lets open transactions finish within the shutdown timeout, and exits 0.
 //! Threads: shard threads run with the scheduler slice `server.sched_slice_us` asks for, each on
 //! its own CPU, or on its share of the CPUs when there are fewer shards than CPUs, or anywhere
-//! with `server.pin_shards = false`; clients are
-//! spread evenly over the shards whichever listener the kernel hands them to.
+//! with `server.pin_shards = false`; clients are spread evenly over the shards whichever
+//! listener the kernel hands them to.
 
 mod common;
 
@@ -263,28 +263,6 @@ fn sigterm_does_not_wait_for_an_idle_session_that_ran_an_extended_copy() {
         "an idle session held the drain for {:?} (shutdown_timeout_ms = 5000)",
         sent.elapsed()
     );
-}
-
-/// `(name, /proc directory)` of each thread of `pid`.
-fn threads(pid: u32) -> Vec<(String, std::path::PathBuf)> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .map(|t| {
-            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            (comm.trim().to_string(), t.path())
-        })
-        .collect()
-}
-
-/// The value of the `key` line of a /proc file made of `key: value` lines (spaces allowed
-/// before the colon, as in `sched`).
-fn proc_field(path: &std::path::Path, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k.trim() == key).then(|| v.trim().to_string())
-    })
 }
 
 /// A trust-auth proxy config with database `app` (transaction pooling) and `server` in place

@@ -84,22 +84,15 @@ fn stuck_report(proxy: &Proxy, pg: &PgCluster, db: &str) -> String {
         };
         r += &format!("GET {target}: {body}\n");
     }
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let p = t.path();
-            let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
-            let stat = read("stat");
-            // The state is the field after the parenthesised name.
-            let state = stat.rsplit_once(')').map(|(_, s)| s.trim()).unwrap_or("");
-            let state = state.split(' ').next().unwrap_or("?");
-            r += &format!(
-                "thread {} {}: state {state}, wchan {}\n{}",
-                t.file_name().to_string_lossy(),
-                read("comm").trim(),
-                read("wchan"),
-                read("stack")
-            );
-        }
+    for (name, dir) in threads(pid) {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        r += &format!(
+            "thread {} {name}: state {}, wchan {}\n{}",
+            dir.file_name().unwrap_or_default().to_string_lossy(),
+            proc_field(&dir.join("status"), "State").unwrap_or_default(),
+            read("wchan"),
+            read("stack")
+        );
     }
     if let Ok(out) = Command::new("ss").args(["-tnp"]).output() {
         let needle = format!("pid={pid},");

@@ -1524,8 +1524,6 @@ impl Session {
     }
 }
 
-/// Session mode: a released server connection is reset with DISCARD ALL before anyone else
-/// gets it; one that does not answer cleanly is closed.
 /// The NUL-terminated strings a message body starts with, and what follows them. A body cut
 /// short is a protocol violation naming the message. (Bind, Describe and Parse are read in their
 /// checks and again when sent: a few bytes each, already in cache.)
@@ -1550,6 +1548,8 @@ fn kind_and_name<'a>(body: &'a [u8], message: &str) -> Result<(u8, &'a [u8]), Pr
     Ok((kind, name))
 }
 
+/// Session mode: a released server connection is reset with DISCARD ALL before anyone else
+/// gets it; one that does not answer cleanly is closed.
 async fn reset_and_release(pool: Rc<Pool>, mut s: ServerConn) {
     put_query(s.conn.queue(), "DISCARD ALL");
     let ok = glommio::timer::timeout(Duration::from_secs(5), async {

@@ -513,6 +513,29 @@ pub fn admin_json(port: u16, target: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {target}: {e}: {body}"))
 }
 
+/// `(name, /proc directory)` of each thread of `pid` (none once it has exited).
+pub fn threads(pid: u32) -> Vec<(String, std::path::PathBuf)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            (comm.trim().to_string(), t.path())
+        })
+        .collect()
+}
+
+/// The value of the `key` line of a /proc file made of `key: value` lines (spaces allowed
+/// before the colon, as in `sched`).
+pub fn proc_field(path: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
 /// Resident set size of a process in KiB (`VmRSS` of /proc/PID/status).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
