@@ -1,4 +1,4 @@
-//! SQL classification on the hot path: `helios_engine::frontend::sql::session_command` (is
+//! SQL classification on the hot path: `helios_engine::sql::session_command` (is
 //! this a SET/RESET/DEALLOCATE/DISCARD to track?) and `transaction_mode_unsupported` (LISTEN,
 //! session advisory locks, WITH HOLD cursors), both run on every simple Query and every Parse
 //! in transaction mode.
@@ -8,7 +8,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use helios_benches::{PGBENCH_SELECT, PGBENCH_TPCB};
-use helios_engine::frontend::sql::{session_command, transaction_mode_unsupported};
+use helios_engine::sql::{session_command, transaction_mode_unsupported};
 use std::time::Duration;
 
 /// Medians:

@@ -68,7 +68,7 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     let (rt, path) = match (&cli.config, &cli.upstream) {
         (Some(path), None) => (
-            helios_engine::startup::load_runtime(path, cli.cores)?,
+            helios_engine::runtime::load_runtime(path, cli.cores)?,
             Some(path.clone()),
         ),
         (None, Some(url)) => (quick_start(&cli, url)?, None),
@@ -88,7 +88,7 @@ fn real_main() -> Result<()> {
         );
         return Ok(());
     }
-    helios_engine::startup::run(rt, path)
+    helios_engine::runtime::run(rt, path)
 }
 
 /// Builds the configuration for `--upstream`: one node, one database, one user who is both the

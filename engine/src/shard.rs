@@ -16,13 +16,12 @@ use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use bytes::{BufMut, Bytes, BytesMut};
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use glommio::net::TcpListener;
-use helios_config::{AuthMethod, Config, IoBackend, PoolMode, Secret, Userlist};
+use crossbeam_channel::Sender;
+use helios_config::{AuthMethod, Config, Secret, Userlist};
 
+use crate::auth::ScramKeys;
 use crate::backend::pool::{Pool, PoolSettings};
 use crate::backend::server::{BackendKey, ServerTarget};
-use crate::frontend::auth::ScramKeys;
 use crate::net::codec::{put_cstr, put_msg};
 
 /// What every shard reads: the configuration as loaded (replaced whole on reload).
@@ -147,7 +146,7 @@ impl Shared {
     /// The shard with the fewest clients if it has fewer than `from` (the kernel spreads
     /// connections over the shards' listeners by a hash of their addresses, which leaves one
     /// shard with noticeably more clients than another, and with them its share of the pool).
-    fn lighter_than(&self, from: usize) -> Option<usize> {
+    pub fn lighter_than(&self, from: usize) -> Option<usize> {
         let mine = self.sessions[from].load(Ordering::Relaxed);
         let (to, least) = self
             .sessions
@@ -309,7 +308,7 @@ pub struct Shard {
     /// This shard's plugin instances (`[plugins] enabled`).
     pub plugins: RefCell<Option<helios_plugin_host::ShardPlugins>>,
     /// Tables / read-only verdicts per statement fingerprint, for plugin inputs.
-    pub analysis: RefCell<crate::frontend::analyze::AnalysisCache>,
+    pub analysis: RefCell<crate::sql::analyze::AnalysisCache>,
     /// Request ids for plugin hooks (the shard id is in the top bits).
     pub request_seq: Cell<u64>,
     /// Clients' start-up session settings, shared between clients that sent the same ones:
@@ -318,7 +317,7 @@ pub struct Shard {
 }
 
 /// Session parameters by name, values quoted as SQL literals.
-pub type ParamMap = std::collections::BTreeMap<String, String>;
+pub use crate::backend::server::ParamMap;
 
 /// Distinct start-up settings kept for sharing; more only cost a full comparison per checkout.
 const MAX_PARAM_SETS: usize = 64;
@@ -505,230 +504,4 @@ async fn send_cancel(key: BackendKey) -> std::io::Result<()> {
     let mut buf = [0u8; 1];
     let _ = futures_lite::AsyncReadExt::read(&mut s, &mut buf).await;
     Ok(())
-}
-
-/// Runs one shard until shutdown completes.
-pub async fn run_shard(
-    shard: Rc<Shard>,
-    inbox: Receiver<ShardMsg>,
-    doorbell: Arc<AtomicWaker>,
-    plugins: Option<helios_plugin_host::PluginRuntime>,
-    on_ready: impl FnOnce(),
-) {
-    let cfg = shard.config();
-    if let Some(rt) = plugins {
-        // Instances are created here, on the shard's own thread, and never leave it.
-        *shard.plugins.borrow_mut() = Some(rt.shard(shard.id));
-    }
-    if cfg.config.io.backend == IoBackend::Uring {
-        match start_ring(&cfg.config.io, cfg.shards) {
-            Ok(ring) => {
-                ring.spawn_driver();
-                *shard.ring.borrow_mut() = Some(ring);
-            }
-            Err(e) => {
-                if shard.id == 0 {
-                    log::warn!("io_uring ring unavailable ({e}); using glommio's sockets instead");
-                }
-            }
-        }
-    }
-    let mut listeners = Vec::new();
-    for addr in &cfg.config.server.listen {
-        match TcpListener::bind(addr.as_str()) {
-            Ok(l) => listeners.push(l),
-            Err(e) => {
-                log::error!("shard {}: cannot listen on {addr}: {e}", shard.id);
-                std::process::exit(1);
-            }
-        }
-    }
-    for l in listeners {
-        let s = shard.clone();
-        glommio::spawn_local(accept_loop(s, l)).detach();
-    }
-    on_ready();
-    glommio::spawn_local(maintenance_loop(shard.clone())).detach();
-    glommio::spawn_local(crate::report::reporter(
-        shard.clone(),
-        shard.shared.snapshots.clone(),
-        shard.shared.snapshot_interval,
-    ))
-    .detach();
-
-    // The control loop: the shard's inbox, woken by its doorbell.
-    loop {
-        let msg = std::future::poll_fn(|cx| {
-            doorbell.register(cx.waker());
-            match inbox.try_recv() {
-                Ok(m) => Poll::Ready(Some(m)),
-                Err(TryRecvError::Empty) => Poll::Pending,
-                Err(TryRecvError::Disconnected) => Poll::Ready(None),
-            }
-        })
-        .await;
-        match msg {
-            Some(ShardMsg::Cancel { pid, secret }) => shard.cancel_local(pid, secret),
-            Some(ShardMsg::Reload(cfg)) => shard.reload(cfg),
-            Some(ShardMsg::ResetHistograms) => shard.stats.reset_histograms(),
-            Some(ShardMsg::Adopt(stream)) => {
-                use std::os::fd::{FromRawFd, IntoRawFd};
-                // SAFETY: the descriptor comes from a std stream that gives it up here.
-                let stream = unsafe { glommio::net::TcpStream::from_raw_fd(stream.into_raw_fd()) };
-                start_session(&shard, stream);
-            }
-            Some(ShardMsg::Plugins(rt)) => {
-                if shard.plugins.borrow().is_none() {
-                    *shard.plugins.borrow_mut() = Some(rt.shard(shard.id));
-                }
-            }
-            Some(ShardMsg::Shutdown) | None => break,
-        }
-    }
-    shard.shutdown.set();
-    for e in shard.cancels.borrow().values() {
-        if let Some(w) = e.meta.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-    let timeout = Duration::from_millis(shard.config().config.server.shutdown_timeout_ms);
-    let deadline = std::time::Instant::now() + timeout;
-    while shard.sessions.get() > 0 && std::time::Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(20)).await;
-    }
-    if shard.sessions.get() > 0 {
-        log::warn!(
-            "shard {}: {} sessions still open after {} ms; closing them",
-            shard.id,
-            shard.sessions.get(),
-            timeout.as_millis()
-        );
-    }
-}
-
-/// Probes the kernel and builds this shard's ring.
-fn start_ring(
-    io: &helios_config::IoConfig,
-    shards: usize,
-) -> std::io::Result<Rc<helios_uring::Ring>> {
-    let features = helios_uring::probe()?;
-    if !features.supports_ring() {
-        return Err(std::io::Error::other(format!(
-            "kernel lacks a needed feature: {features:?}"
-        )));
-    }
-    helios_uring::Ring::new(&helios_uring::RingConfig {
-        entries: io.ring_entries,
-        recv_buffers: io.recv_buffers,
-        recv_buffer_size: io.recv_buffer_size_bytes,
-        max_pending_send_bytes: io.max_pending_send_bytes,
-        wait: Duration::from_micros(io.ring_wait_us.into()),
-        // Holding batches saves CPU when each shard shares its CPU with others, and delays
-        // every client when one shard serves them all (measured: see RingConfig::hold_turns).
-        hold_turns: if shards > 1 { 8 } else { 0 },
-    })
-}
-
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.shutdown.wait().await;
-            None
-        })
-        .await;
-        match accepted {
-            None => return,
-            Some(Ok(stream)) => {
-                shard.shared.clients.fetch_add(1, Ordering::Relaxed);
-                let c = &shard.stats.counters;
-                crate::stats::Counters::add(&c.connections_accepted, 1);
-                if let Some(to) = shard.shared.lighter_than(shard.id) {
-                    if hand_over(&shard, to, &stream) {
-                        continue;
-                    }
-                }
-                shard.shared.sessions[shard.id].fetch_add(1, Ordering::Relaxed);
-                start_session(&shard, stream);
-            }
-            Some(Err(e)) => {
-                log::warn!("shard {}: accept: {e}", shard.id);
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
-/// Gives an accepted client to shard `to` (it has fewer clients). False if its inbox is full:
-/// the client then stays here.
-fn hand_over(shard: &Shard, to: usize, stream: &glommio::net::TcpStream) -> bool {
-    let Ok(std_stream) = crate::net::conn::duplicate(stream) else {
-        return false;
-    };
-    let sessions = &shard.shared.sessions[to];
-    sessions.fetch_add(1, Ordering::Relaxed);
-    if shard.shared.send(to, ShardMsg::Adopt(std_stream)) {
-        return true;
-    }
-    sessions.fetch_sub(1, Ordering::Relaxed);
-    false
-}
-
-/// Serves a client on this shard (already counted in `Shared::sessions`).
-fn start_session(shard: &Rc<Shard>, stream: glommio::net::TcpStream) {
-    shard.sessions.set(shard.sessions.get() + 1);
-    let s = shard.clone();
-    glommio::spawn_local(async move {
-        crate::frontend::session::serve(s.clone(), stream).await;
-        s.sessions.set(s.sessions.get() - 1);
-        s.shared.sessions[s.id].fetch_sub(1, Ordering::Relaxed);
-        s.shared.clients.fetch_sub(1, Ordering::Relaxed);
-    })
-    .detach();
-}
-
-async fn maintenance_loop(shard: Rc<Shard>) {
-    let mut warmed = false;
-    loop {
-        if !warmed {
-            // Create the pools of databases with min_idle so they are warm before the first client.
-            let cfg = shard.config();
-            for (alias, db) in &cfg.config.databases {
-                if db.min_idle > 0 && db.user.is_some() {
-                    shard.pool(alias, "");
-                }
-            }
-            warmed = true;
-        }
-        for pool in shard.pools() {
-            pool.maintain().await;
-        }
-        if let Some(p) = shard.plugins.borrow_mut().as_mut() {
-            // Hook calls drain KV replication too; this covers shards without traffic.
-            p.apply_kv_updates();
-        }
-        if shard.shutdown.is_set() {
-            return;
-        }
-        glommio::timer::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Logs each shard's share of every pool once at start-up.
-pub fn log_budget(cfg: &RuntimeConfig) {
-    for (alias, db) in &cfg.config.databases {
-        let shares: Vec<usize> = (0..cfg.shards)
-            .map(|s| cfg.share(db.pool_size, s))
-            .collect();
-        log::info!(
-            "database {alias}: {:?} pooling, pool_size {} over {} shards -> {:?} per shard, min_idle {}",
-            db.pool_mode,
-            db.pool_size,
-            cfg.shards,
-            shares,
-            db.min_idle
-        );
-        if db.pool_mode == PoolMode::Transaction && db.pool_size < cfg.shards {
-            log::warn!("database {alias}: pool_size {} is below the shard count {}: each shard still gets one connection", db.pool_size, cfg.shards);
-        }
-    }
 }

@@ -15,6 +15,9 @@ use crate::error::{Blame, ProxyError, SqlState};
 use crate::net::codec::FrameReader;
 use crate::net::conn::Conn;
 
+/// Session settings by name, as SQL text of the value.
+pub type ParamMap = std::collections::BTreeMap<String, String>;
+
 /// Where and as whom a pool connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerTarget {
@@ -47,7 +50,7 @@ pub struct ServerConn {
     /// ParameterStatus values the server reported at login.
     pub startup_params: Rc<Vec<(String, String)>>,
     /// Session parameters the proxy has SET on this connection (absent = server default).
-    pub applied: Rc<crate::shard::ParamMap>,
+    pub applied: Rc<ParamMap>,
     /// Proxy-named prepared statements that exist on this connection, with their last use.
     pub prepared: PreparedSet,
     pub created: Instant,

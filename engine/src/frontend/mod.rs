@@ -1,8 +1,5 @@
-//! The client side: startup, authentication, and the session state machine.
-pub mod analyze;
-pub mod auth;
-pub mod console;
-pub mod hooks;
+//! The client side: startup and login, and the session state machine around the protocol core.
+pub mod login;
 pub mod session;
-pub mod sql;
-pub mod startup;
+
+pub use session::serve;

@@ -17,12 +17,9 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use glommio::net::TcpStream;
 use helios_config::PoolMode;
 
-use super::hooks::{Hooks, Verdict};
-use super::sql::{self, SessionCommand};
-use super::startup::{queue_error, startup, Login, Startup};
+use super::login::{queue_error, refuse, Admitted, Login};
 use crate::backend::pool::Pool;
 use crate::backend::server::{BackendKey, ServerConn};
 use crate::error::{Blame, ProxyError, SqlState};
@@ -32,7 +29,9 @@ use crate::net::codec::{
     FrameReader, FrameRef,
 };
 use crate::net::conn::{Conn, ZERO_COPY_MIN};
+use crate::pipeline::plugins::{Hooks, Verdict};
 use crate::shard::{ClientMeta, ParamMap, Shard, Statement};
+use crate::sql::{self, SessionCommand};
 use crate::stats::{Counters, DbStats};
 
 const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
@@ -137,112 +136,19 @@ enum End {
     ServerGone,
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let cfg = shard.config();
-    let limits = cfg.config.limits.clone();
-    let mut client = Conn::new(stream);
-    let ring = shard.ring.borrow().clone();
-    if let Some(ring) = ring {
-        client = match client.into_ring(&ring) {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("client connection not taken by the ring: {e}");
-                return;
-            }
-        };
-    }
-    let mut reader = FrameReader::new(limits.max_message_size_bytes);
-    let over_limit = shard
-        .shared
-        .clients
-        .load(std::sync::atomic::Ordering::Relaxed)
-        > limits.max_client_connections;
-    let started =
-        glommio::timer::timeout(Duration::from_millis(limits.startup_timeout_ms), async {
-            Ok(startup(&shard, &mut client, &mut reader, over_limit).await)
-        })
-        .await;
-    let login = match started {
-        Ok(Ok(Startup::Login(l))) => l,
-        Ok(Ok(Startup::Done)) | Ok(Err(None)) => return,
-        Ok(Err(Some(e))) => {
-            log::debug!("client {:?}: {e}", client.peer_addr());
-            Counters::add(&shard.stats.counters.connections_refused, 1);
-            queue_error(&mut client, &e);
-            client.close().await;
-            return;
-        }
-        Err(_) => {
-            log::info!(
-                "client {:?}: startup/authentication timed out",
-                client.peer_addr()
-            );
-            let e = ProxyError::fatal(
-                SqlState::CONNECTION_FAILURE,
-                Blame::Client,
-                "canceling authentication due to timeout",
-            );
-            Counters::add(&shard.stats.counters.connections_refused, 1);
-            queue_error(&mut client, &e);
-            client.close().await;
-            return;
-        }
-    };
-    let mut hooks = Hooks::new(
-        &login.user,
-        &login.database,
-        login
-            .params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or(""),
-        client.peer_addr().map(|a| a.ip()),
-    );
-    {
-        if let Err(message) = hooks.authenticate(&shard) {
-            let e = ProxyError::fatal(SqlState::INVALID_AUTHORIZATION, Blame::Client, message);
-            Counters::add(&shard.stats.counters.connections_refused, 1);
-            queue_error(&mut client, &e);
-            client.close().await;
-            return;
-        }
-    }
-    if login.database == cfg.config.admin.console_database {
-        if !cfg.config.auth.admin_users.contains(&login.user) {
-            let e = ProxyError::fatal(
-                SqlState::INVALID_AUTHORIZATION,
-                Blame::Client,
-                format!(
-                    "user \"{}\" is not allowed to connect to the admin console (auth.admin_users)",
-                    login.user
-                ),
-            );
-            Counters::add(&shard.stats.counters.connections_refused, 1);
-            queue_error(&mut client, &e);
-            client.close().await;
-            return;
-        }
-        super::console::serve(shard, client, reader).await;
-        return;
-    }
-    let Some(pool) = shard.pool(&login.database, &login.user) else {
-        let e = ProxyError::fatal(
-            SqlState::INVALID_CATALOG_NAME,
-            Blame::Client,
-            format!("database \"{}\" does not exist", login.database),
-        );
-        Counters::add(&shard.stats.counters.connections_refused, 1);
-        queue_error(&mut client, &e);
-        client.close().await;
-        return;
-    };
+/// Serves an admitted client until it leaves.
+pub async fn serve(shard: Rc<Shard>, a: Admitted) {
+    let Admitted {
+        client,
+        reader,
+        login,
+        hooks,
+        pool,
+    } = a;
     let session = match Session::begin(shard.clone(), client, reader, pool, login, hooks).await {
         Ok(s) => s,
-        Err((mut client, e)) => {
-            Counters::add(&shard.stats.counters.connections_refused, 1);
-            queue_error(&mut client, &e);
-            client.close().await;
+        Err((client, e)) => {
+            refuse(&shard, client, &e).await;
             return;
         }
     };

@@ -11,7 +11,10 @@ use atomic_waker::AtomicWaker;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement};
 use helios_config::{Config, Userlist};
 
-use crate::shard::{log_budget, run_shard, RuntimeConfig, Shard, ShardMsg, Shared};
+use crate::shard::{RuntimeConfig, Shard, ShardMsg, Shared};
+
+mod shard_task;
+use shard_task::{log_budget, run_shard};
 
 /// How often glommio takes its loop back from a busy run queue (see the executor builder).
 const PREEMPT_EVERY: Duration = Duration::from_millis(1);

@@ -155,10 +155,10 @@ pub async fn reporter(
         }
         let snap = build(&shard);
         let Some(tx) = &tx else {
-            crate::frontend::console::ingest(&shard, snap);
+            super::console::ingest(&shard, snap);
             continue;
         };
-        crate::frontend::console::ingest(&shard, snap.clone());
+        super::console::ingest(&shard, snap.clone());
         if tx.try_send(snap).is_err() {
             // The admin thread is behind or gone: this interval's histograms are dropped,
             // never queued without bound.

@@ -2,6 +2,8 @@
 //! `DEALLOCATE`/`DISCARD`, and the statements transaction pooling cannot honour. One pass over the
 //! leading bytes; nothing here allocates unless it found something to track.
 
+pub mod analyze;
+
 /// A statement's effect on session state that the proxy tracks under transaction pooling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionCommand {

@@ -19,8 +19,8 @@ use helios_plugin_host::{
 /// Session attributes (`helios.<name>` → value).
 pub type Attributes = std::collections::BTreeMap<String, String>;
 
-use super::analyze::{normalize, Analysis};
 use crate::shard::Shard;
+use crate::sql::analyze::{normalize, Analysis};
 
 /// What the session should do with a statement.
 pub enum Verdict {

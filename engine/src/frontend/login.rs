@@ -2,18 +2,23 @@
 //! authentication against the userlist.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::BytesMut;
+use glommio::net::TcpStream;
 use helios_config::{AuthMethod, Secret};
 
-use super::auth::{md5_check, md5_stored, AuthFailure, ScramKeys, ScramServer, SCRAM_ITERATIONS};
+use crate::auth::{md5_check, md5_stored, AuthFailure, ScramKeys, ScramServer, SCRAM_ITERATIONS};
+use crate::backend::pool::Pool;
 use crate::error::{Blame, ProxyError, SqlState};
 use crate::net::codec::{
     parse_startup_params, put_auth, put_msg, read_cstr, read_i32, FrameReader, CANCEL_REQUEST,
     GSSENC_REQUEST, PROTOCOL_3_0, SSL_REQUEST,
 };
 use crate::net::conn::Conn;
+use crate::pipeline::plugins::Hooks;
 use crate::shard::{Shard, ShardMsg};
+use crate::stats::Counters;
 
 /// A client that completed startup and authentication.
 pub struct Login {
@@ -312,6 +317,129 @@ fn cached_keys(shard: &Shard, user: &str, password: &str) -> ScramKeys {
         .borrow_mut()
         .insert(user.to_string(), (password.to_string(), keys.clone()));
     keys
+}
+
+/// Reads a client's startup, authenticates it and finds its pool; refusals are sent and the
+/// connection closed here. The console database is handed back as [`Entry::Console`].
+pub async fn admit(shard: &Rc<Shard>, stream: TcpStream) -> Option<Entry> {
+    let cfg = shard.config();
+    let limits = cfg.config.limits.clone();
+    let mut client = Conn::new(stream);
+    let ring = shard.ring.borrow().clone();
+    if let Some(ring) = ring {
+        client = match client.into_ring(&ring) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("client connection not taken by the ring: {e}");
+                return None;
+            }
+        };
+    }
+    let mut reader = FrameReader::new(limits.max_message_size_bytes);
+    let over_limit = shard
+        .shared
+        .clients
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > limits.max_client_connections;
+    let started =
+        glommio::timer::timeout(Duration::from_millis(limits.startup_timeout_ms), async {
+            Ok(startup(shard, &mut client, &mut reader, over_limit).await)
+        })
+        .await;
+    let login = match started {
+        Ok(Ok(Startup::Login(l))) => l,
+        Ok(Ok(Startup::Done)) | Ok(Err(None)) => return None,
+        Ok(Err(Some(e))) => {
+            log::debug!("client {:?}: {e}", client.peer_addr());
+            refuse(shard, client, &e).await;
+            return None;
+        }
+        Err(_) => {
+            log::info!(
+                "client {:?}: startup/authentication timed out",
+                client.peer_addr()
+            );
+            let e = ProxyError::fatal(
+                SqlState::CONNECTION_FAILURE,
+                Blame::Client,
+                "canceling authentication due to timeout",
+            );
+            refuse(shard, client, &e).await;
+            return None;
+        }
+    };
+    let mut hooks = Hooks::new(
+        &login.user,
+        &login.database,
+        login
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(""),
+        client.peer_addr().map(|a| a.ip()),
+    );
+    {
+        if let Err(message) = hooks.authenticate(shard) {
+            let e = ProxyError::fatal(SqlState::INVALID_AUTHORIZATION, Blame::Client, message);
+            refuse(shard, client, &e).await;
+            return None;
+        }
+    }
+    if login.database == cfg.config.admin.console_database {
+        if !cfg.config.auth.admin_users.contains(&login.user) {
+            let e = ProxyError::fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                Blame::Client,
+                format!(
+                    "user \"{}\" is not allowed to connect to the admin console (auth.admin_users)",
+                    login.user
+                ),
+            );
+            refuse(shard, client, &e).await;
+            return None;
+        }
+        return Some(Entry::Console(client, reader));
+    }
+    let Some(pool) = shard.pool(&login.database, &login.user) else {
+        let e = ProxyError::fatal(
+            SqlState::INVALID_CATALOG_NAME,
+            Blame::Client,
+            format!("database \"{}\" does not exist", login.database),
+        );
+        refuse(shard, client, &e).await;
+        return None;
+    };
+    Some(Entry::Session(Admitted {
+        client,
+        reader,
+        login,
+        hooks,
+        pool,
+    }))
+}
+
+/// A logged-in client, its pool and its plugin hooks: ready for a session.
+pub struct Admitted {
+    pub client: Conn,
+    pub reader: FrameReader,
+    pub login: Login,
+    pub hooks: Box<Hooks>,
+    pub pool: Rc<Pool>,
+}
+
+/// Where an admitted client goes.
+pub enum Entry {
+    Session(Admitted),
+    /// The admin console database (`admin.console_database`), for an `auth.admin_users` user.
+    Console(Conn, FrameReader),
+}
+
+/// Refuses a client at login: the error, counted, then the connection closed.
+pub async fn refuse(shard: &Shard, mut client: Conn, e: &ProxyError) {
+    Counters::add(&shard.stats.counters.connections_refused, 1);
+    queue_error(&mut client, e);
+    client.close().await;
 }
 
 /// Writes the error to the client (best effort).

@@ -1,0 +1,2 @@
+//! The statement pipeline: the stages every statement passes.
+pub mod plugins;
