@@ -1,7 +1,6 @@
 //! A connection to a PostgreSQL server: opening it and logging in with the proxy's credentials
 //! (SCRAM-SHA-256, md5, cleartext or trust), then the per-connection state pooling needs.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -15,8 +14,7 @@ use crate::error::{Blame, ProxyError, SqlState};
 use crate::net::codec::FrameReader;
 use crate::net::conn::Conn;
 
-/// Session settings by name, as SQL text of the value.
-pub type ParamMap = std::collections::BTreeMap<String, String>;
+pub use crate::proto::prepared::{ParamMap, PreparedSet};
 
 /// Where and as whom a pool connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -332,79 +330,5 @@ fn known_state(code: &str) -> SqlState {
         c if c.starts_with("28") => SqlState::INVALID_AUTHORIZATION,
         c if c.starts_with("08") => SqlState::CONNECTION_FAILURE,
         _ => SqlState::CONNECTION_EXCEPTION,
-    }
-}
-
-/// The proxy-named statements prepared on one server connection, bounded: past the cap, the
-/// least recently used is closed on the server.
-pub struct PreparedSet {
-    cap: usize,
-    tick: u64,
-    entries: HashMap<u64, u64>,
-}
-
-impl PreparedSet {
-    pub fn new(cap: usize) -> Self {
-        PreparedSet {
-            cap,
-            tick: 0,
-            entries: HashMap::new(),
-        }
-    }
-
-    pub fn contains(&mut self, id: u64) -> bool {
-        self.tick += 1;
-        match self.entries.get_mut(&id) {
-            Some(t) => {
-                *t = self.tick;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Records `id`; returns the statement to close first if the set was full.
-    pub fn insert(&mut self, id: u64) -> Option<u64> {
-        self.tick += 1;
-        let evict = if self.entries.len() >= self.cap && !self.entries.contains_key(&id) {
-            let (&old, _) = self.entries.iter().min_by_key(|(_, t)| **t)?;
-            self.entries.remove(&old);
-            Some(old)
-        } else {
-            None
-        };
-        self.entries.insert(id, self.tick);
-        evict
-    }
-
-    pub fn remove(&mut self, id: u64) {
-        self.entries.remove(&id);
-    }
-
-    pub fn clear(&mut self) {
-        self.entries.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prepared_set_evicts_least_recently_used() {
-        let mut p = PreparedSet::new(2);
-        assert_eq!(p.insert(1), None);
-        assert_eq!(p.insert(2), None);
-        assert!(p.contains(1));
-        assert_eq!(p.insert(3), Some(2));
-        assert!(p.contains(1) && p.contains(3) && !p.contains(2));
     }
 }
