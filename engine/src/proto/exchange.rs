@@ -1,0 +1,1084 @@
+//! The protocol core of one client session, sans I/O: client and server frames go in; bytes for
+//! the client and the server come out (into [`Sink`]s), together with what the session must do
+//! next ([`Step`]) and what it may do now ([`Exchange::may_release`]).
+//!
+//! It keeps a queue of the responses it expects from the server ([`Expect`]), one entry per
+//! request it sent, and what to do with each: forward it, swallow it (a Parse or SET the proxy
+//! injected), or synthesize a response the server will never send (a ParseComplete for a
+//! statement the server connection already has). That queue is what lets transaction pooling
+//! move named prepared statements and session settings between server connections, and it tells
+//! exactly when a server connection is free: the queue is empty, the client has no unfinished
+//! extended-protocol batch, and the server said ReadyForQuery idle.
+//!
+//! It owns no socket, pool or shard: the session lends it the buffers of the two connections
+//! ([`Io`]) for each call, so every rule here is tested without a server (see the tests below
+//! and `tests/exchange_model.rs`).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use helios_config::PoolMode;
+
+use super::prepared::{ParamMap, PreparedSet, Statement, StatementRegistry};
+use crate::error::{Blame, ProxyError, SqlState};
+use crate::net::codec::{
+    parse_error_fields, put_command_complete, put_cstr, put_msg, put_proxy_error, put_query,
+    put_ready, read_cstr, Frame, FrameRef,
+};
+use crate::net::conn::Conn;
+use crate::sql::{self, SessionCommand};
+
+pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+pub const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
+
+/// Where the core writes: a connection's send buffer, or a plain buffer in tests.
+pub trait Sink {
+    /// The send buffer, for messages the core builds.
+    fn buf(&mut self) -> &mut BytesMut;
+    /// Queues a frame being forwarded (by reference where the sink can).
+    fn frame(&mut self, f: &FrameRef<'_>);
+    /// Queues an encoded frame the core keeps (a synthesized response).
+    fn bytes(&mut self, b: &Bytes);
+}
+
+impl Sink for Conn {
+    fn buf(&mut self) -> &mut BytesMut {
+        self.queue()
+    }
+    fn frame(&mut self, f: &FrameRef<'_>) {
+        self.queue_frame_ref(f)
+    }
+    fn bytes(&mut self, b: &Bytes) {
+        self.queue_frame(b)
+    }
+}
+
+impl Sink for BytesMut {
+    fn buf(&mut self) -> &mut BytesMut {
+        self
+    }
+    fn frame(&mut self, f: &FrameRef<'_>) {
+        self.extend_from_slice(f.bytes)
+    }
+    fn bytes(&mut self, b: &Bytes) {
+        self.extend_from_slice(b)
+    }
+}
+
+/// What the session wants to hear about as responses pass: statistics, plugin hooks and result
+/// observers. Every method has a no-op default.
+pub trait Observer {
+    /// A server frame was forwarded to the client.
+    fn forwarded(&mut self, _tag: u8, _frame: &[u8]) {}
+    /// An ErrorResponse from the server reached the client.
+    fn server_error(&mut self, _code: &[u8]) {}
+    /// A ReadyForQuery went to the client. `from_server`: the server sent it (not synthesized);
+    /// `answered`: nothing more is expected, the request is complete.
+    fn ready(&mut self, _tx: Tx, _from_server: bool, _answered: bool) {}
+}
+
+impl Observer for () {}
+
+/// The attached server connection, as the core sees it.
+pub struct Server<'a, S: Sink> {
+    pub out: &'a mut S,
+    /// The proxy-named statements this connection has.
+    pub prepared: &'a mut PreparedSet,
+    /// The session settings the proxy has set on it.
+    pub applied: &'a mut Rc<ParamMap>,
+}
+
+/// Everything outside the core that one call may touch.
+pub struct Io<'a, C: Sink, S: Sink> {
+    pub client: &'a mut C,
+    pub server: Option<Server<'a, S>>,
+    pub obs: &'a mut dyn Observer,
+    /// The shard's registry of proxy-named statements, and the shard's id (statement ids carry it).
+    pub registry: &'a RefCell<StatementRegistry>,
+    pub shard: usize,
+}
+
+/// The transaction status of the last ReadyForQuery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tx {
+    /// `I`: no transaction block.
+    Idle,
+    /// `T`: in a transaction block.
+    Block,
+    /// `E`: in a failed transaction block.
+    Failed,
+}
+
+impl Tx {
+    pub fn from_byte(b: u8) -> Tx {
+        match b {
+            b'T' => Tx::Block,
+            b'E' => Tx::Failed,
+            _ => Tx::Idle,
+        }
+    }
+
+    pub fn byte(self) -> u8 {
+        match self {
+            Tx::Idle => b'I',
+            Tx::Block => b'T',
+            Tx::Failed => b'E',
+        }
+    }
+}
+
+/// The client's extended-protocol batch: the messages since its last Sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Batch {
+    /// No batch open (the last message was a Sync, or the client only sent simple queries).
+    Closed,
+    /// Extended-protocol messages arrived since the last Sync.
+    Open,
+    /// The proxy refused a message of this batch: the rest is dropped until Sync.
+    Refused,
+}
+
+/// A response the session is waiting for, in request order.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// Sent to the client when it reaches the front (the server will not send it).
+    Synthetic(Bytes),
+    /// A synthesized ReadyForQuery with the transaction status at that moment.
+    SyntheticReady,
+    /// ParseComplete; `stmt` is a proxy-named statement, `swallow` if the proxy injected it.
+    Parse {
+        stmt: Option<u64>,
+        swallow: bool,
+    },
+    Bind,
+    /// ParameterDescription (optional) then RowDescription or NoData.
+    Describe,
+    /// Rows, then CommandComplete / EmptyQueryResponse / PortalSuspended; `track` as for
+    /// Query, when the portal runs a tracked SET.
+    Execute {
+        track: Option<SessionCommand>,
+    },
+    /// The client ended a COPY (CopyDone/CopyFail): no response of its own. Marks which
+    /// Syncs the server ignored because they arrived during copy-in.
+    CopyEnd,
+    Close {
+        swallow: bool,
+    },
+    Sync,
+    /// A simple query, until its ReadyForQuery; `track` is applied on its CommandComplete.
+    Query {
+        track: Option<SessionCommand>,
+    },
+    FunctionCall,
+    /// The proxy's own query (SET re-application): every response swallowed.
+    Internal,
+    /// The proxy's raise statement after a refused message: the error is swallowed (the client
+    /// already has one), the ReadyForQuery forwarded.
+    Abort,
+}
+
+impl Expect {
+    fn is_extended(&self) -> bool {
+        matches!(
+            self,
+            Expect::Parse { .. }
+                | Expect::Bind
+                | Expect::Describe
+                | Expect::Execute { .. }
+                | Expect::Close { .. }
+        )
+    }
+
+    /// Ends a stretch the server skips after an error in an extended batch.
+    fn ends_skip(&self) -> bool {
+        matches!(self, Expect::Sync | Expect::Internal | Expect::Abort)
+    }
+}
+
+/// Where a client message stands after its checks.
+pub enum Step {
+    /// Answered, refused or queued: nothing more to do.
+    Done,
+    /// A named Parse answered without a server (transaction mode): it is prepared on a server at
+    /// its first Bind or Describe.
+    ParsedLocally,
+    /// Terminate.
+    Terminate,
+    /// It goes to a server: attach one, then finish it with [`Exchange::send`].
+    Server(Then),
+}
+
+/// The rest of a client message, once a server connection is attached.
+pub enum Then {
+    Query {
+        frame: Frame,
+        track: Option<SessionCommand>,
+    },
+    Parse(Frame),
+    Bind(Frame),
+    Describe(Frame),
+    Close(Frame),
+    Execute(Frame),
+    FunctionCall(Frame),
+}
+
+impl Then {
+    /// Whether a failure to attach is reported the extended protocol's way.
+    pub fn extended(&self) -> bool {
+        !matches!(self, Then::Query { .. } | Then::FunctionCall(_))
+    }
+}
+
+/// The protocol state of one client session.
+pub struct Exchange {
+    mode: PoolMode,
+    expect: VecDeque<Expect>,
+    tx: Tx,
+    batch: Batch,
+    /// The server failed a message of the current extended batch and ignores the rest until
+    /// Sync, and the queue ran empty before that Sync was sent: drop what is pushed until then.
+    server_skips: bool,
+    /// A FATAL error from the server was forwarded: its connection is ending.
+    server_fatal: bool,
+    /// Session parameters the client wants (SQL text of the value), beyond server defaults.
+    /// Shared copy-on-write: a server connection last used by a client with the same settings
+    /// matches by pointer; otherwise two small ordered maps compare.
+    desired: Rc<ParamMap>,
+    startup_desired: Rc<ParamMap>,
+    /// The client's named prepared statements (transaction mode).
+    statements: HashMap<Bytes, Rc<Statement>>,
+    /// Transaction mode: statements whose text is a tracked SET/RESET/DISCARD (by client
+    /// statement name), and the portals bound to them — so a SET sent through the extended
+    /// protocol is tracked like a simple one. Usually empty.
+    stmt_cmds: HashMap<Bytes, SessionCommand>,
+    portal_cmds: HashMap<Bytes, SessionCommand>,
+    /// SETs made inside a transaction block: kept on COMMIT, forgotten on ROLLBACK.
+    pending_cmds: Vec<SessionCommand>,
+}
+
+impl Exchange {
+    /// A session that starts with `desired` settings (its startup parameters).
+    pub fn new(mode: PoolMode, desired: Rc<ParamMap>) -> Exchange {
+        Exchange {
+            mode,
+            expect: VecDeque::new(),
+            tx: Tx::Idle,
+            batch: Batch::Closed,
+            server_skips: false,
+            server_fatal: false,
+            startup_desired: desired.clone(),
+            desired,
+            statements: HashMap::new(),
+            stmt_cmds: HashMap::new(),
+            portal_cmds: HashMap::new(),
+            pending_cmds: Vec::new(),
+        }
+    }
+
+    pub fn tx(&self) -> Tx {
+        self.tx
+    }
+
+    pub fn expecting(&self) -> usize {
+        self.expect.len()
+    }
+
+    /// The client is inside an extended-protocol batch (no Sync yet).
+    pub fn batch_open(&self) -> bool {
+        self.batch != Batch::Closed
+    }
+
+    pub fn server_fatal(&self) -> bool {
+        self.server_fatal
+    }
+
+    /// Transaction mode: the server connection may go back to the pool now — the transaction
+    /// is over, every response has arrived, and no extended batch is half sent.
+    pub fn may_release(&self) -> bool {
+        self.tx == Tx::Idle
+            && self.batch == Batch::Closed
+            && !self.server_skips
+            && self.expect.is_empty()
+    }
+
+    /// Nothing is in flight and no transaction is open: the server connection is in a state
+    /// another client (after a reset, in session mode) can use.
+    pub fn clean(&self) -> bool {
+        self.expect.is_empty() && self.tx == Tx::Idle && !self.server_fatal
+    }
+
+    /// A server connection was attached: it starts with no FATAL seen, and the client's
+    /// settings are re-applied where it differs.
+    pub fn attached<C: Sink, S: Sink>(&mut self, io: &mut Io<'_, C, S>) {
+        self.server_fatal = false;
+        let Some(s) = &mut io.server else { return };
+        // Usually the same shared set (clients with the same start-up settings and no SET).
+        if Rc::ptr_eq(s.applied, &self.desired) || **s.applied == *self.desired {
+            *s.applied = self.desired.clone();
+            return;
+        }
+        let mut q = String::new();
+        for (k, v) in self.desired.iter() {
+            if s.applied.get(k) != Some(v) {
+                q.push_str(&format!("SET {k} TO {v};"));
+            }
+        }
+        for k in s.applied.keys() {
+            if !self.desired.contains_key(k) {
+                q.push_str(&format!("RESET {k};"));
+            }
+        }
+        *s.applied = self.desired.clone();
+        if !q.is_empty() {
+            put_query(s.out.buf(), &q);
+            self.expect.push_back(Expect::Internal);
+        }
+    }
+
+    /// Whether the client message with this tag is dropped unseen: the proxy refused an earlier
+    /// message of the same extended batch, so everything up to its Sync is ignored.
+    pub fn drops(&self, tag: u8) -> bool {
+        self.batch == Batch::Refused && tag != b'S' && tag != b'X'
+    }
+
+    // ---- client → server ----
+
+    /// Handles one client message up to the point where it needs a server connection (then
+    /// [`Exchange::send`] finishes it, once one is attached).
+    pub fn client<C: Sink, S: Sink>(
+        &mut self,
+        frame: Frame,
+        io: &mut Io<'_, C, S>,
+    ) -> Result<Step, ProxyError> {
+        if self.drops(frame.tag) {
+            return Ok(Step::Done);
+        }
+        match frame.tag {
+            b'X' => return Ok(Step::Terminate),
+            b'Q' => return Ok(self.on_query(frame, io)),
+            b'P' => return self.on_parse(frame, io),
+            b'B' => return self.on_bind(frame),
+            b'D' | b'C' => {
+                self.open_batch();
+                let message = if frame.tag == b'D' {
+                    "Describe"
+                } else {
+                    "Close"
+                };
+                let (kind, name) = kind_and_name(frame.body(), message)?;
+                if frame.tag == b'C'
+                    && kind == b'S'
+                    && !name.is_empty()
+                    && self.mode == PoolMode::Transaction
+                {
+                    // The statement stays prepared on server connections (other clients may
+                    // share it); only this client's name goes.
+                    self.statements.remove(name);
+                    self.stmt_cmds.remove(name);
+                    self.synthesize(Bytes::from_static(CLOSE_COMPLETE), io);
+                    return Ok(Step::Done);
+                }
+                return Ok(Step::Server(if frame.tag == b'D' {
+                    Then::Describe(frame)
+                } else {
+                    Then::Close(frame)
+                }));
+            }
+            b'E' => {
+                self.open_batch();
+                return Ok(Step::Server(Then::Execute(frame)));
+            }
+            b'S' => self.on_sync(frame, io),
+            b'H' => {
+                if let Some(s) = &mut io.server {
+                    s.out.bytes(&frame.bytes);
+                }
+            }
+            b'F' => return Ok(Step::Server(Then::FunctionCall(frame))),
+            b'd' | b'c' | b'f' => {
+                // COPY data goes to the server the COPY runs on; outside a COPY there is none.
+                if let Some(s) = &mut io.server {
+                    s.out.bytes(&frame.bytes);
+                    if frame.tag != b'd' {
+                        self.push(Expect::CopyEnd, io);
+                    }
+                }
+            }
+            t => {
+                return Err(ProxyError::protocol(format!(
+                    "invalid frontend message type {t}"
+                )))
+            }
+        }
+        Ok(Step::Done)
+    }
+
+    fn open_batch(&mut self) {
+        if self.batch == Batch::Closed {
+            self.batch = Batch::Open;
+        }
+    }
+
+    /// Finishes a client message on the attached server connection.
+    pub fn send<C: Sink, S: Sink>(
+        &mut self,
+        then: Then,
+        io: &mut Io<'_, C, S>,
+    ) -> Result<(), ProxyError> {
+        match then {
+            Then::Query { frame, track } => {
+                forward(io, &frame);
+                self.push(Expect::Query { track }, io);
+            }
+            Then::Parse(frame) => self.parse_on_server(frame, io)?,
+            Then::Bind(frame) => self.bind_on_server(frame, io)?,
+            Then::Describe(frame) => self.describe_on_server(frame, io)?,
+            Then::Close(frame) => {
+                forward(io, &frame);
+                self.push(Expect::Close { swallow: false }, io);
+            }
+            Then::Execute(frame) => {
+                forward(io, &frame);
+                let track = if self.portal_cmds.is_empty() {
+                    None
+                } else {
+                    let mut rest = frame.body();
+                    read_cstr(&mut rest).and_then(|p| self.portal_cmds.get(p).cloned())
+                };
+                self.push(Expect::Execute { track }, io);
+            }
+            Then::FunctionCall(frame) => {
+                forward(io, &frame);
+                self.push(Expect::FunctionCall, io);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the client that its request was refused, in the shape the protocol expects: an
+    /// error then ReadyForQuery for a simple query; an error and the rest of the batch
+    /// ignored until Sync for the extended protocol. Inside a transaction the server's
+    /// transaction is failed too, so client and server agree it is aborted.
+    pub fn reject<C: Sink, S: Sink>(
+        &mut self,
+        e: &ProxyError,
+        extended: bool,
+        io: &mut Io<'_, C, S>,
+    ) {
+        let mut b = BytesMut::new();
+        put_proxy_error(&mut b, e);
+        if extended {
+            self.batch = Batch::Refused;
+        }
+        match &mut io.server {
+            Some(s) if !extended && self.tx != Tx::Idle => {
+                // Our error goes to the client; a raise statement fails the server's
+                // transaction too (its own error swallowed), so its ReadyForQuery says `E`.
+                put_query(s.out.buf(), &sql::raise_statement(e.code.0, &e.message));
+                self.push(Expect::Synthetic(b.freeze()), io);
+                self.push(Expect::Abort, io);
+            }
+            Some(_) => {
+                self.push(Expect::Synthetic(b.freeze()), io);
+                if !extended {
+                    self.push(Expect::SyntheticReady, io);
+                }
+            }
+            None => {
+                io.client.buf().extend_from_slice(&b);
+                if !extended {
+                    put_ready(io.client.buf(), Tx::Idle.byte());
+                }
+            }
+        }
+    }
+
+    /// A response the server will never send, in its place in the response order.
+    fn synthesize<C: Sink, S: Sink>(&mut self, b: Bytes, io: &mut Io<'_, C, S>) {
+        if io.server.is_some() {
+            self.push(Expect::Synthetic(b), io);
+        } else {
+            io.client.bytes(&b);
+        }
+    }
+
+    /// Answers a simple query without the server (DEALLOCATE of a proxy-tracked statement).
+    fn respond_locally<C: Sink, S: Sink>(&mut self, tag: &str, io: &mut Io<'_, C, S>) {
+        let mut b = BytesMut::new();
+        put_command_complete(&mut b, tag);
+        if io.server.is_some() {
+            self.push(Expect::Synthetic(b.freeze()), io);
+            self.push(Expect::SyntheticReady, io);
+        } else {
+            io.client.buf().extend_from_slice(&b);
+            put_ready(io.client.buf(), self.tx.byte());
+        }
+    }
+
+    fn on_query<C: Sink, S: Sink>(&mut self, frame: Frame, io: &mut Io<'_, C, S>) -> Step {
+        let body = frame.body();
+        let text = body.strip_suffix(b"\0").unwrap_or(body);
+        let sql_text = std::str::from_utf8(text).unwrap_or("");
+        let mut track = None;
+        if self.mode == PoolMode::Transaction {
+            if let Some(msg) = sql::transaction_mode_unsupported(sql_text) {
+                self.reject(
+                    &ProxyError::error(SqlState::FEATURE_NOT_SUPPORTED, Blame::Client, msg),
+                    false,
+                    io,
+                );
+                return Step::Done;
+            }
+            match sql::session_command(sql_text) {
+                Some(SessionCommand::Deallocate { name }) => {
+                    if self.statements.remove(name.as_bytes()).is_some() {
+                        self.respond_locally("DEALLOCATE", io);
+                        return Step::Done;
+                    }
+                }
+                Some(SessionCommand::DeallocateAll) => {
+                    self.statements.clear();
+                    self.respond_locally("DEALLOCATE ALL", io);
+                    return Step::Done;
+                }
+                other => track = other,
+            }
+        }
+        Step::Server(Then::Query { frame, track })
+    }
+
+    fn on_parse<C: Sink, S: Sink>(
+        &mut self,
+        frame: Frame,
+        io: &mut Io<'_, C, S>,
+    ) -> Result<Step, ProxyError> {
+        self.open_batch();
+        let ([name], after_name) = read_cstrs(frame.body(), "Parse")?;
+        let ([query], _) = read_cstrs(after_name, "Parse")?;
+        if self.mode == PoolMode::Transaction {
+            let text = std::str::from_utf8(query).unwrap_or("");
+            if let Some(msg) = sql::transaction_mode_unsupported(text) {
+                self.reject(
+                    &ProxyError::error(SqlState::FEATURE_NOT_SUPPORTED, Blame::Client, msg),
+                    true,
+                    io,
+                );
+                return Ok(Step::Done);
+            }
+            if !name.is_empty() && self.statements.contains_key(name) {
+                self.reject(
+                    &ProxyError::error(
+                        SqlState("42P05"),
+                        Blame::Client,
+                        format!(
+                            "prepared statement \"{}\" already exists",
+                            String::from_utf8_lossy(name)
+                        ),
+                    ),
+                    true,
+                    io,
+                );
+                return Ok(Step::Done);
+            }
+            match sql::session_command(text) {
+                Some(cmd) => {
+                    self.stmt_cmds.insert(Bytes::copy_from_slice(name), cmd);
+                }
+                None if !self.stmt_cmds.is_empty() => {
+                    self.stmt_cmds.remove(name);
+                }
+                None => {}
+            }
+            if !name.is_empty() && io.server.is_none() {
+                // Outside a transaction a named Parse is answered here and prepared on a server
+                // at its first Bind/Describe (a parse error then comes with that message).
+                // Taking a server for it could deadlock: libpq's PQprepare blocks the whole
+                // client thread (pgbench -j) while its other connections hold every server
+                // connection.
+                let stmt = io.registry.borrow_mut().intern(io.shard, after_name);
+                self.statements.insert(Bytes::copy_from_slice(name), stmt);
+                io.client.buf().extend_from_slice(PARSE_COMPLETE);
+                return Ok(Step::ParsedLocally);
+            }
+        }
+        Ok(Step::Server(Then::Parse(frame)))
+    }
+
+    fn parse_on_server<C: Sink, S: Sink>(
+        &mut self,
+        frame: Frame,
+        io: &mut Io<'_, C, S>,
+    ) -> Result<(), ProxyError> {
+        let ([name], after_name) = read_cstrs(frame.body(), "Parse")?;
+        if name.is_empty() || self.mode == PoolMode::Session {
+            forward(io, &frame);
+            self.push(
+                Expect::Parse {
+                    stmt: None,
+                    swallow: false,
+                },
+                io,
+            );
+            return Ok(());
+        }
+        let stmt = io.registry.borrow_mut().intern(io.shard, after_name);
+        self.statements
+            .insert(Bytes::copy_from_slice(name), stmt.clone());
+        let has = io
+            .server
+            .as_mut()
+            .is_some_and(|s| s.prepared.contains(stmt.id));
+        if has {
+            self.push(Expect::Synthetic(Bytes::from_static(PARSE_COMPLETE)), io);
+        } else {
+            self.prepare_on_server(&stmt, false, io);
+        }
+        Ok(())
+    }
+
+    /// Sends the statement's Parse under its proxy name, closing the least recently used
+    /// statement first if the connection's cache is full.
+    fn prepare_on_server<C: Sink, S: Sink>(
+        &mut self,
+        stmt: &Statement,
+        swallow: bool,
+        io: &mut Io<'_, C, S>,
+    ) {
+        let Some(s) = &mut io.server else { return };
+        if let Some(evicted) = s.prepared.insert(stmt.id) {
+            let name = format!("_hp_{evicted:x}");
+            put_msg(s.out.buf(), b'C', |b| {
+                b.put_u8(b'S');
+                put_cstr(b, name.as_bytes());
+            });
+            self.push(Expect::Close { swallow: true }, io);
+        }
+        if let Some(s) = &mut io.server {
+            s.out.bytes(&stmt.parse);
+        }
+        self.push(
+            Expect::Parse {
+                stmt: Some(stmt.id),
+                swallow,
+            },
+            io,
+        );
+    }
+
+    /// The proxy statement for a client statement name, preparing it on the attached server
+    /// if that connection does not have it yet. `None`: the client never prepared it (the
+    /// client has been sent 26000).
+    fn statement_for<C: Sink, S: Sink>(
+        &mut self,
+        name: &[u8],
+        io: &mut Io<'_, C, S>,
+    ) -> Option<Rc<Statement>> {
+        let Some(stmt) = self.statements.get(name).cloned() else {
+            self.reject(
+                &ProxyError::error(
+                    SqlState::INVALID_SQL_STATEMENT_NAME,
+                    Blame::Client,
+                    format!(
+                        "prepared statement \"{}\" does not exist",
+                        String::from_utf8_lossy(name)
+                    ),
+                ),
+                true,
+                io,
+            );
+            return None;
+        };
+        let has = io
+            .server
+            .as_mut()
+            .is_some_and(|s| s.prepared.contains(stmt.id));
+        if !has {
+            self.prepare_on_server(&stmt, true, io);
+        }
+        Some(stmt)
+    }
+
+    fn on_bind(&mut self, frame: Frame) -> Result<Step, ProxyError> {
+        self.open_batch();
+        let ([portal, name], _) = read_cstrs(frame.body(), "Bind")?;
+        if !self.stmt_cmds.is_empty() || !self.portal_cmds.is_empty() {
+            match self.stmt_cmds.get(name).cloned() {
+                Some(cmd) => {
+                    self.portal_cmds.insert(Bytes::copy_from_slice(portal), cmd);
+                }
+                None => {
+                    self.portal_cmds.remove(portal);
+                }
+            }
+        }
+        Ok(Step::Server(Then::Bind(frame)))
+    }
+
+    fn bind_on_server<C: Sink, S: Sink>(
+        &mut self,
+        frame: Frame,
+        io: &mut Io<'_, C, S>,
+    ) -> Result<(), ProxyError> {
+        let ([portal, name], rest) = read_cstrs(frame.body(), "Bind")?;
+        if name.is_empty() || self.mode == PoolMode::Session {
+            forward(io, &frame);
+        } else {
+            let Some(stmt) = self.statement_for(name, io) else {
+                return Ok(());
+            };
+            if let Some(s) = &mut io.server {
+                // Rewritten straight into the send buffer: no allocation per Bind.
+                put_msg(s.out.buf(), b'B', |b| {
+                    put_cstr(b, portal);
+                    b.put_slice(&stmt.name);
+                    b.put_slice(rest);
+                });
+            }
+        }
+        self.push(Expect::Bind, io);
+        Ok(())
+    }
+
+    fn describe_on_server<C: Sink, S: Sink>(
+        &mut self,
+        frame: Frame,
+        io: &mut Io<'_, C, S>,
+    ) -> Result<(), ProxyError> {
+        let (kind, name) = kind_and_name(frame.body(), "Describe")?;
+        if kind != b'S' || name.is_empty() || self.mode == PoolMode::Session {
+            forward(io, &frame);
+        } else {
+            let Some(stmt) = self.statement_for(name, io) else {
+                return Ok(());
+            };
+            if let Some(s) = &mut io.server {
+                put_msg(s.out.buf(), b'D', |b| {
+                    b.put_u8(b'S');
+                    b.put_slice(&stmt.name);
+                });
+            }
+        }
+        self.push(Expect::Describe, io);
+        Ok(())
+    }
+
+    fn on_sync<C: Sink, S: Sink>(&mut self, frame: Frame, io: &mut Io<'_, C, S>) {
+        let refused = self.batch == Batch::Refused;
+        self.batch = Batch::Closed;
+        let Some(s) = &mut io.server else {
+            put_ready(io.client.buf(), Tx::Idle.byte());
+            return;
+        };
+        s.out.bytes(&frame.bytes);
+        if refused && self.tx != Tx::Idle {
+            // The refused message must fail the transaction on the server as well: swallow
+            // this Sync's ReadyForQuery, then let a raise statement produce the real one.
+            put_query(
+                s.out.buf(),
+                &sql::raise_statement("0A000", "statement refused by heliosproxy"),
+            );
+            self.push(Expect::Internal, io);
+            self.push(Expect::Abort, io);
+        } else {
+            self.push(Expect::Sync, io);
+        }
+    }
+
+    fn push<C: Sink, S: Sink>(&mut self, e: Expect, io: &mut Io<'_, C, S>) {
+        if self.server_skips {
+            // The server ignores everything up to the next Sync: so must the queue.
+            match e {
+                ref x if x.ends_skip() => self.server_skips = false,
+                Expect::Parse { stmt: Some(id), .. } => {
+                    if let Some(s) = &mut io.server {
+                        s.prepared.remove(id);
+                    }
+                    return;
+                }
+                _ => return,
+            }
+        }
+        self.expect.push_back(e);
+        self.drain_synthetic(io);
+    }
+
+    /// Emits synthesized responses that have reached the front of the queue.
+    fn drain_synthetic<C: Sink, S: Sink>(&mut self, io: &mut Io<'_, C, S>) {
+        loop {
+            match self.expect.front() {
+                Some(Expect::Synthetic(b)) => io.client.bytes(b),
+                Some(Expect::SyntheticReady) => {
+                    put_ready(io.client.buf(), self.tx.byte());
+                    io.obs.ready(self.tx, false, self.expect.len() == 1);
+                }
+                Some(Expect::CopyEnd) => {}
+                _ => return,
+            }
+            self.expect.pop_front();
+        }
+    }
+
+    fn pop<C: Sink, S: Sink>(&mut self, io: &mut Io<'_, C, S>) {
+        self.expect.pop_front();
+        self.drain_synthetic(io);
+    }
+
+    // ---- server → client ----
+
+    /// Handles one frame from the server.
+    pub fn server<C: Sink, S: Sink>(&mut self, frame: FrameRef<'_>, io: &mut Io<'_, C, S>) {
+        let tag = frame.tag;
+        match tag {
+            b'S' | b'A' => {
+                io.client.frame(&frame);
+                return;
+            }
+            b'N' => {
+                if !matches!(self.expect.front(), Some(Expect::Internal)) {
+                    io.client.frame(&frame);
+                }
+                return;
+            }
+            _ => {}
+        }
+        // A cheap clone (a refcount, or nothing) that frees `self` for the handlers below.
+        let Some(front) = self.expect.front().cloned() else {
+            // Unsolicited: a FATAL error before the server closes, most likely.
+            if tag == b'E' {
+                self.note_fatal(&frame);
+            }
+            io.client.frame(&frame);
+            return;
+        };
+        match front {
+            Expect::Internal => {
+                if tag == b'Z' {
+                    self.tx = Tx::from_byte(frame.body().first().copied().unwrap_or(b'I'));
+                    self.pop(io);
+                } else if tag == b'E' {
+                    let f = parse_error_fields(frame.body());
+                    log::warn!(
+                        "re-applying session settings failed: {}",
+                        String::from_utf8_lossy(f.message)
+                    );
+                    self.note_fatal(&frame);
+                }
+                return;
+            }
+            Expect::Abort => {
+                if tag == b'Z' {
+                    self.tx = Tx::from_byte(frame.body().first().copied().unwrap_or(b'I'));
+                    io.client.frame(&frame);
+                    self.pop(io);
+                    io.obs.ready(self.tx, true, self.expect.is_empty());
+                }
+                return;
+            }
+            _ => {}
+        }
+        if tag == b'E' {
+            self.note_fatal(&frame);
+            io.obs.server_error(parse_error_fields(frame.body()).code);
+            io.client.frame(&frame);
+            if front.is_extended() {
+                // The server now skips to the next Sync: drop what it will not answer.
+                while let Some(e) = self.expect.front() {
+                    if e.ends_skip() {
+                        break;
+                    }
+                    if let Some(Expect::Parse { stmt: Some(id), .. }) = self.expect.pop_front() {
+                        if let Some(s) = &mut io.server {
+                            s.prepared.remove(id);
+                        }
+                    }
+                }
+                if self.expect.is_empty() {
+                    self.server_skips = true;
+                }
+                self.drain_synthetic(io);
+            }
+            return;
+        }
+        if tag == b'C' && !self.pending_cmds.is_empty() {
+            self.end_transaction(frame.body(), io);
+        }
+        let mut forward = true;
+        let done = match (front, tag) {
+            (Expect::Parse { swallow, .. }, b'1') => {
+                forward = !swallow;
+                true
+            }
+            (Expect::Bind, b'2') => true,
+            (Expect::Describe, b'T' | b'n') => true,
+            (Expect::Execute { track }, b'C' | b'I' | b's') => {
+                if let (Some(cmd), b'C') = (track, tag) {
+                    self.apply_session_command(cmd, frame.body(), io);
+                }
+                true
+            }
+            (Expect::Execute { .. }, b'G') => {
+                // Extended-protocol COPY FROM STDIN: the server ignores every Sync that reaches
+                // it during copy-in, i.e. those the client sent before its CopyDone/CopyFail.
+                let mut i = 1;
+                while i < self.expect.len() {
+                    match self.expect[i] {
+                        Expect::CopyEnd => break,
+                        Expect::Sync => {
+                            self.expect.remove(i);
+                        }
+                        _ => i += 1,
+                    }
+                }
+                false
+            }
+            (Expect::Close { swallow }, b'3') => {
+                forward = !swallow;
+                true
+            }
+            (Expect::Sync | Expect::Query { .. } | Expect::FunctionCall, b'Z') => {
+                self.tx = Tx::from_byte(frame.body().first().copied().unwrap_or(b'I'));
+                if self.tx == Tx::Idle {
+                    // The transaction is over whichever way; its undecided SETs die with it.
+                    self.pending_cmds.clear();
+                }
+                true
+            }
+            (Expect::Query { track: Some(cmd) }, b'C') => {
+                self.apply_session_command(cmd, frame.body(), io);
+                false
+            }
+            _ => false,
+        };
+        if forward {
+            io.client.frame(&frame);
+            io.obs.forwarded(tag, frame.bytes);
+        }
+        if done {
+            self.pop(io);
+            if tag == b'Z' {
+                io.obs.ready(self.tx, true, self.expect.is_empty());
+            }
+        }
+    }
+
+    fn note_fatal(&mut self, frame: &FrameRef<'_>) {
+        let f = parse_error_fields(frame.body());
+        if f.severity == b"FATAL" || f.severity == b"PANIC" {
+            self.server_fatal = true;
+        }
+    }
+
+    /// A tracked SET/RESET/DISCARD completed: remember what the client now wants and what
+    /// this server connection now has.
+    fn apply_session_command<C: Sink, S: Sink>(
+        &mut self,
+        cmd: SessionCommand,
+        complete: &[u8],
+        io: &mut Io<'_, C, S>,
+    ) {
+        let tag = complete.strip_suffix(b"\0").unwrap_or(complete);
+        let ok = matches!(
+            (&cmd, tag),
+            (SessionCommand::Set { .. }, b"SET")
+                | (
+                    SessionCommand::Reset { .. } | SessionCommand::ResetAll,
+                    b"RESET"
+                )
+                | (SessionCommand::DiscardAll, b"DISCARD ALL")
+        );
+        if !ok {
+            return;
+        }
+        if self.tx != Tx::Idle {
+            // Inside a transaction block: it only lasts if the transaction commits.
+            self.pending_cmds.push(cmd);
+            return;
+        }
+        self.commit_session_command(cmd, io);
+    }
+
+    /// A transaction ended (CommandComplete COMMIT or ROLLBACK): keep or drop its SETs.
+    fn end_transaction<C: Sink, S: Sink>(&mut self, complete: &[u8], io: &mut Io<'_, C, S>) {
+        let tag = complete.strip_suffix(b"\0").unwrap_or(complete);
+        if tag == b"COMMIT" {
+            for cmd in std::mem::take(&mut self.pending_cmds) {
+                self.commit_session_command(cmd, io);
+            }
+        } else if tag == b"ROLLBACK" {
+            self.pending_cmds.clear();
+        }
+    }
+
+    fn commit_session_command<C: Sink, S: Sink>(
+        &mut self,
+        cmd: SessionCommand,
+        io: &mut Io<'_, C, S>,
+    ) {
+        let Some(s) = &mut io.server else { return };
+        match cmd {
+            SessionCommand::Set { name, value } => {
+                Rc::make_mut(&mut self.desired).insert(name.clone(), value.clone());
+                Rc::make_mut(s.applied).insert(name, value);
+            }
+            SessionCommand::Reset { name } => {
+                Rc::make_mut(s.applied).remove(&name);
+                match self.startup_desired.get(&name) {
+                    Some(v) => {
+                        Rc::make_mut(&mut self.desired).insert(name, v.clone());
+                    }
+                    None => {
+                        Rc::make_mut(&mut self.desired).remove(&name);
+                    }
+                }
+            }
+            SessionCommand::ResetAll => {
+                *s.applied = Rc::default();
+                self.desired = self.startup_desired.clone();
+            }
+            SessionCommand::DiscardAll => {
+                *s.applied = Rc::default();
+                s.prepared.clear();
+                self.desired = self.startup_desired.clone();
+                self.statements.clear();
+                self.stmt_cmds.clear();
+                self.portal_cmds.clear();
+            }
+            SessionCommand::Deallocate { .. } | SessionCommand::DeallocateAll => {}
+        }
+    }
+}
+
+fn forward<C: Sink, S: Sink>(io: &mut Io<'_, C, S>, frame: &Frame) {
+    if let Some(s) = &mut io.server {
+        s.out.bytes(&frame.bytes);
+    }
+}
+
+/// The NUL-terminated strings a message body starts with, and what follows them. A body cut
+/// short is a protocol violation naming the message.
+pub fn read_cstrs<'a, const N: usize>(
+    mut body: &'a [u8],
+    message: &str,
+) -> Result<([&'a [u8]; N], &'a [u8]), ProxyError> {
+    let mut out = [&[][..]; N];
+    for s in &mut out {
+        *s = read_cstr(&mut body)
+            .ok_or_else(|| ProxyError::protocol(format!("malformed {message}")))?;
+    }
+    Ok((out, body))
+}
+
+/// Describe's and Close's body: a kind byte (`S`tatement or `P`ortal) and a name.
+pub fn kind_and_name<'a>(body: &'a [u8], message: &str) -> Result<(u8, &'a [u8]), ProxyError> {
+    let (&kind, rest) = body
+        .split_first()
+        .ok_or_else(|| ProxyError::protocol(format!("malformed {message}")))?;
+    let ([name], _) = read_cstrs(rest, message)?;
+    Ok((kind, name))
+}
+
+#[cfg(test)]
+#[path = "exchange_tests.rs"]
+mod tests;
