@@ -780,7 +780,7 @@ fn a_tracked_set_is_replayed_and_its_answers_swallowed() {
     r.client(query("show work_mem")).unwrap();
     let sent = r.server_frames();
     assert_eq!(sent.len(), 2);
-    assert_eq!(&sent[0].body()[..], b"SET work_mem TO '8MB';\0");
+    assert_eq!(sent[0].body(), b"SET work_mem TO '8MB';\0");
     for m in [complete("SET"), ready(b'I')] {
         r.server(&m);
     }
