@@ -400,6 +400,29 @@ pub struct DatabaseConfig {
     /// recently used is closed past this.
     #[serde(default = "default_prepared_cache")]
     pub prepared_statements_per_connection: usize,
+    /// Transaction mode: what to do with a statement that changes session state the proxy cannot
+    /// carry to another server connection (DO blocks, CALL, temporary objects, SET ROLE, SQL
+    /// PREPARE, session advisory locks, WITH HOLD cursors, …). `pin`: the client keeps its
+    /// server connection until it leaves; `reset`: the statement runs and the connection gets
+    /// DISCARD ALL before anyone else uses it; `refuse`: SQLSTATE 0A000 naming the statement.
+    #[serde(default)]
+    pub unsafe_statements: UnsafeStatements,
+}
+
+/// Transaction mode's answer to a statement whose session state the proxy cannot track
+/// (`databases.<alias>.unsafe_statements`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsafeStatements {
+    /// The client keeps its server connection for the rest of its session (reset with
+    /// DISCARD ALL when it leaves): it keeps the state it asked for.
+    #[default]
+    Pin,
+    /// The statement runs; the connection is reset with DISCARD ALL at the end of the
+    /// transaction, and the proxy's tracked state re-established for the next user.
+    Reset,
+    /// SQLSTATE 0A000 naming the statement class.
+    Refuse,
 }
 
 fn default_pool_size() -> usize {
@@ -432,6 +455,7 @@ impl Default for DatabaseConfig {
             max_lifetime_ms: default_max_lifetime_ms(),
             checkout_timeout_ms: default_checkout_timeout_ms(),
             prepared_statements_per_connection: default_prepared_cache(),
+            unsafe_statements: UnsafeStatements::default(),
         }
     }
 }

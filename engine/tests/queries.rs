@@ -617,7 +617,9 @@ fn search_path_is_honoured_in_transaction_mode_while_others_churn_the_pool() {
 fn transaction_mode_refuses_session_features_with_0a000_and_stays_usable() {
     let pg = shared_pg();
     let db = fresh_db(&pg, "refuse");
-    let proxy = both_modes_proxy(&pg, &db, 4, "");
+    // LISTEN is refused in transaction mode; the others because this database says so
+    // (the default, `pin`, serves them: tests/session_state.rs).
+    let proxy = both_modes_proxy(&pg, &db, 4, "unsafe_statements = \"refuse\"");
     let refused = [
         "LISTEN chan",
         "select pg_advisory_lock(42)",

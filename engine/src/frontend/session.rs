@@ -242,6 +242,13 @@ impl Session {
         put_backend_key(client.queue(), pid, secret);
         put_ready(client.queue(), b'I');
         let mode = pool.settings.borrow().mode;
+        let policy = shard
+            .config()
+            .config
+            .databases
+            .get(&login.database)
+            .map(|d| d.unsafe_statements)
+            .unwrap_or_default();
         let default_pool = pool.clone();
         let desired = shard.shared_params(desired);
         Ok(Session {
@@ -250,7 +257,7 @@ impl Session {
             pool,
             mode,
             server: None,
-            ex: Exchange::new(mode, desired),
+            ex: Exchange::new(mode, policy, desired),
             cancel_target,
             pid,
             shutdown_registered: false,
@@ -280,7 +287,7 @@ impl Session {
         self.cancel_target.set(None);
         if let Some(server) = self.server.take() {
             let clean = self.ex.clean();
-            if clean && self.mode == PoolMode::Session {
+            if clean && (self.mode == PoolMode::Session || self.ex.dirty().is_some()) {
                 let pool = self.pool.clone();
                 glommio::spawn_local(reset_and_release(pool, server)).detach();
             } else if clean && !self.ex.batch_open() {
@@ -451,6 +458,16 @@ impl Session {
             self.meta.server.set(None);
             if s.conn.pending() > 0 || self.ex.server_fatal() {
                 self.pool.discard(s);
+            } else if let Some(why) = self.ex.dirty() {
+                // Untracked session state (a temporary table, a role, …) must not reach the
+                // next client: DISCARD ALL first; the next user's settings and statements are
+                // re-established on it as on any connection.
+                log::debug!(
+                    "session {}: resetting its server connection after a {}",
+                    self.pid,
+                    why.class()
+                );
+                glommio::spawn_local(reset_and_release(self.pool.clone(), s)).detach();
             } else {
                 self.pool.release(s);
             }
@@ -699,8 +716,9 @@ impl Session {
     }
 }
 
-/// Session mode: a released server connection is reset with DISCARD ALL before anyone else
-/// gets it; one that does not answer cleanly is closed.
+/// A server connection with session state another client must not see (session mode, or a
+/// dirty one in transaction mode) is reset with DISCARD ALL before anyone else gets it; one that
+/// does not answer cleanly is closed.
 async fn reset_and_release(pool: Rc<Pool>, mut s: ServerConn) {
     put_query(s.conn.queue(), "DISCARD ALL");
     let ok = glommio::timer::timeout(Duration::from_secs(5), async {

@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use helios_config::PoolMode;
+use helios_config::{PoolMode, UnsafeStatements};
 
 use super::prepared::{ParamMap, PreparedSet, Statement, StatementRegistry};
 use crate::error::{Blame, ProxyError, SqlState};
@@ -28,6 +28,7 @@ use crate::net::codec::{
     put_ready, read_cstr, Frame, FrameRef,
 };
 use crate::net::conn::Conn;
+use crate::sql::classify::{self, Effect, Unsafe};
 use crate::sql::{self, SessionCommand};
 
 pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
@@ -167,9 +168,10 @@ pub enum Expect {
         swallow: bool,
     },
     Sync,
-    /// A simple query, until its ReadyForQuery; `track` is applied on its CommandComplete.
+    /// A simple query, until its ReadyForQuery; `track`: the session commands of its
+    /// statements, applied as their CommandCompletes arrive.
     Query {
-        track: Option<SessionCommand>,
+        track: Option<Rc<RefCell<QueryTrack>>>,
     },
     FunctionCall,
     /// The proxy's own query (SET re-application): every response swallowed.
@@ -197,6 +199,22 @@ impl Expect {
     }
 }
 
+/// The tracked session commands of one simple query, statement by statement (most carry none).
+#[derive(Debug, Default)]
+pub struct QueryTrack {
+    /// One entry per statement still to complete, in order.
+    per_statement: VecDeque<Vec<SessionCommand>>,
+    /// More than one statement: the commands wait for the query's end (it is one implicit
+    /// transaction, undone whole by an error).
+    several: bool,
+    /// Commands whose statements completed, waiting for the end of a multi-statement query.
+    completed: Vec<SessionCommand>,
+    /// An error ended the query.
+    failed: bool,
+    /// The transaction status when the query was sent.
+    tx_before: Option<Tx>,
+}
+
 /// Where a client message stands after its checks.
 pub enum Step {
     /// Answered, refused or queued: nothing more to do.
@@ -214,7 +232,7 @@ pub enum Step {
 pub enum Then {
     Query {
         frame: Frame,
-        track: Option<SessionCommand>,
+        track: Option<QueryTrack>,
     },
     Parse(Frame),
     Bind(Frame),
@@ -256,11 +274,23 @@ pub struct Exchange {
     portal_cmds: HashMap<Bytes, SessionCommand>,
     /// SETs made inside a transaction block: kept on COMMIT, forgotten on ROLLBACK.
     pending_cmds: Vec<SessionCommand>,
+    /// Transaction mode: what to do with statements whose session state cannot be tracked.
+    policy: UnsafeStatements,
+    /// The attached server connection ran a statement whose effect the proxy does not track:
+    /// it is reset (DISCARD ALL) before anyone else uses it.
+    dirty: Option<Unsafe>,
+    /// `unsafe_statements = "pin"` and such a statement ran: the client keeps its server
+    /// connection until it leaves.
+    pinned: bool,
+    /// The client message being handled will leave session state behind on the server.
+    taint: Option<Unsafe>,
+    /// Named statements (by client name) that leave untracked session state when executed.
+    stmt_unsafe: HashMap<Bytes, Unsafe>,
 }
 
 impl Exchange {
     /// A session that starts with `desired` settings (its startup parameters).
-    pub fn new(mode: PoolMode, desired: Rc<ParamMap>) -> Exchange {
+    pub fn new(mode: PoolMode, policy: UnsafeStatements, desired: Rc<ParamMap>) -> Exchange {
         Exchange {
             mode,
             expect: VecDeque::new(),
@@ -274,7 +304,22 @@ impl Exchange {
             stmt_cmds: HashMap::new(),
             portal_cmds: HashMap::new(),
             pending_cmds: Vec::new(),
+            policy,
+            dirty: None,
+            pinned: false,
+            taint: None,
+            stmt_unsafe: HashMap::new(),
         }
+    }
+
+    /// Why the attached server connection must be reset before anyone else uses it, if it must.
+    pub fn dirty(&self) -> Option<Unsafe> {
+        self.dirty
+    }
+
+    /// The client keeps its server connection until it leaves (`unsafe_statements = "pin"`).
+    pub fn pinned(&self) -> bool {
+        self.pinned
     }
 
     pub fn tx(&self) -> Tx {
@@ -298,6 +343,7 @@ impl Exchange {
     /// is over, every response has arrived, and no extended batch is half sent.
     pub fn may_release(&self) -> bool {
         self.tx == Tx::Idle
+            && !self.pinned
             && self.batch == Batch::Closed
             && !self.server_skips
             && self.expect.is_empty()
@@ -313,6 +359,7 @@ impl Exchange {
     /// settings are re-applied where it differs.
     pub fn attached<C: Sink, S: Sink>(&mut self, io: &mut Io<'_, C, S>) {
         self.server_fatal = false;
+        self.dirty = None;
         let Some(s) = &mut io.server else { return };
         // Usually the same shared set (clients with the same start-up settings and no SET).
         if Rc::ptr_eq(s.applied, &self.desired) || **s.applied == *self.desired {
@@ -352,6 +399,7 @@ impl Exchange {
         frame: Frame,
         io: &mut Io<'_, C, S>,
     ) -> Result<Step, ProxyError> {
+        self.taint = None;
         if self.drops(frame.tag) {
             return Ok(Step::Done);
         }
@@ -427,9 +475,26 @@ impl Exchange {
         then: Then,
         io: &mut Io<'_, C, S>,
     ) -> Result<(), ProxyError> {
+        if let Some(u) = self.taint.take() {
+            // The message goes to the server: from now on its connection is not what the
+            // proxy tracks.
+            self.dirty = self.dirty.or(Some(u));
+            if self.policy == UnsafeStatements::Pin && !self.pinned {
+                log::info!(
+                    "transaction pooling: a client ran a {} and keeps its server connection \
+                     until it leaves (unsafe_statements = \"pin\")",
+                    u.class()
+                );
+                self.pinned = true;
+            }
+        }
         match then {
             Then::Query { frame, track } => {
                 forward(io, &frame);
+                let track = track.map(|mut t| {
+                    t.tx_before = Some(self.tx);
+                    Rc::new(RefCell::new(t))
+                });
                 self.push(Expect::Query { track }, io);
             }
             Then::Parse(frame) => self.parse_on_server(frame, io)?,
@@ -518,35 +583,71 @@ impl Exchange {
     }
 
     fn on_query<C: Sink, S: Sink>(&mut self, frame: Frame, io: &mut Io<'_, C, S>) -> Step {
+        if self.mode == PoolMode::Session {
+            return Step::Server(Then::Query { frame, track: None });
+        }
         let body = frame.body();
         let text = body.strip_suffix(b"\0").unwrap_or(body);
         let sql_text = std::str::from_utf8(text).unwrap_or("");
-        let mut track = None;
-        if self.mode == PoolMode::Transaction {
-            if let Some(msg) = sql::transaction_mode_unsupported(sql_text) {
-                self.reject(
-                    &ProxyError::error(SqlState::FEATURE_NOT_SUPPORTED, Blame::Client, msg),
-                    false,
-                    io,
-                );
-                return Step::Done;
-            }
-            match sql::session_command(sql_text) {
-                Some(SessionCommand::Deallocate { name }) => {
-                    if self.statements.remove(name.as_bytes()).is_some() {
-                        self.respond_locally("DEALLOCATE", io);
-                        return Step::Done;
-                    }
-                }
-                Some(SessionCommand::DeallocateAll) => {
-                    self.statements.clear();
-                    self.respond_locally("DEALLOCATE ALL", io);
+        // Every statement of the query is considered (one pass; nothing allocated unless a
+        // statement changes session state).
+        let mut track: Option<QueryTrack> = None;
+        let mut unsafe_ = None;
+        let mut n = 0;
+        for (_, effect) in classify::statements(sql_text) {
+            match effect {
+                Effect::None | Effect::Unlisten(_) => {}
+                Effect::Track(c) => track_at(&mut track, n, vec![c]),
+                Effect::TrackMany(v) => track_at(&mut track, n, v),
+                Effect::Listen(_) => {
+                    self.refuse_unsafe(LISTEN_REFUSED, false, io);
                     return Step::Done;
                 }
-                other => track = other,
+                Effect::Unsafe(u) => unsafe_ = unsafe_.or(Some(u)),
+            }
+            n += 1;
+        }
+        if let Some(t) = &mut track {
+            t.per_statement.resize_with(n, Vec::new);
+            t.several = n > 1;
+            if n == 1 {
+                match t.per_statement[0].as_slice() {
+                    [SessionCommand::Deallocate { name }] => {
+                        if self.statements.remove(name.as_bytes()).is_some() {
+                            self.respond_locally("DEALLOCATE", io);
+                            return Step::Done;
+                        }
+                    }
+                    [SessionCommand::DeallocateAll] => {
+                        self.statements.clear();
+                        self.respond_locally("DEALLOCATE ALL", io);
+                        return Step::Done;
+                    }
+                    _ => {}
+                }
             }
         }
+        if let Some(u) = unsafe_ {
+            if self.policy == UnsafeStatements::Refuse {
+                self.refuse_unsafe(&refusal(u), false, io);
+                return Step::Done;
+            }
+            self.taint = Some(u);
+        }
         Step::Server(Then::Query { frame, track })
+    }
+
+    fn refuse_unsafe<C: Sink, S: Sink>(
+        &mut self,
+        msg: &str,
+        extended: bool,
+        io: &mut Io<'_, C, S>,
+    ) {
+        self.reject(
+            &ProxyError::error(SqlState::FEATURE_NOT_SUPPORTED, Blame::Client, msg),
+            extended,
+            io,
+        );
     }
 
     fn on_parse<C: Sink, S: Sink>(
@@ -559,13 +660,25 @@ impl Exchange {
         let ([query], _) = read_cstrs(after_name, "Parse")?;
         if self.mode == PoolMode::Transaction {
             let text = std::str::from_utf8(query).unwrap_or("");
-            if let Some(msg) = sql::transaction_mode_unsupported(text) {
-                self.reject(
-                    &ProxyError::error(SqlState::FEATURE_NOT_SUPPORTED, Blame::Client, msg),
-                    true,
-                    io,
-                );
-                return Ok(Step::Done);
+            // The extended protocol takes one statement per Parse.
+            let effect = classify::statements(text)
+                .next()
+                .map_or(Effect::None, |(_, e)| e);
+            let unsafe_ = match &effect {
+                Effect::Listen(_) => {
+                    self.refuse_unsafe(LISTEN_REFUSED, true, io);
+                    return Ok(Step::Done);
+                }
+                Effect::Unsafe(u) => Some(*u),
+                // Several settings from one extended statement: rare, and not tracked.
+                Effect::TrackMany(_) => Some(Unsafe::Other),
+                _ => None,
+            };
+            if let Some(u) = unsafe_ {
+                if self.policy == UnsafeStatements::Refuse {
+                    self.refuse_unsafe(&refusal(u), true, io);
+                    return Ok(Step::Done);
+                }
             }
             if !name.is_empty() && self.statements.contains_key(name) {
                 self.reject(
@@ -582,12 +695,23 @@ impl Exchange {
                 );
                 return Ok(Step::Done);
             }
-            match sql::session_command(text) {
-                Some(cmd) => {
+            match effect {
+                Effect::Track(cmd) => {
                     self.stmt_cmds.insert(Bytes::copy_from_slice(name), cmd);
                 }
-                None if !self.stmt_cmds.is_empty() => {
+                _ if !self.stmt_cmds.is_empty() => {
                     self.stmt_cmds.remove(name);
+                }
+                _ => {}
+            }
+            match unsafe_ {
+                // An unnamed statement runs now; a named one each time it is bound.
+                Some(u) if name.is_empty() => self.taint = Some(u),
+                Some(u) => {
+                    self.stmt_unsafe.insert(Bytes::copy_from_slice(name), u);
+                }
+                None if !self.stmt_unsafe.is_empty() => {
+                    self.stmt_unsafe.remove(name);
                 }
                 None => {}
             }
@@ -703,6 +827,9 @@ impl Exchange {
     fn on_bind(&mut self, frame: Frame) -> Result<Step, ProxyError> {
         self.open_batch();
         let ([portal, name], _) = read_cstrs(frame.body(), "Bind")?;
+        if !self.stmt_unsafe.is_empty() {
+            self.taint = self.stmt_unsafe.get(name).copied();
+        }
         if !self.stmt_cmds.is_empty() || !self.portal_cmds.is_empty() {
             match self.stmt_cmds.get(name).cloned() {
                 Some(cmd) => {
@@ -879,6 +1006,9 @@ impl Exchange {
             _ => {}
         }
         if tag == b'E' {
+            if let Expect::Query { track: Some(t) } = &front {
+                t.borrow_mut().failed = true;
+            }
             self.note_fatal(&frame);
             io.obs.server_error(parse_error_fields(frame.body()).code);
             io.client.frame(&frame);
@@ -905,7 +1035,7 @@ impl Exchange {
             self.end_transaction(frame.body(), io);
         }
         let mut forward = true;
-        let done = match (front, tag) {
+        let done = match (front.clone(), tag) {
             (Expect::Parse { swallow, .. }, b'1') => {
                 forward = !swallow;
                 true
@@ -939,14 +1069,28 @@ impl Exchange {
             }
             (Expect::Sync | Expect::Query { .. } | Expect::FunctionCall, b'Z') => {
                 self.tx = Tx::from_byte(frame.body().first().copied().unwrap_or(b'I'));
+                if let Expect::Query { track: Some(t) } = &front {
+                    self.end_query(&mut t.borrow_mut(), io);
+                }
                 if self.tx == Tx::Idle {
                     // The transaction is over whichever way; its undecided SETs die with it.
                     self.pending_cmds.clear();
                 }
                 true
             }
-            (Expect::Query { track: Some(cmd) }, b'C') => {
-                self.apply_session_command(cmd, frame.body(), io);
+            (Expect::Query { track: Some(t) }, b'C') => {
+                let mut t = t.borrow_mut();
+                let cmds = t.per_statement.pop_front().unwrap_or_default();
+                for cmd in cmds {
+                    if !confirms(&cmd, frame.body()) {
+                        continue;
+                    }
+                    if t.several {
+                        t.completed.push(cmd);
+                    } else {
+                        self.apply_session_command(cmd, frame.body(), io);
+                    }
+                }
                 false
             }
             _ => false,
@@ -978,17 +1122,7 @@ impl Exchange {
         complete: &[u8],
         io: &mut Io<'_, C, S>,
     ) {
-        let tag = complete.strip_suffix(b"\0").unwrap_or(complete);
-        let ok = matches!(
-            (&cmd, tag),
-            (SessionCommand::Set { .. }, b"SET")
-                | (
-                    SessionCommand::Reset { .. } | SessionCommand::ResetAll,
-                    b"RESET"
-                )
-                | (SessionCommand::DiscardAll, b"DISCARD ALL")
-        );
-        if !ok {
+        if !confirms(&cmd, complete) {
             return;
         }
         if self.tx != Tx::Idle {
@@ -997,6 +1131,26 @@ impl Exchange {
             return;
         }
         self.commit_session_command(cmd, io);
+    }
+
+    /// A multi-statement query ended (its ReadyForQuery). It ran as one implicit transaction
+    /// unless it opened or closed blocks itself: its tracked settings are kept when it ran
+    /// whole from idle to idle, wait for the block's end when it left one open, and otherwise
+    /// the server's state is uncertain, so the connection is dirty.
+    fn end_query<C: Sink, S: Sink>(&mut self, t: &mut QueryTrack, io: &mut Io<'_, C, S>) {
+        let completed = std::mem::take(&mut t.completed);
+        if completed.is_empty() {
+            return;
+        }
+        match (t.failed, t.tx_before, self.tx) {
+            (false, Some(Tx::Idle), Tx::Idle) => {
+                for cmd in completed {
+                    self.commit_session_command(cmd, io);
+                }
+            }
+            (false, _, Tx::Block) => self.pending_cmds.extend(completed),
+            _ => self.dirty = self.dirty.or(Some(Unsafe::Other)),
+        }
     }
 
     /// A transaction ended (CommandComplete COMMIT or ROLLBACK): keep or drop its SETs.
@@ -1040,6 +1194,10 @@ impl Exchange {
             SessionCommand::DiscardAll => {
                 *s.applied = Rc::default();
                 s.prepared.clear();
+                // The server connection is back to its defaults: nothing untracked remains.
+                self.dirty = None;
+                self.pinned = false;
+                self.stmt_unsafe.clear();
                 self.desired = self.startup_desired.clone();
                 self.statements.clear();
                 self.stmt_cmds.clear();
@@ -1048,6 +1206,40 @@ impl Exchange {
             SessionCommand::Deallocate { .. } | SessionCommand::DeallocateAll => {}
         }
     }
+}
+
+/// Whether a CommandComplete tag confirms a tracked command (`set_config` answers `SELECT 1`).
+fn confirms(cmd: &SessionCommand, complete: &[u8]) -> bool {
+    let tag = complete.strip_suffix(b"\0").unwrap_or(complete);
+    matches!(
+        (cmd, tag),
+        (SessionCommand::Set { .. }, b"SET" | b"SELECT 1")
+            | (
+                SessionCommand::Reset { .. } | SessionCommand::ResetAll,
+                b"RESET"
+            )
+            | (SessionCommand::DiscardAll, b"DISCARD ALL")
+    )
+}
+
+const LISTEN_REFUSED: &str =
+    "LISTEN is not supported in transaction pooling mode (use a session-mode database)";
+
+/// Records statement `n`'s tracked commands (statements before it that had none get empty
+/// entries: one entry per statement, matched to CommandCompletes in order).
+fn track_at(track: &mut Option<QueryTrack>, n: usize, cmds: Vec<SessionCommand>) {
+    let t = track.get_or_insert_with(QueryTrack::default);
+    t.per_statement.resize_with(n, Vec::new);
+    t.per_statement.push_back(cmds);
+}
+
+/// The 0A000 message for a statement `unsafe_statements = "refuse"` turns away.
+fn refusal(u: Unsafe) -> String {
+    format!(
+        "{} is not allowed under transaction pooling: it changes session state the proxy cannot \
+         carry between server connections (this database has unsafe_statements = \"refuse\")",
+        u.class()
+    )
 }
 
 fn forward<C: Sink, S: Sink>(io: &mut Io<'_, C, S>, frame: &Frame) {

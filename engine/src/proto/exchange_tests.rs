@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use helios_config::PoolMode;
+use helios_config::{PoolMode, UnsafeStatements};
 
 use super::*;
 use crate::net::codec::{put_command_complete, put_msg, FrameReader};
@@ -62,7 +62,7 @@ macro_rules! rig_io {
 impl Rig {
     pub fn new(mode: PoolMode) -> Rig {
         Rig {
-            ex: Exchange::new(mode, Rc::default()),
+            ex: Exchange::new(mode, UnsafeStatements::Pin, Rc::default()),
             to_client: BytesMut::new(),
             to_server: BytesMut::new(),
             attached: false,
@@ -898,4 +898,129 @@ fn an_unknown_frontend_message_is_a_protocol_violation() {
     assert_eq!(e.code, SqlState::PROTOCOL_VIOLATION);
     let e = r.client(msg(b'B', |b| b.put_slice(b"no-nul"))).unwrap_err();
     assert_eq!(e.code, SqlState::PROTOCOL_VIOLATION);
+}
+
+fn rig_with(policy: UnsafeStatements) -> Rig {
+    let mut r = Rig::new(TX);
+    r.ex = Exchange::new(TX, policy, Rc::default());
+    r
+}
+
+fn answer(r: &mut Rig, tags: &[&str], status: u8) {
+    for t in tags {
+        r.server(&complete(t));
+    }
+    r.server(&ready(status));
+}
+
+#[test]
+fn every_statement_of_a_simple_query_is_tracked() {
+    let mut r = Rig::new(TX);
+    r.client(query("SET statement_timeout = '1234ms'; SELECT 1"))
+        .unwrap();
+    answer(&mut r, &["SET", "SELECT 1"], b'I');
+    assert!(r.maybe_release());
+    assert_eq!(
+        r.ex.desired.get("statement_timeout").map(String::as_str),
+        Some("'1234ms'")
+    );
+    // A failed multi-statement query undoes its SET (one implicit transaction): not tracked,
+    // and the connection is dirty because the server's state is not known for sure.
+    let mut r = Rig::new(TX);
+    r.client(query("SET work_mem = '7MB'; SELECT 1/0")).unwrap();
+    r.server(&complete("SET"));
+    r.server(&error("22012"));
+    r.server(&ready(b'I'));
+    assert!(r.ex.desired.get("work_mem").is_none());
+    assert!(r.ex.dirty().is_some());
+}
+
+#[test]
+fn set_config_with_literals_is_tracked_like_set() {
+    let mut r = Rig::new(TX);
+    r.client(query("SELECT set_config('work_mem', '7MB', false)"))
+        .unwrap();
+    r.server(&row_desc());
+    r.server(&data_row());
+    answer(&mut r, &["SELECT 1"], b'I');
+    assert_eq!(
+        r.ex.desired.get("work_mem").map(String::as_str),
+        Some("'7MB'")
+    );
+    assert!(r.ex.dirty().is_none());
+}
+
+#[test]
+fn untrackable_statements_pin_by_default() {
+    for sql in [
+        "DO $$BEGIN PERFORM set_config('work_mem','7MB',false); END$$",
+        "CREATE TEMP TABLE t1(x int)",
+        "SET ROLE nobody",
+        "SET SESSION AUTHORIZATION nobody",
+        "PREPARE p AS SELECT 1",
+        "SELECT pg_advisory_lock(1)",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        "CALL p()",
+        "select 1; create temporary table t2 (x int)",
+    ] {
+        let mut r = rig_with(UnsafeStatements::Pin);
+        r.client(query(sql)).unwrap();
+        answer(&mut r, &["X"], b'I');
+        assert!(r.ex.pinned(), "{sql}");
+        assert!(r.ex.dirty().is_some(), "{sql}");
+        assert!(
+            !r.maybe_release(),
+            "{sql}: a pinned client keeps its connection"
+        );
+    }
+}
+
+#[test]
+fn untrackable_statements_reset_or_refuse_as_configured() {
+    let mut r = rig_with(UnsafeStatements::Reset);
+    r.client(query("CREATE TEMP TABLE t1(x int)")).unwrap();
+    answer(&mut r, &["CREATE TABLE"], b'I');
+    assert!(!r.ex.pinned());
+    assert!(r.ex.dirty().is_some());
+    assert!(r.maybe_release(), "released, to be reset by the session");
+    // Attaching a connection starts clean.
+    r.client(query("select 1")).unwrap();
+    assert!(r.ex.dirty().is_none());
+
+    let mut r = rig_with(UnsafeStatements::Refuse);
+    r.client(query("SET ROLE nobody")).unwrap();
+    assert_eq!(r.client_tags(), "EZ");
+    assert_eq!(r.server_tags(), "");
+    // Extended protocol: refused at Parse, the rest of the batch dropped.
+    r.client(parse("", "CREATE TEMP TABLE t(x int)")).unwrap();
+    r.client(bind("", "")).unwrap();
+    r.client(execute("")).unwrap();
+    r.client(sync()).unwrap();
+    assert_eq!(r.client_tags(), "EZ");
+    assert_eq!(r.server_tags(), "");
+}
+
+#[test]
+fn a_named_unsafe_statement_taints_each_execution() {
+    let mut r = rig_with(UnsafeStatements::Reset);
+    r.client(parse("s", "CREATE TEMP TABLE t(x int)")).unwrap();
+    r.client(sync()).unwrap();
+    assert!(r.ex.dirty().is_none(), "only prepared, not run");
+    r.client(bind("", "s")).unwrap();
+    r.client(execute("")).unwrap();
+    r.client(sync()).unwrap();
+    assert!(r.ex.dirty().is_some());
+}
+
+#[test]
+fn discard_all_makes_a_dirty_connection_clean_again() {
+    let mut r = rig_with(UnsafeStatements::Pin);
+    r.client(query("CREATE TEMP TABLE t1(x int)")).unwrap();
+    answer(&mut r, &["CREATE TABLE"], b'I');
+    assert!(r.ex.pinned());
+    r.client(query("DISCARD ALL")).unwrap();
+    answer(&mut r, &["DISCARD ALL"], b'I');
+    assert!(!r.ex.pinned());
+    assert!(r.ex.dirty().is_none());
+    assert!(r.maybe_release());
 }

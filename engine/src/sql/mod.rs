@@ -1,8 +1,13 @@
 //! The little SQL the proxy must understand without a parser: session `SET`/`RESET`,
 //! `DEALLOCATE`/`DISCARD`, and the statements transaction pooling cannot honour. One pass over the
-//! leading bytes; nothing here allocates unless it found something to track.
+//! bytes; nothing here allocates unless it found something to track. [`classify`] splits a
+//! simple query into statements and says what each does to session state; the functions here
+//! are the older one-statement views of it.
 
 pub mod analyze;
+pub mod classify;
+
+use classify::{Effect, Unsafe};
 
 /// A statement's effect on session state that the proxy tracks under transaction pooling.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,13 +32,20 @@ struct Words<'a> {
 }
 
 impl<'a> Words<'a> {
+    /// Skips PostgreSQL's whitespace (`[ \t\n\r\f\v]`), `--` comments and nested `/* */`.
     fn skip_space(&mut self) {
         loop {
-            let t = self.s.trim_start();
+            let t = self
+                .s
+                .trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
             if let Some(rest) = t.strip_prefix("--") {
-                self.s = rest.find('\n').map(|i| &rest[i + 1..]).unwrap_or("");
+                self.s = rest
+                    .find(['\n', '\r'])
+                    .map(|i| &rest[i + 1..])
+                    .unwrap_or("");
             } else if let Some(rest) = t.strip_prefix("/*") {
-                self.s = rest.find("*/").map(|i| &rest[i + 2..]).unwrap_or("");
+                let end = classify::skip_block_comment(rest.as_bytes(), 0);
+                self.s = rest.get(end..).unwrap_or("");
             } else {
                 self.s = t;
                 return;
@@ -62,115 +74,30 @@ impl<'a> Words<'a> {
     }
 }
 
-/// Strips one trailing `;` and whitespace; `None` if another `;` remains (several statements,
-/// which the proxy does not track).
-fn single_statement(sql: &str) -> Option<&str> {
-    let t = sql.trim_end();
-    let t = t.strip_suffix(';').unwrap_or(t).trim_end();
-    (!t.contains(';')).then_some(t)
-}
-
-/// Recognises the session commands the proxy tracks; `None` for everything else.
+/// Recognises a query string that is exactly one tracked session command (`SET`, `RESET`,
+/// `DEALLOCATE`, `DISCARD ALL`); `None` for everything else, including several statements (see
+/// [`classify::statements`] for those) and the `SET` forms the proxy cannot replay (`SET ROLE`,
+/// `SET SESSION AUTHORIZATION`: [`Unsafe`] there). `SET SESSION CHARACTERISTICS` with one mode
+/// is tracked as the `default_transaction_*` parameter it sets.
 ///
 /// Measured: 27 ns on a pgbench SELECT or INSERT, 149 ns on a SET it tracks (benches/benches/sql.rs).
 pub fn session_command(sql: &str) -> Option<SessionCommand> {
-    let mut w = Words { s: sql };
-    let first = w.word()?;
-    if first.eq_ignore_ascii_case("set") {
-        let stmt = single_statement(sql)?;
-        let mut w = Words { s: stmt };
-        w.word();
-        let mut name = w.word()?;
-        if name.eq_ignore_ascii_case("local") {
-            return None; // lasts only until the end of the transaction
-        }
-        if name.eq_ignore_ascii_case("session") {
-            name = w.word()?;
-            if name.eq_ignore_ascii_case("authorization")
-                || name.eq_ignore_ascii_case("characteristics")
-            {
-                return None;
-            }
-        }
-        if name.eq_ignore_ascii_case("transaction") || name.eq_ignore_ascii_case("constraints") {
-            return None;
-        }
-        if name.eq_ignore_ascii_case("time") {
-            let zone = w.word()?;
-            if !zone.eq_ignore_ascii_case("zone") {
-                return None;
-            }
-            return Some(SessionCommand::Set {
-                name: "timezone".into(),
-                value: w.rest().to_string(),
-            });
-        }
-        if name.eq_ignore_ascii_case("names") {
-            return Some(SessionCommand::Set {
-                name: "client_encoding".into(),
-                value: w.rest().to_string(),
-            });
-        }
-        let rest = w.rest();
-        let value = if let Some(v) = rest.strip_prefix('=') {
-            v
-        } else {
-            let mut w2 = Words { s: rest };
-            let to = w2.word()?;
-            if !to.eq_ignore_ascii_case("to") {
-                return None;
-            }
-            w2.rest()
-        };
-        let value = value.trim();
-        if value.is_empty() {
-            return None;
-        }
-        return Some(SessionCommand::Set {
-            name: name.to_ascii_lowercase(),
-            value: value.to_string(),
-        });
+    let first = Words { s: sql }.word()?;
+    if !["set", "reset", "deallocate", "discard"]
+        .iter()
+        .any(|k| first.eq_ignore_ascii_case(k))
+    {
+        return None;
     }
-    if first.eq_ignore_ascii_case("reset") {
-        let stmt = single_statement(sql)?;
-        let mut w = Words { s: stmt };
-        w.word();
-        let name = w.word()?;
-        if !w.rest().is_empty() {
-            return None;
-        }
-        return Some(if name.eq_ignore_ascii_case("all") {
-            SessionCommand::ResetAll
-        } else {
-            SessionCommand::Reset {
-                name: name.to_ascii_lowercase(),
-            }
-        });
+    let mut all = classify::statements(sql);
+    let (_, effect) = all.next()?;
+    if all.next().is_some() {
+        return None;
     }
-    if first.eq_ignore_ascii_case("deallocate") {
-        let stmt = single_statement(sql)?;
-        let mut w = Words { s: stmt };
-        w.word();
-        let mut name = w.rest();
-        if let Some(n) = strip_word(name, "prepare") {
-            name = n;
-        }
-        let name = unquote_ident(name.trim())?;
-        return Some(if name.eq_ignore_ascii_case("all") {
-            SessionCommand::DeallocateAll
-        } else {
-            SessionCommand::Deallocate { name }
-        });
+    match effect {
+        Effect::Track(cmd) => Some(cmd),
+        _ => None,
     }
-    if first.eq_ignore_ascii_case("discard") {
-        let stmt = single_statement(sql)?;
-        let mut w = Words { s: stmt };
-        w.word();
-        if w.word().is_some_and(|x| x.eq_ignore_ascii_case("all")) && w.rest().is_empty() {
-            return Some(SessionCommand::DiscardAll);
-        }
-    }
-    None
 }
 
 fn strip_word<'a>(s: &'a str, word: &str) -> Option<&'a str> {
@@ -185,9 +112,13 @@ fn strip_word<'a>(s: &'a str, word: &str) -> Option<&'a str> {
     }
 }
 
-/// `name` → lowercased, `"Name"` → as written.
+/// `name` → lowercased (ASCII letters only, as PostgreSQL does in a multibyte encoding),
+/// `"Name"` → as written (`""` inside stands for `"`).
 fn unquote_ident(s: &str) -> Option<String> {
     if let Some(inner) = s.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+        if inner.is_empty() || inner.replace("\"\"", "").contains('"') {
+            return None;
+        }
         return Some(inner.replace("\"\"", "\""));
     }
     if s.is_empty()
@@ -197,34 +128,26 @@ fn unquote_ident(s: &str) -> Option<String> {
     {
         return None;
     }
-    Some(s.to_lowercase())
+    Some(s.to_ascii_lowercase())
 }
 
 /// Under transaction pooling these would silently break (the next transaction may run on
-/// another server connection); the proxy refuses them with 0A000 instead.
+/// another server connection); the proxy refuses them with 0A000 instead: `LISTEN`, session
+/// advisory locks, `WITH HOLD` cursors, in any statement of the query (from
+/// [`classify::statements`]).
 ///
 /// Measured: 63 ns on the pgbench SELECT, 83 ns on its INSERT (benches/benches/sql.rs).
 pub fn transaction_mode_unsupported(sql: &str) -> Option<&'static str> {
-    let mut w = Words { s: sql };
-    let first = w.word().unwrap_or("");
-    if first.eq_ignore_ascii_case("listen") {
-        return Some(
+    classify::statements(sql).find_map(|(_, effect)| match effect {
+        Effect::Listen(_) => Some(
             "LISTEN is not supported in transaction pooling mode (use a session-mode database)",
-        );
-    }
-    let b = sql.as_bytes();
-    // pg_advisory_lock[_shared], pg_try_advisory_lock[_shared] (not the _xact_ ones): found by
-    // their rare `y` first, which ordinary queries seldom contain.
-    if find_ci_anchored(b, b"advisory_lock", 7).any(|at| {
-        let before = &b[..at];
-        ends_with_ci(before, b"pg_") || ends_with_ci(before, b"pg_try_")
-    }) {
-        return Some("session-level advisory locks are not supported in transaction pooling mode (use pg_advisory_xact_lock)");
-    }
-    if first.eq_ignore_ascii_case("declare") && contains_ci(b, b"with hold") {
-        return Some("WITH HOLD cursors are not supported in transaction pooling mode");
-    }
-    None
+        ),
+        Effect::Unsafe(Unsafe::AdvisoryLock) => Some("session-level advisory locks are not supported in transaction pooling mode (use pg_advisory_xact_lock)"),
+        Effect::Unsafe(Unsafe::HoldCursor) => {
+            Some("WITH HOLD cursors are not supported in transaction pooling mode")
+        }
+        _ => None,
+    })
 }
 
 /// ASCII case-insensitive substring search that scans for `needle[anchor]` (pick a byte that
@@ -245,10 +168,6 @@ pub fn find_ci_anchored<'a>(
             hay.len() - start >= needle.len()
                 && hay[start..start + needle.len()].eq_ignore_ascii_case(needle)
         })
-}
-
-fn ends_with_ci(hay: &[u8], suffix: &[u8]) -> bool {
-    hay.len() >= suffix.len() && hay[hay.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
 /// ASCII case-insensitive substring search.
@@ -342,6 +261,18 @@ mod tests {
         assert_eq!(session_command("DISCARD ALL"), Some(DiscardAll));
         assert_eq!(session_command("SELECT 1"), None);
         assert_eq!(session_command(""), None);
+        // The splitter reads quotes and comments: one statement, tracked.
+        assert_eq!(
+            session_command("SET application_name = 'a;b'; -- done"),
+            set("application_name", "'a;b'")
+        );
+        // Session state the proxy does not replay.
+        assert_eq!(session_command("SET ROLE bob"), None);
+        assert_eq!(session_command("SET SESSION AUTHORIZATION bob"), None);
+        assert_eq!(
+            session_command("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+            set("default_transaction_read_only", "on")
+        );
     }
 
     #[test]
@@ -355,6 +286,10 @@ mod tests {
         assert!(transaction_mode_unsupported("select y, pg_advisory_lock(2)").is_some());
         assert!(transaction_mode_unsupported("DECLARE c CURSOR WITH HOLD FOR select 1").is_some());
         assert!(transaction_mode_unsupported("select 'with hold'").is_none());
+        assert!(transaction_mode_unsupported("select 'pg_advisory_lock(1)'").is_none());
+        assert!(transaction_mode_unsupported("select 1; listen chan").is_some());
+        assert!(transaction_mode_unsupported("select 1; unlisten chan").is_none());
+        assert!(transaction_mode_unsupported("SET a = 1; SELECT pg_advisory_lock(1)").is_some());
     }
 
     #[test]
