@@ -5,12 +5,13 @@
 //! rejected by their full path (`databases.app.pool_sise`). [`Config::validate`] then checks what
 //! serde cannot: references between sections, ranges, and that the userlist can be read.
 //!
-//! Which settings apply on reload (SIGHUP): users (the userlist), pool sizes and timeouts of
-//! existing databases, new databases, and node addresses. Listen addresses, `cores` and `limits`
-//! need a restart; the reload logs which of those changed and were ignored.
+//! Which settings apply on reload (SIGHUP) and which need a restart: [`reload::APPLY`], one
+//! entry per key. A reload that changes a restart-only key logs it and keeps the running value
+//! ([`Config::keep_restart_only`]).
 
 pub mod admin;
 pub mod plugins;
+pub mod reload;
 mod userlist;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use admin::AdminConfig;
+pub use reload::{apply_of, changed_keys, Apply, APPLY};
 pub use userlist::{parse_userlist, Secret, UserEntry, Userlist};
 
 /// Why a configuration could not be loaded, with where the problem is.

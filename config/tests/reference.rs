@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use helios_config::Config;
+use helios_config::{apply_of, Config, APPLY};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
@@ -74,14 +74,35 @@ fn example_sets_every_key_of_the_types() {
     );
 }
 
-#[test]
-fn reference_documents_every_key() {
-    let doc = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
+/// Every key of the types: what the example serializes to, plus the secrets, which are never
+/// serialized.
+fn all_keys() -> BTreeSet<String> {
     let parsed = toml::Value::try_from(example()).unwrap();
     let mut all = BTreeSet::new();
     keys(&parsed, "", &mut all);
     all.insert("databases.<alias>.password".into());
+    all.insert("admin.token".into());
+    all
+}
+
+#[test]
+fn the_reload_table_covers_every_key() {
+    let all = all_keys();
+    let table: BTreeSet<String> = APPLY.iter().map(|(k, _)| k.to_string()).collect();
+    let missing: Vec<_> = all.difference(&table).collect();
+    let stale: Vec<_> = table.difference(&all).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "helios_config::reload::APPLY lacks {missing:?} and names keys that do not exist: {stale:?}"
+    );
+}
+
+#[test]
+fn reference_documents_every_key() {
+    let doc = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
+    let all = all_keys();
     let mut undocumented = Vec::new();
+    let mut wrong_applies = Vec::new();
     for k in &all {
         let (section, leaf) = k.rsplit_once('.').unwrap_or(("", k));
         let heading = match section {
@@ -95,12 +116,43 @@ fn reference_documents_every_key() {
         };
         let body = &doc[at + heading.len()..];
         let body = &body[..body.find("\n## ").unwrap_or(body.len())];
-        if !body.contains(&format!("| `{leaf}` |")) {
+        let Some(row) = body
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{leaf}` |")))
+        else {
             undocumented.push(k.clone());
+            continue;
+        };
+        // The section's table says in its `applies` column what the proxy does on reload.
+        let cells = |l: &str| -> Vec<String> {
+            l.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect()
+        };
+        let header = body
+            .lines()
+            .find(|l| l.starts_with("| key |"))
+            .map(cells)
+            .unwrap_or_default();
+        let Some(col) = header.iter().position(|c| c == "applies") else {
+            wrong_applies.push(format!("{k}: the {heading} table has no `applies` column"));
+            continue;
+        };
+        let want = apply_of(k).map(|a| a.as_str()).unwrap_or("(not in APPLY)");
+        let got = cells(row).get(col).cloned().unwrap_or_default();
+        if got != want {
+            wrong_applies.push(format!(
+                "{k}: the reference says {got:?}, the proxy {want:?}"
+            ));
         }
     }
     assert!(
         undocumented.is_empty(),
         "docs/configuration.md lacks: {undocumented:?}"
+    );
+    assert!(
+        wrong_applies.is_empty(),
+        "docs/configuration.md, `applies` column: {wrong_applies:?}"
     );
 }

@@ -154,6 +154,102 @@ fn sighup_reloads_users_and_pool_sizes_and_keeps_connections() {
     }
 }
 
+/// A reload that changes restart-only keys says so for each (helios_config::reload::APPLY) and
+/// keeps their running values; a reloadable key in the same file applies at once; the console's
+/// SHOW CONFIG shows the values in effect and which kind each key is.
+#[test]
+fn reload_warns_for_each_restart_only_key_and_applies_the_others() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "applies");
+    let users = userlist(&[("alice", "alice-pw"), ("admin", "admin-pw")]);
+    let auth = "method = \"scram-sha-256\"\nuserlist = \"userlist.txt\"\nadmin_users = [\"admin\"]";
+    let dbs = db_section("app", &db, "transaction", 4, "");
+    let mut proxy = start_proxy(&config(&pg, auth, "", &dbs), Some(&users));
+    let port = proxy.port();
+    let held: Vec<_> = (0..3)
+        .map(|_| connect(&proxy, "alice", "alice-pw", "app"))
+        .collect();
+    drop(held);
+
+    let new_port = helios_testkit::free_port();
+    let changed = config(&pg, auth, "max_client_connections = 2", &dbs)
+        .replace(
+            "listen = [\"127.0.0.1:${HELIOS_TEST_PORT}\"]",
+            &format!("listen = [\"127.0.0.1:{new_port}\"]"),
+        )
+        .replace("[io]\n", "[io]\nring_wait_us = 250\n");
+    proxy.write_config(&changed).unwrap();
+    proxy.reload().expect("reload");
+    let log = proxy.log();
+    for key in ["server.listen", "io.ring_wait_us"] {
+        let warning = format!("{key} changed: needs a restart; the old value stays in effect");
+        assert_eq!(log.matches(&warning).count(), 1, "{warning:?} in:\n{log}");
+    }
+    assert!(
+        log.contains("reload applies changes to limits.max_client_connections"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("limits.max_client_connections changed: needs a restart"),
+        "{log}"
+    );
+
+    // The listeners stay where they were.
+    TcpStream::connect(("127.0.0.1", port)).expect("the old address still accepts");
+    assert!(
+        TcpStream::connect(("127.0.0.1", new_port)).is_err(),
+        "something listens on the new address before a restart"
+    );
+    // The reloadable limit is in force: the third client is refused.
+    let mut held: Vec<_> = (0..2)
+        .map(|_| {
+            poll(Duration::from_secs(5), "a client slot", || {
+                try_connect(&proxy, "alice", "alice-pw", "app").ok()
+            })
+        })
+        .collect();
+    let e = try_connect(&proxy, "alice", "alice-pw", "app")
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("53300"), "{e}");
+    held.pop();
+
+    // SHOW CONFIG: key|value|changeable|applies, with the values in effect.
+    let url = proxy.url("admin", "admin-pw", "heliosproxy");
+    let rows = poll(Duration::from_secs(5), "the console", || {
+        let out = psql(&url, "SHOW CONFIG");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    let row = |key: &str| {
+        rows.lines()
+            .find(|l| l.starts_with(&format!("{key}|")))
+            .unwrap_or_else(|| panic!("no {key} in SHOW CONFIG:\n{rows}"))
+            .to_string()
+    };
+    assert_eq!(
+        row("server.listen"),
+        format!("server.listen|[\"127.0.0.1:{port}\"]|no|restart")
+    );
+    assert_eq!(row("io.ring_wait_us"), "io.ring_wait_us|500|no|restart");
+    assert_eq!(
+        row("limits.max_client_connections"),
+        "limits.max_client_connections|2|yes|reload"
+    );
+    assert!(
+        row("databases.app.pool_size").ends_with("|yes|reload"),
+        "{rows}"
+    );
+    assert!(row("nodes[0].host").ends_with("|yes|reload"), "{rows}");
+    for line in rows.lines() {
+        assert!(
+            line.ends_with("|yes|reload") || line.ends_with("|no|restart"),
+            "a key without a reload/restart verdict: {line}"
+        );
+    }
+}
+
 fn login_code(proxy: &helios_testkit::proxy::Proxy, user: &str, pw: &str) -> String {
     match try_connect(proxy, user, pw, "app") {
         Ok(_) => panic!("{user} logged in with a wrong password"),

@@ -386,7 +386,9 @@ fn databases(shard: &Shard) -> Rows {
 
 fn config(shard: &Shard) -> Rows {
     let cfg = shard.config();
-    let mut r = Rows::new(&["key", "value", "changeable"]);
+    // `changeable` as in PgBouncer (yes: a reload applies it); `applies`: `reload` or `restart`,
+    // from the same table as the reload path's warnings (helios_config::reload::APPLY).
+    let mut r = Rows::new(&["key", "value", "changeable", "applies"]);
     // Secrets are never serialized (passwords, the admin token).
     let v = serde_json::to_value(&cfg.config).unwrap_or_default();
     fn walk(prefix: &str, v: &serde_json::Value, r: &mut Rows) {
@@ -407,16 +409,16 @@ fn config(shard: &Shard) -> Rows {
                 }
             }
             other => {
-                let changeable = !(prefix.starts_with("server.")
-                    || prefix.starts_with("io.")
-                    || prefix.starts_with("admin."));
+                let apply = helios_config::apply_of(prefix);
+                let changeable = apply.map(|a| a == helios_config::Apply::Reload);
                 r.push(vec![
                     Some(prefix.to_string()),
                     Some(match other {
                         serde_json::Value::String(s) => s.clone(),
                         x => x.to_string(),
                     }),
-                    Some(if changeable { "yes" } else { "no" }.into()),
+                    changeable.map(|c| if c { "yes" } else { "no" }.into()),
+                    apply.map(|a| a.as_str().into()),
                 ]);
             }
         }

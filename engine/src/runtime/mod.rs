@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use atomic_waker::AtomicWaker;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement};
-use helios_config::{Config, Userlist};
+use helios_config::{Apply, Config, Userlist};
 
 use crate::shard::{RuntimeConfig, Shard, ShardMsg, Shared};
 
@@ -289,8 +289,10 @@ fn signal_loop(
         match sig {
             SIGHUP => match &config_path {
                 Some(path) => match load_runtime(path, Some(shards)) {
-                    Ok(new) => {
-                        warn_restart_only(&current.config, &new.config);
+                    Ok(mut new) => {
+                        report_changes(&current.config, &new.config);
+                        // What the shards, the console and /config see is what is in effect.
+                        new.config.keep_restart_only(&current.config);
                         let new = Arc::new(new);
                         log_budget(&new);
                         *live_config.write().unwrap_or_else(|e| e.into_inner()) =
@@ -349,20 +351,20 @@ fn signal_loop(
     Ok(())
 }
 
-fn warn_restart_only(old: &Config, new: &Config) {
-    if old.server.listen != new.server.listen
-        || old.server.cores != new.server.cores
-        || old.server.sched_slice_us != new.server.sched_slice_us
-        || old.server.pin_shards != new.server.pin_shards
-    {
-        log::warn!(
-            "server.listen / server.cores / server.sched_slice_us / server.pin_shards changed: they apply at the next restart"
-        );
+/// Logs what a reload changes: a warning for each restart-only key (its running value stays),
+/// one line naming the keys that apply now. Which is which: `helios_config::reload::APPLY`.
+fn report_changes(old: &Config, new: &Config) {
+    let mut applied = Vec::new();
+    for (key, apply) in helios_config::changed_keys(old, new) {
+        match apply {
+            Apply::Restart => {
+                log::warn!("{key} changed: needs a restart; the old value stays in effect")
+            }
+            Apply::Reload => applied.push(key),
+        }
     }
-    if old.limits.max_message_size_bytes != new.limits.max_message_size_bytes
-        || old.limits.startup_timeout_ms != new.limits.startup_timeout_ms
-    {
-        log::info!("limits changed: new values apply to new client connections");
+    if !applied.is_empty() {
+        log::info!("reload applies changes to {}", applied.join(", "));
     }
 }
 

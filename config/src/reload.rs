@@ -1,0 +1,377 @@
+//! Which settings a reload (SIGHUP, `POST /reload`, console `RELOAD`) applies and which need a
+//! restart: one table, [`APPLY`], read by the reload path (warnings), the psql console
+//! (`SHOW CONFIG`) and the reference test of docs/configuration.md.
+//!
+//! Keys are written as in docs/configuration.md: `section.key`, with the array tables folded
+//! (`nodes.host` for every `[[nodes]]` entry, `plugins.plugin.source`) and the database alias
+//! written `<alias>` (`databases.<alias>.pool_size`). [`key_of`] turns a concrete path
+//! (`nodes[1].host`, `databases.app.pool_size`) into that form.
+
+use std::collections::BTreeMap;
+
+use crate::Config;
+
+/// When a change to a setting takes effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Apply {
+    /// At the next reload, without dropping connections (settings read per connection apply to
+    /// the connections opened after it).
+    Reload,
+    /// Only at start-up: a reload that changes it logs a warning and keeps the running value.
+    Restart,
+}
+
+impl Apply {
+    /// `reload` or `restart`, as the console and the reference show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Apply::Reload => "reload",
+            Apply::Restart => "restart",
+        }
+    }
+}
+
+use Apply::{Reload, Restart};
+
+/// Every key of the configuration file and when a change to it applies. A test checks that it
+/// names every key of the types, and docs/configuration.md against it.
+pub const APPLY: &[(&str, Apply)] = &[
+    // The listeners, the shard threads and their placement exist from start-up on.
+    ("server.listen", Restart),
+    ("server.cores", Restart),
+    ("server.sched_slice_us", Restart),
+    ("server.pin_shards", Restart),
+    ("server.shutdown_timeout_ms", Reload),
+    // Read for each client connection as it is accepted.
+    ("limits.max_client_connections", Reload),
+    ("limits.max_message_size_bytes", Reload),
+    ("limits.startup_timeout_ms", Reload),
+    // Read per login.
+    ("auth.method", Reload),
+    ("auth.userlist", Reload),
+    ("auth.admin_users", Reload),
+    // Each shard's io_uring ring is built at start-up.
+    ("io.backend", Restart),
+    ("io.recv_buffers", Restart),
+    ("io.recv_buffer_size_bytes", Restart),
+    ("io.max_pending_send_bytes", Restart),
+    ("io.ring_entries", Restart),
+    ("io.ring_wait_us", Restart),
+    // The admin thread and the shards' snapshot timers start once.
+    ("admin.enabled", Restart),
+    ("admin.listen", Restart),
+    ("admin.token", Restart),
+    ("admin.snapshot_interval_ms", Restart),
+    ("admin.max_body_bytes", Restart),
+    ("admin.console_database", Reload),
+    // Pools take new targets and sizes in place; host names are resolved again.
+    ("nodes.name", Reload),
+    ("nodes.host", Reload),
+    ("nodes.port", Reload),
+    ("nodes.connect_timeout_ms", Reload),
+    ("databases.<alias>.node", Reload),
+    ("databases.<alias>.dbname", Reload),
+    ("databases.<alias>.user", Reload),
+    ("databases.<alias>.password", Reload),
+    ("databases.<alias>.pool_mode", Reload),
+    ("databases.<alias>.pool_size", Reload),
+    ("databases.<alias>.min_idle", Reload),
+    ("databases.<alias>.idle_timeout_ms", Reload),
+    ("databases.<alias>.max_lifetime_ms", Reload),
+    ("databases.<alias>.checkout_timeout_ms", Reload),
+    (
+        "databases.<alias>.prepared_statements_per_connection",
+        Reload,
+    ),
+    // Read when a client logs in: sessions already open keep the policy they started with.
+    ("databases.<alias>.unsafe_statements", Reload),
+    // The plugin host reloads in place. It keeps the start-up value of memory_limit_mb and
+    // max_plugins when a reload raises them, and of fuel_per_call when a reload switches fuel
+    // on or off (and logs that); lowering them, or changing the budget, applies.
+    ("plugins.enabled", Reload),
+    ("plugins.plugin_dir", Reload),
+    ("plugins.trust_root", Reload),
+    ("plugins.timeout_ms", Reload),
+    ("plugins.memory_limit_mb", Reload),
+    ("plugins.max_plugins", Reload),
+    ("plugins.fuel_per_call", Reload),
+    ("plugins.compiled_cache_dir", Reload),
+    ("plugins.kv_max_value_bytes", Reload),
+    ("plugins.kv_max_keys", Reload),
+    ("plugins.kv_max_total_bytes", Reload),
+    ("plugins.kv_persist_path", Restart),
+    ("plugins.plugin.name", Reload),
+    ("plugins.plugin.source", Reload),
+    ("plugins.plugin.hooks", Reload),
+    ("plugins.plugin.on_error", Reload),
+    ("plugins.plugin.config", Reload),
+];
+
+/// The free-form table under which every key is the plugin's own (its KV seed).
+const FREE_FORM: &str = "plugins.plugin.config";
+
+/// The table's form of a concrete key path: array indices dropped (`nodes[1].host` →
+/// `nodes.host`), the database alias as `<alias>`, and keys inside a plugin's free-form
+/// `config` table as that table.
+pub fn key_of(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut chars = path.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '[' {
+            for d in chars.by_ref() {
+                if d == ']' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    if let Some(rest) = out.strip_prefix("databases.") {
+        if let Some((_alias, key)) = rest.split_once('.') {
+            out = format!("databases.<alias>.{key}");
+        }
+    }
+    if out.starts_with(FREE_FORM) && out[FREE_FORM.len()..].starts_with('.') {
+        out.truncate(FREE_FORM.len());
+    }
+    out
+}
+
+/// When a change to the key at `path` (concrete or in the table's form) applies. A path above
+/// keys (`plugins.plugin`, an empty list of entries) has their verdict if they all agree.
+/// `None` for a path that names no key.
+pub fn apply_of(path: &str) -> Option<Apply> {
+    let key = key_of(path);
+    if let Some((_, a)) = APPLY.iter().find(|(k, _)| *k == key) {
+        return Some(*a);
+    }
+    let mut under = APPLY
+        .iter()
+        .filter(|(k, _)| {
+            k.strip_prefix(key.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+        })
+        .map(|(_, a)| *a);
+    let first = under.next()?;
+    under.all(|a| a == first).then_some(first)
+}
+
+/// The keys (in the table's form, in table order) whose values differ between `old` and `new`,
+/// secrets included (compared, never shown), with when each change applies.
+pub fn changed_keys(old: &Config, new: &Config) -> Vec<(&'static str, Apply)> {
+    let (a, b) = (flatten(old), flatten(new));
+    let mut changed = std::collections::BTreeSet::new();
+    for (path, v) in &a {
+        if b.get(path) != Some(v) {
+            changed.insert(key_of(path));
+        }
+    }
+    for path in b.keys() {
+        if !a.contains_key(path) {
+            changed.insert(key_of(path));
+        }
+    }
+    APPLY
+        .iter()
+        .filter(|(k, _)| changed.contains(*k))
+        .copied()
+        .collect()
+}
+
+/// Every value of `c` by concrete key path (`nodes[0].host`), with the secrets that are never
+/// serialized (`admin.token`, `databases.<alias>.password`) added.
+fn flatten(c: &Config) -> BTreeMap<String, toml::Value> {
+    let mut out = BTreeMap::new();
+    if let Ok(v) = toml::Value::try_from(c) {
+        walk("", &v, &mut out);
+    }
+    if let Some(t) = &c.admin.token {
+        out.insert("admin.token".into(), toml::Value::String(t.clone()));
+    }
+    for (alias, db) in &c.databases {
+        if let Some(p) = &db.password {
+            out.insert(
+                format!("databases.{alias}.password"),
+                toml::Value::String(p.clone()),
+            );
+        }
+    }
+    out
+}
+
+fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+    match v {
+        toml::Value::Table(t) if key_of(prefix) != FREE_FORM => {
+            for (k, x) in t {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                walk(&p, x, out);
+            }
+        }
+        toml::Value::Array(a) if a.iter().any(|x| x.is_table()) => {
+            for (i, x) in a.iter().enumerate() {
+                walk(&format!("{prefix}[{i}]"), x, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+impl Config {
+    /// Gives every restart-only key ([`Apply::Restart`]) the value it has in `running`: what a
+    /// reload hands to the shards is then what is in effect (the listeners, the rings, the admin
+    /// thread keep their start-up settings until a restart).
+    pub fn keep_restart_only(&mut self, running: &Config) {
+        let (s, r) = (&mut self.server, &running.server);
+        s.listen.clone_from(&r.listen);
+        s.cores = r.cores;
+        s.sched_slice_us = r.sched_slice_us;
+        s.pin_shards = r.pin_shards;
+        self.io = running.io.clone();
+        let (a, r) = (&mut self.admin, &running.admin);
+        a.enabled = r.enabled;
+        a.listen.clone_from(&r.listen);
+        a.token.clone_from(&r.token);
+        a.snapshot_interval_ms = r.snapshot_interval_ms;
+        a.max_body_bytes = r.max_body_bytes;
+        self.plugins
+            .kv_persist_path
+            .clone_from(&running.plugins.kv_persist_path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(text, Path::new("t.toml"), &|_| None).unwrap()
+    }
+
+    fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
+        changed_keys(old, new).into_iter().map(|(k, _)| k).collect()
+    }
+
+    const BASE: &str = r#"
+        [auth]
+        method = "trust"
+        [[nodes]]
+        name = "pg"
+        host = "127.0.0.1"
+        [databases.app]
+        user = "app"
+        password = "one"
+    "#;
+
+    /// BASE with every restart-only key changed.
+    const EVERY_RESTART_KEY: &str = r#"
+        [server]
+        listen = ["127.0.0.1:7777"]
+        cores = 3
+        sched_slice_us = 200
+        pin_shards = false
+        [io]
+        backend = "glommio"
+        recv_buffers = 64
+        recv_buffer_size_bytes = 4096
+        max_pending_send_bytes = 8192
+        ring_entries = 64
+        ring_wait_us = 0
+        [admin]
+        enabled = false
+        listen = "127.0.0.1:9999"
+        token = "t"
+        snapshot_interval_ms = 500
+        max_body_bytes = 100
+        [plugins]
+        kv_persist_path = "kv.json"
+    "#;
+
+    #[test]
+    fn concrete_paths_map_to_table_keys() {
+        assert_eq!(key_of("nodes[1].host"), "nodes.host");
+        assert_eq!(
+            key_of("databases.app.pool_size"),
+            "databases.<alias>.pool_size"
+        );
+        assert_eq!(key_of("plugins.plugin[0].source"), "plugins.plugin.source");
+        assert_eq!(
+            key_of("plugins.plugin[2].config.max_rows"),
+            "plugins.plugin.config"
+        );
+        assert_eq!(apply_of("server.listen"), Some(Apply::Restart));
+        assert_eq!(apply_of("databases.x.pool_size"), Some(Apply::Reload));
+        assert_eq!(
+            apply_of("plugins.plugin[0].config.a.b"),
+            Some(Apply::Reload)
+        );
+        assert_eq!(apply_of("server.nope"), None);
+        assert_eq!(apply_of("plugins.plugin"), Some(Apply::Reload));
+        assert_eq!(apply_of("io"), Some(Apply::Restart));
+        assert_eq!(apply_of("server"), None, "server has keys of both kinds");
+    }
+
+    #[test]
+    fn the_table_names_each_key_once() {
+        let mut seen = std::collections::HashSet::new();
+        for (k, _) in APPLY {
+            assert!(seen.insert(k), "{k} is listed twice");
+        }
+    }
+
+    #[test]
+    fn changes_are_named_by_key_secrets_included() {
+        let old = parse(BASE);
+        let new = parse(
+            &BASE
+                .replace("\"one\"", "\"two\"")
+                .replace("host = \"127.0.0.1\"", "host = \"127.0.0.2\"\nport = 5433"),
+        );
+        assert_eq!(
+            changed(&old, &new),
+            ["nodes.host", "nodes.port", "databases.<alias>.password"]
+        );
+        assert!(changed(&old, &old).is_empty());
+        let more = parse(&format!(
+            "{BASE}\n[databases.other]\npool_size = 3\n[plugins]\n[[plugins.plugin]]\nsource = \"a.wasm\"\nconfig = {{ x = 1 }}\n"
+        ));
+        // A new database brings all its keys (defaults included); a new plugin its own.
+        let got = changed(&old, &more);
+        assert!(got.contains(&"databases.<alias>.pool_size"), "{got:?}");
+        assert!(!got.contains(&"databases.<alias>.password"), "{got:?}");
+        assert!(
+            got.ends_with(&["plugins.plugin.source", "plugins.plugin.config"]),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn restart_only_keys_keep_their_running_values() {
+        let running = parse(BASE);
+        let mut new = parse(&format!(
+            "{EVERY_RESTART_KEY}\n{}",
+            BASE.replace("\"one\"", "\"two\"")
+        ));
+        let restart: Vec<&str> = APPLY
+            .iter()
+            .filter(|(_, a)| *a == Apply::Restart)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut restart_changed = changed_keys(&running, &new);
+        restart_changed.retain(|(_, a)| *a == Apply::Restart);
+        // EVERY_RESTART_KEY must change each of them, or what follows proves nothing.
+        assert_eq!(
+            restart_changed.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            restart
+        );
+        new.keep_restart_only(&running);
+        assert_eq!(changed(&running, &new), ["databases.<alias>.password"]);
+    }
+}
