@@ -68,16 +68,28 @@ fn bad_config_names_the_key() {
 
 #[test]
 fn port_in_use_is_a_clear_error() {
+    // Held without SO_REUSEPORT, so no shard can bind it. The shards report the failure to the
+    // main thread, which returns it: the binary prints it as its last line and exits 1.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (code, err) = run(Command::new(BIN).args([
-        "--upstream",
-        "postgres://u:p@127.0.0.1:1/db",
-        "--listen",
-        &addr,
-        "--cores",
-        "1",
-    ]));
-    assert_ne!(code, 0);
-    assert!(err.contains("cannot listen on"), "{err}");
+    for cores in ["1", "2"] {
+        let (code, err) = run(Command::new(BIN).args([
+            "--upstream",
+            "postgres://u:p@127.0.0.1:1/db",
+            "--listen",
+            &addr,
+            "--cores",
+            cores,
+            "--admin-listen",
+            "off",
+        ]));
+        assert_eq!(code, 1, "{err}");
+        let last = err.trim().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("heliosproxy: shard ")
+                && last.contains(&format!("cannot listen on {addr}")),
+            "--cores {cores}: the last line should say which address: {err}"
+        );
+        assert!(!err.contains("listening on"), "{err}");
+    }
 }

@@ -86,6 +86,8 @@ fn check_memlock(shards: usize) -> Result<()> {
 
 enum Started {
     Ready(usize),
+    /// The shard could not start serving (a listener did not bind): why.
+    Failed(usize, String),
     Exited(usize, std::result::Result<(), String>),
 }
 
@@ -185,10 +187,13 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
                 request_sched_slice(i, rt.config.server.sched_slice_us);
                 let shard = Shard::new(i, shared, rt);
                 // Ready once the listeners are bound: "listening" in the log means it.
-                let ready = move || {
-                    let _ = ready.send(Started::Ready(i));
+                let started = move |r: std::result::Result<(), String>| {
+                    let _ = ready.send(match r {
+                        Ok(()) => Started::Ready(i),
+                        Err(why) => Started::Failed(i, why),
+                    });
                 };
-                run_shard(shard, rx, doorbell, plugins, ready).await;
+                run_shard(shard, rx, doorbell, plugins, started).await;
             })
             .map_err(|e| anyhow!("shard {i}: cannot start its executor: {e}"))?;
         let exited = events_tx.clone();
@@ -203,6 +208,14 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             Ok(Started::Ready(i)) => {
                 log::debug!("shard {i} started");
                 started[i] = true;
+            }
+            Ok(Started::Failed(i, why)) => {
+                // The other shards stop too (those still starting once they are up; the failed
+                // one is gone, so its inbox refuses); the caller reports the error.
+                for j in 0..shards {
+                    let _ = shared.send(j, ShardMsg::Shutdown);
+                }
+                bail!("shard {i}: {why}");
             }
             Ok(Started::Exited(i, r)) => {
                 let why = r.err().unwrap_or_else(|| "exited".into());
@@ -339,7 +352,7 @@ fn signal_loop(
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
                     match events.recv_timeout(left) {
                         Ok(Started::Exited(..)) => exited += 1,
-                        Ok(Started::Ready(_)) => {}
+                        Ok(Started::Ready(_) | Started::Failed(..)) => {}
                         Err(_) => break,
                     }
                 }

@@ -16,13 +16,15 @@ use helios_config::{IoBackend, PoolMode};
 use crate::frontend::login::Entry;
 use crate::shard::{RuntimeConfig, Shard, ShardMsg};
 
-/// Runs one shard until shutdown completes.
+/// Runs one shard until shutdown completes. `started` is told once the listeners are bound, or
+/// why they could not be (the shard then returns at once: the process is not for this library
+/// to end).
 pub async fn run_shard(
     shard: Rc<Shard>,
     inbox: Receiver<ShardMsg>,
     doorbell: Arc<AtomicWaker>,
     plugins: Option<helios_plugin_host::PluginRuntime>,
-    on_ready: impl FnOnce(),
+    started: impl FnOnce(Result<(), String>),
 ) {
     let cfg = shard.config();
     if let Some(rt) = plugins {
@@ -47,8 +49,8 @@ pub async fn run_shard(
         match TcpListener::bind(addr.as_str()) {
             Ok(l) => listeners.push(l),
             Err(e) => {
-                log::error!("shard {}: cannot listen on {addr}: {e}", shard.id);
-                std::process::exit(1);
+                started(Err(format!("cannot listen on {addr}: {e}")));
+                return;
             }
         }
     }
@@ -56,7 +58,7 @@ pub async fn run_shard(
         let s = shard.clone();
         glommio::spawn_local(accept_loop(s, l)).detach();
     }
-    on_ready();
+    started(Ok(()));
     glommio::spawn_local(maintenance_loop(shard.clone())).detach();
     glommio::spawn_local(crate::ops::report::reporter(
         shard.clone(),
