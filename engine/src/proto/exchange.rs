@@ -612,11 +612,11 @@ impl Exchange {
             t.several = n > 1;
             if n == 1 {
                 match t.per_statement[0].as_slice() {
-                    [SessionCommand::Deallocate { name }] => {
-                        if self.statements.remove(name.as_bytes()).is_some() {
-                            self.respond_locally("DEALLOCATE", io);
-                            return Step::Done;
-                        }
+                    [SessionCommand::Deallocate { name }]
+                        if self.statements.remove(name.as_bytes()).is_some() =>
+                    {
+                        self.respond_locally("DEALLOCATE", io);
+                        return Step::Done;
                     }
                     [SessionCommand::DeallocateAll] => {
                         self.statements.clear();
@@ -1274,3 +1274,7 @@ pub fn kind_and_name<'a>(body: &'a [u8], message: &str) -> Result<(u8, &'a [u8])
 #[cfg(test)]
 #[path = "exchange_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "exchange_model.rs"]
+mod model;

@@ -37,6 +37,10 @@ pub(super) struct Rig {
     pub applied: Rc<ParamMap>,
     registry: RefCell<StatementRegistry>,
     heard: Heard,
+    /// Server connections an attach takes (by `pick`) and a release gives back; empty: every
+    /// attach is a new connection.
+    pub pool: Vec<(PreparedSet, Rc<ParamMap>)>,
+    pub pick: usize,
 }
 
 macro_rules! rig_io {
@@ -70,6 +74,8 @@ impl Rig {
             applied: Rc::default(),
             registry: RefCell::default(),
             heard: Heard::default(),
+            pool: Vec::new(),
+            pick: 0,
         }
     }
 
@@ -93,8 +99,16 @@ impl Rig {
     /// Attaches a new server connection (no statements, no settings).
     pub fn attach_fresh(&mut self) {
         self.attached = true;
-        self.prepared = PreparedSet::new(100);
-        self.applied = Rc::default();
+        match self.pool.get_mut(self.pick) {
+            Some((prepared, applied)) => {
+                std::mem::swap(&mut self.prepared, prepared);
+                std::mem::swap(&mut self.applied, applied);
+            }
+            None => {
+                self.prepared = PreparedSet::new(100);
+                self.applied = Rc::default();
+            }
+        }
         self.ex.attached(&mut rig_io!(self));
     }
 
@@ -102,6 +116,10 @@ impl Rig {
     pub fn maybe_release(&mut self) -> bool {
         if self.attached && self.ex.may_release() {
             self.attached = false;
+            if let Some((prepared, applied)) = self.pool.get_mut(self.pick) {
+                std::mem::swap(&mut self.prepared, prepared);
+                std::mem::swap(&mut self.applied, applied);
+            }
             return true;
         }
         false
