@@ -1,3 +1,4 @@
 //! The server side: connections to PostgreSQL and the per-shard pools.
+pub mod listen;
 pub mod pool;
 pub mod server;

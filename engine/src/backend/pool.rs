@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use helios_config::PoolMode;
 
+use super::listen::NotifyHub;
 use super::server::{ServerConn, ServerId, ServerTarget};
 use crate::error::{Blame, ProxyError, SqlState};
 
@@ -138,6 +139,9 @@ pub struct Pool {
     spare: RefCell<Vec<Rc<Waiter>>>,
     /// Console PAUSE: no connection is handed out until RESUME (running transactions finish).
     pauses: Arc<Pauses>,
+    /// LISTEN under transaction pooling: created by the first LISTEN of a client of this pool,
+    /// with one server connection of its own outside `max_size` (`backend/listen.rs`).
+    notify: RefCell<Option<Rc<NotifyHub>>>,
 }
 
 /// Console `PAUSE [db]` / `RESUME [db]`, one state for every shard: a pause is in force on all
@@ -223,6 +227,7 @@ impl Pool {
             sweeping: Cell::new(false),
             spare: RefCell::new(Vec::new()),
             pauses: Arc::default(),
+            notify: RefCell::new(None),
         }
     }
 
@@ -339,6 +344,31 @@ impl Pool {
                 Err(e)
             }
         }
+    }
+
+    /// The pool's notify hub (LISTEN in transaction mode), created on first use.
+    pub fn notify_hub(self: &Rc<Self>) -> Rc<NotifyHub> {
+        self.notify
+            .borrow_mut()
+            .get_or_insert_with(|| NotifyHub::new(Rc::downgrade(self)))
+            .clone()
+    }
+
+    /// The notify hub, if a client ever listened.
+    pub fn notify_hub_if_any(&self) -> Option<Rc<NotifyHub>> {
+        self.notify.borrow().clone()
+    }
+
+    /// A connection to the pool's server, logged in like the pool's own, that does **not**
+    /// count against its size (the notify hub's).
+    pub async fn connect_outside(&self) -> Result<ServerConn, ProxyError> {
+        let (target, max_frame) = {
+            let s = self.settings.borrow();
+            (s.target.clone(), s.max_frame)
+        };
+        let id = ServerId(self.next_id.get());
+        self.next_id.set(id.0 + 1);
+        ServerConn::connect(&target, id, max_frame, 0, self.ring.as_ref()).await
     }
 
     /// A server connection for a client: idle, new, or the next one released, in FIFO order,
