@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use helios_config::PoolMode;
 
 use super::login::{queue_error, refuse, Admitted, Login};
+use crate::backend::listen::Listener;
 use crate::backend::pool::Pool;
 use crate::backend::server::{BackendKey, ServerConn};
 use crate::error::{Blame, ProxyError, SqlState};
@@ -30,13 +31,15 @@ use crate::net::conn::{Conn, ZERO_COPY_MIN};
 use crate::pipeline::plugins::{Hooks, Verdict};
 use crate::proto::exchange::{kind_and_name, read_cstrs, Exchange, Io, Observer, Server, Step, Tx};
 use crate::shard::{ClientMeta, ParamMap, Shard};
-use crate::sql::{self, SessionCommand};
+use crate::sql::{self, ListenCommand, SessionCommand};
 use crate::stats::{Counters, DbStats};
 
 enum Event {
     Client(std::io::Result<usize>),
     Server(std::io::Result<usize>),
     Shutdown,
+    /// Notifications wait for the client and it is idle: deliver them.
+    Notify,
 }
 
 /// Why the session loop ended.
@@ -97,6 +100,8 @@ struct Session {
     /// Transaction mode: the route a plugin chose for a named statement whose Parse was
     /// answered without a server; its Bind checks out that node's connection.
     stmt_routes: HashMap<Bytes, String>,
+    /// Transaction mode: the client's LISTEN subscriptions (dropped with the session).
+    listener: Listener,
 }
 
 /// The session's side of [`Observer`]: statistics and plugin hooks as responses pass.
@@ -269,6 +274,7 @@ impl Session {
             stmt_routes: HashMap::new(),
             request_start: None,
             server_sent: None,
+            listener: Listener::default(),
             shard,
         })
     }
@@ -310,6 +316,14 @@ impl Session {
 
     async fn next_event(&mut self) -> Event {
         std::future::poll_fn(|cx| {
+            // As PostgreSQL does: only between transactions, never inside a response.
+            if self.listener.poll_pending(cx)
+                && self.ex.tx() == Tx::Idle
+                && self.ex.expecting() == 0
+                && !self.ex.batch_open()
+            {
+                return Poll::Ready(Event::Notify);
+            }
             if let Some(s) = &mut self.server {
                 if let Poll::Ready(r) = s.conn.poll_read_into(cx, &mut s.reader) {
                     return Poll::Ready(Event::Server(r));
@@ -353,6 +367,10 @@ impl Session {
                         let then = match self.on_client(frame) {
                             Ok(Step::Done | Step::ParsedLocally) => continue,
                             Ok(Step::Terminate) => return End::ClientGone,
+                            Ok(Step::Listen(cmd)) => {
+                                self.listen(cmd).await;
+                                continue;
+                            }
                             Ok(Step::Server(then)) => then,
                             Err(e) => return End::Fatal(e),
                         };
@@ -389,6 +407,10 @@ impl Session {
                     if self.client.flush().await.is_err() {
                         return End::ClientGone;
                     }
+                    if self.ex.take_discarded() {
+                        // DISCARD ALL includes UNLISTEN *.
+                        self.listener.unlisten(None);
+                    }
                     self.maybe_release();
                     if self.shard.shutdown.is_set() && self.can_close_for_shutdown() {
                         return self.shutdown_end();
@@ -396,6 +418,12 @@ impl Session {
                 }
                 Event::Server(_) => return self.server_lost().await,
                 Event::Shutdown => return self.shutdown_end(),
+                Event::Notify => {
+                    self.listener.deliver(&mut self.client);
+                    if self.client.flush().await.is_err() {
+                        return End::ClientGone;
+                    }
+                }
             }
         }
     }
@@ -613,6 +641,27 @@ impl Session {
                 self.reject(e, extended);
                 None
             }
+        }
+    }
+
+    /// Transaction mode: a LISTEN/UNLISTEN alone in a simple query is answered here once the
+    /// pool's notify hub has it (backend/listen.rs); no server connection is taken. A route
+    /// plugin's node does not apply: the hub listens on the database's own node.
+    async fn listen(&mut self, cmd: ListenCommand) {
+        self.route_node = None;
+        if self.ex.tx() == Tx::Failed {
+            let e = ProxyError::error(
+                SqlState("25P02"),
+                Blame::Client,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            );
+            self.reject(e, false);
+            return;
+        }
+        // Boxed: the session loop's future does not carry its size.
+        match Box::pin(self.listener.run(&self.default_pool, cmd)).await {
+            Ok(tag) => self.ex.respond_locally(tag, &mut io!(self)),
+            Err(e) => self.reject(e, false),
         }
     }
 

@@ -29,7 +29,7 @@ use crate::net::codec::{
 };
 use crate::net::conn::Conn;
 use crate::sql::classify::{self, Effect, Unsafe};
-use crate::sql::{self, SessionCommand};
+use crate::sql::{self, ListenCommand, SessionCommand};
 
 pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 pub const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
@@ -224,6 +224,9 @@ pub enum Step {
     ParsedLocally,
     /// Terminate.
     Terminate,
+    /// Transaction mode: a LISTEN/UNLISTEN alone in a simple query, for the session's notify
+    /// hub (no server connection is taken); answer it with [`Exchange::respond_locally`].
+    Listen(ListenCommand),
     /// It goes to a server: attach one, then finish it with [`Exchange::send`].
     Server(Then),
 }
@@ -286,6 +289,8 @@ pub struct Exchange {
     taint: Option<Unsafe>,
     /// Named statements (by client name) that leave untracked session state when executed.
     stmt_unsafe: HashMap<Bytes, Unsafe>,
+    /// A DISCARD ALL completed (it includes UNLISTEN *): the session's listener must forget.
+    discarded: bool,
 }
 
 impl Exchange {
@@ -309,7 +314,13 @@ impl Exchange {
             pinned: false,
             taint: None,
             stmt_unsafe: HashMap::new(),
+            discarded: false,
         }
+    }
+
+    /// Whether a DISCARD ALL completed since the last call (the session then unlistens).
+    pub fn take_discarded(&mut self) -> bool {
+        std::mem::take(&mut self.discarded)
     }
 
     /// Why the attached server connection must be reset before anyone else uses it, if it must.
@@ -569,8 +580,9 @@ impl Exchange {
         }
     }
 
-    /// Answers a simple query without the server (DEALLOCATE of a proxy-tracked statement).
-    fn respond_locally<C: Sink, S: Sink>(&mut self, tag: &str, io: &mut Io<'_, C, S>) {
+    /// Answers a simple query without the server (DEALLOCATE of a proxy-tracked statement,
+    /// LISTEN served by the notify hub).
+    pub fn respond_locally<C: Sink, S: Sink>(&mut self, tag: &str, io: &mut Io<'_, C, S>) {
         let mut b = BytesMut::new();
         put_command_complete(&mut b, tag);
         if io.server.is_some() {
@@ -579,6 +591,7 @@ impl Exchange {
         } else {
             io.client.buf().extend_from_slice(&b);
             put_ready(io.client.buf(), self.tx.byte());
+            io.obs.ready(self.tx, false, true);
         }
     }
 
@@ -593,19 +606,26 @@ impl Exchange {
         // statement changes session state).
         let mut track: Option<QueryTrack> = None;
         let mut unsafe_ = None;
+        let mut listen = None;
         let mut n = 0;
         for (_, effect) in classify::statements(sql_text) {
             match effect {
-                Effect::None | Effect::Unlisten(_) => {}
+                Effect::None => {}
                 Effect::Track(c) => track_at(&mut track, n, vec![c]),
                 Effect::TrackMany(v) => track_at(&mut track, n, v),
-                Effect::Listen(_) => {
-                    self.refuse_unsafe(LISTEN_REFUSED, false, io);
-                    return Step::Done;
-                }
+                Effect::Listen(ch) => listen = Some(ListenCommand::Listen(ch)),
+                Effect::Unlisten(ch) => listen = Some(ListenCommand::Unlisten(ch)),
                 Effect::Unsafe(u) => unsafe_ = unsafe_.or(Some(u)),
             }
             n += 1;
+        }
+        if let Some(cmd) = listen {
+            if n == 1 {
+                return Step::Listen(cmd);
+            }
+            // With other statements it would run on whichever server connection they take.
+            self.refuse_unsafe(LISTEN_REFUSED, false, io);
+            return Step::Done;
         }
         if let Some(t) = &mut track {
             t.per_statement.resize_with(n, Vec::new);
@@ -1198,6 +1218,7 @@ impl Exchange {
                 self.dirty = None;
                 self.pinned = false;
                 self.stmt_unsafe.clear();
+                self.discarded = true;
                 self.desired = self.startup_desired.clone();
                 self.statements.clear();
                 self.stmt_cmds.clear();
@@ -1222,8 +1243,9 @@ fn confirms(cmd: &SessionCommand, complete: &[u8]) -> bool {
     )
 }
 
-const LISTEN_REFUSED: &str =
-    "LISTEN is not supported in transaction pooling mode (use a session-mode database)";
+const LISTEN_REFUSED: &str = "in transaction pooling mode LISTEN and UNLISTEN must be sent alone, \
+     as a simple query (not with other statements or through the extended protocol); or use a \
+     session-mode database";
 
 /// Records statement `n`'s tracked commands (statements before it that had none get empty
 /// entries: one entry per statement, matched to CommandCompletes in order).

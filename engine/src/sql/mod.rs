@@ -141,77 +141,6 @@ pub enum ListenCommand {
     Unlisten(Option<String>),
 }
 
-/// Recognises a `LISTEN`/`UNLISTEN` statement standing alone; `None` for anything else
-/// (several statements, a channel name the proxy cannot read such as `U&"…"`).
-pub fn listen_command(sql: &str) -> Option<ListenCommand> {
-    let mut w = Words { s: sql };
-    let first = w.word()?;
-    let listen = first.eq_ignore_ascii_case("listen");
-    if !listen && !first.eq_ignore_ascii_case("unlisten") {
-        return None;
-    }
-    let stmt = single_statement(sql)?;
-    let mut w = Words { s: stmt };
-    w.word();
-    let rest = w.rest();
-    if !listen && rest == "*" {
-        return Some(ListenCommand::Unlisten(None));
-    }
-    let name = channel_name(rest)?;
-    Some(if listen {
-        ListenCommand::Listen(name)
-    } else {
-        ListenCommand::Unlisten(Some(name))
-    })
-}
-
-/// The longest identifier PostgreSQL keeps (NAMEDATALEN - 1); longer ones are cut.
-const MAX_IDENTIFIER: usize = 63;
-
-/// An identifier as the server stores it: `Chan` → `chan`, `"Chan"` → `Chan`, cut to 63
-/// bytes on a character boundary. `None` if `s` is not exactly one identifier.
-fn channel_name(s: &str) -> Option<String> {
-    let mut name = if let Some(inner) = s.strip_prefix('"') {
-        let mut out = String::new();
-        let mut chars = inner.chars();
-        loop {
-            match chars.next()? {
-                '"' => {
-                    if chars.as_str().starts_with('"') {
-                        chars.next();
-                        out.push('"');
-                    } else {
-                        break;
-                    }
-                }
-                c => out.push(c),
-            }
-        }
-        if !chars.as_str().is_empty() || out.is_empty() {
-            return None;
-        }
-        out
-    } else {
-        let mut chars = s.chars();
-        let first = chars.next()?;
-        if !(first.is_ascii_alphabetic() || first == '_' || !first.is_ascii()) {
-            return None;
-        }
-        if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$' || !c.is_ascii()) {
-            return None;
-        }
-        s.to_ascii_lowercase()
-    };
-    if name.len() > MAX_IDENTIFIER {
-        let mut end = MAX_IDENTIFIER;
-        while !name.is_char_boundary(end) {
-            end -= 1;
-        }
-        name.truncate(end);
-    }
-    Some(name)
-}
-
 /// An identifier quoted for SQL text: `a"b` → `"a""b"`.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -376,47 +305,6 @@ mod tests {
         assert!(transaction_mode_unsupported("select 1; listen chan").is_some());
         assert!(transaction_mode_unsupported("select 1; unlisten chan").is_none());
         assert!(transaction_mode_unsupported("SET a = 1; SELECT pg_advisory_lock(1)").is_some());
-    }
-
-    #[test]
-    fn recognises_listen_and_unlisten() {
-        use ListenCommand::*;
-        assert_eq!(listen_command("LISTEN chan"), Some(Listen("chan".into())));
-        assert_eq!(
-            listen_command(" listen Chan ; "),
-            Some(Listen("chan".into()))
-        );
-        assert_eq!(
-            listen_command("/* c */ LISTEN \"My \"\"Chan\"\"\""),
-            Some(Listen("My \"Chan\"".into()))
-        );
-        assert_eq!(
-            listen_command("unlisten x$1"),
-            Some(Unlisten(Some("x$1".into())))
-        );
-        assert_eq!(listen_command("UNLISTEN *"), Some(Unlisten(None)));
-        assert_eq!(listen_command("UNLISTEN *;"), Some(Unlisten(None)));
-        assert_eq!(listen_command("LISTEN *"), None);
-        assert_eq!(listen_command("LISTEN a; select 1"), None);
-        assert_eq!(listen_command("LISTEN a b"), None);
-        assert_eq!(listen_command("LISTEN"), None);
-        assert_eq!(listen_command("LISTEN \"\""), None);
-        assert_eq!(listen_command("LISTEN 1a"), None);
-        assert_eq!(listen_command("LISTEN U&\"x\""), None);
-        assert_eq!(listen_command("listener"), None);
-        assert_eq!(listen_command("select 1"), None);
-        let long = "a".repeat(70);
-        assert_eq!(
-            listen_command(&format!("LISTEN {long}")),
-            Some(Listen("a".repeat(63)))
-        );
-        // Cut on a character boundary: 31 two-byte characters fit in 63 bytes.
-        let wide = "é".repeat(40);
-        assert_eq!(
-            listen_command(&format!("LISTEN \"{wide}\"")),
-            Some(Listen("é".repeat(31)))
-        );
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 
     #[test]
