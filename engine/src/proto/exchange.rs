@@ -685,7 +685,7 @@ impl Exchange {
                 .next()
                 .map_or(Effect::None, |(_, e)| e);
             let unsafe_ = match &effect {
-                Effect::Listen(_) => {
+                Effect::Listen(_) | Effect::Unlisten(_) => {
                     self.refuse_unsafe(LISTEN_REFUSED, true, io);
                     return Ok(Step::Done);
                 }
