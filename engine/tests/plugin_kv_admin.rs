@@ -6,22 +6,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-
-fn plugin(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/plugins")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/build-plugins.sh first",
-        p.display()
-    );
-    p
-}
 
 /// One request with a body; returns (status, body).
 fn request(port: u16, method: &str, target: &str, body: &[u8]) -> (u16, Vec<u8>) {
@@ -49,7 +36,7 @@ fn admin_api_reads_writes_and_deletes_plugin_kv() {
     let plugins = format!(
         "\n[plugins]\nenabled = true\ntimeout_ms = 5000\n\n[[plugins.plugin]]\nname = \"budget\"\nsource = \"{}\"\n\
          config = {{ max_queries_per_tenant = 1000 }}\n",
-        plugin("tenant-budget").display()
+        plugin_wasm("tenant-budget").display()
     );
     let cfg = config(
         &pg,
@@ -97,6 +84,11 @@ fn admin_api_reads_writes_and_deletes_plugin_kv() {
         .map(|d| d.message().to_string())
         .unwrap_or_default();
     assert!(msg.contains("over its budget"), "{msg}");
+    // post_query ran for the refused statement too (success false).
+    poll(Duration::from_secs(10), "failed:acme >= 1", || {
+        let (st, body) = request(admin, "GET", "/plugins/budget/kv/failed:acme", b"");
+        (st == 200 && String::from_utf8_lossy(&body).parse::<u64>().unwrap_or(0) >= 1).then_some(())
+    });
 
     // Deleting the budget lifts it.
     let (st, _) = request(

@@ -182,12 +182,30 @@ impl Hooks {
             is_read_only: analysis.is_read_only,
             hook_context: &hc,
         };
+        // A refused statement still gets its post_query (success false, the reason as the
+        // error), when the session tells its client (`after`).
+        let refused = |reason: String, current: &mut Option<Request>| {
+            if post {
+                *current = Some(Request {
+                    id,
+                    query: sql.to_string(),
+                    normalized: self.norm.clone(),
+                    analysis: analysis.clone(),
+                    started: Instant::now(),
+                    rows: 0,
+                    bytes: 0,
+                    error: Some(reason.clone()),
+                    node: default_node.to_string(),
+                });
+            }
+            Verdict::Block(reason)
+        };
         let mut rewritten = None;
         if pre {
             match p.pre_query(&qc) {
                 PreQueryDecision::Continue => {}
                 PreQueryDecision::Rewrite { sql } => rewritten = Some(sql),
-                PreQueryDecision::Block(b) => return Verdict::Block(b.reason),
+                PreQueryDecision::Block(b) => return refused(b.reason, &mut self.current),
             }
         }
         if let Some(r) = &rewritten {
@@ -200,7 +218,7 @@ impl Hooks {
                 // No replicas are configured yet: the database's own node serves reads.
                 RouteDecision::Replica => {}
                 RouteDecision::Node(n) => node = Some(n),
-                RouteDecision::Block(b) => return Verdict::Block(b.reason),
+                RouteDecision::Block(b) => return refused(b.reason, &mut self.current),
             }
         }
         if post {

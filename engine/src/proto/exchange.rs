@@ -566,6 +566,7 @@ impl Exchange {
                 io.client.buf().extend_from_slice(&b);
                 if !extended {
                     put_ready(io.client.buf(), Tx::Idle.byte());
+                    io.obs.ready(Tx::Idle, false, true);
                 }
             }
         }
@@ -916,6 +917,7 @@ impl Exchange {
         self.batch = Batch::Closed;
         let Some(s) = &mut io.server else {
             put_ready(io.client.buf(), Tx::Idle.byte());
+            io.obs.ready(Tx::Idle, false, true);
             return;
         };
         s.out.bytes(&frame.bytes);

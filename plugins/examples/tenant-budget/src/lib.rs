@@ -2,7 +2,7 @@
 //!
 //! The budget comes from the plugin's `config` (seeded by the host into KV as JSON):
 //! `max_queries_per_tenant = 100`. `post_query` counts each completed query under
-//! `used:<tenant>`; `pre_query` blocks a tenant whose count reached the budget. The tenant is the
+//! `used:<tenant>` (and each refused or failed one under `failed:<tenant>`); `pre_query` blocks a tenant whose count reached the budget. The tenant is the
 //! identity's `tenant_id`, else the session attribute `helios.tenant`, else the user name.
 use helios_plugin_abi::*;
 
@@ -37,9 +37,16 @@ fn check(ctx: &QueryContext) -> PreQueryResult {
 export_pre_query!(check);
 
 fn count(ctx: &PostQueryContext) {
+    let t = tenant(&ctx.query_context.hook_context);
     if ctx.outcome.success {
-        let t = tenant(&ctx.query_context.hook_context);
         let _ = kv_write(format!("used:{t}"), (used(&t) + 1).to_string());
+    } else {
+        // Refused (by this plugin or another stage) or failed on the server.
+        let key = format!("failed:{t}");
+        let n: u64 = kv_read_string(&key)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let _ = kv_write(key, (n + 1).to_string());
     }
 }
 export_post_query!(count);
