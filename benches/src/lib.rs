@@ -252,6 +252,7 @@ pub fn pool_settings(max_size: usize) -> PoolSettings {
             node: "bench".into(),
             host: "127.0.0.1".into(),
             port: 5432,
+            addrs: vec![([127, 0, 0, 1], 5432).into()],
             dbname: "pgbench".into(),
             user: "bench".into(),
             password: None,

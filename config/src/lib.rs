@@ -344,7 +344,8 @@ pub enum AuthMethod {
 pub struct NodeConfig {
     /// Name databases refer to.
     pub name: String,
-    /// Host name or IP address.
+    /// Host name or IP address. The engine resolves names when it loads the configuration
+    /// (start-up and reload), not when it opens a connection.
     pub host: String,
     /// TCP port.
     #[serde(default = "default_pg_port")]

@@ -179,11 +179,7 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
         },
     );
     let shards = config.server.cores.resolve();
-    Ok(RuntimeConfig {
-        config,
-        users,
-        shards,
-    })
+    helios_engine::runtime::runtime_config(config, users, shards)
 }
 
 struct Url {

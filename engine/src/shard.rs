@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +28,9 @@ pub struct RuntimeConfig {
     pub config: Config,
     pub users: Userlist,
     pub shards: usize,
+    /// Every node's addresses, by node name: resolved where the configuration is loaded
+    /// (`runtime::runtime_config`, start-up and reload), never on a shard.
+    pub addrs: HashMap<String, Vec<SocketAddr>>,
 }
 
 impl RuntimeConfig {
@@ -69,6 +73,7 @@ impl RuntimeConfig {
                 node: node.name.clone(),
                 host: node.host.clone(),
                 port: node.port,
+                addrs: self.addrs.get(&node.name).cloned().unwrap_or_default(),
                 dbname: db.dbname.clone().unwrap_or_else(|| alias.to_string()),
                 user: upstream_user,
                 password,

@@ -250,6 +250,52 @@ fn reload_warns_for_each_restart_only_key_and_applies_the_others() {
     }
 }
 
+/// Node host names are resolved when the configuration is loaded: a node given as `localhost`
+/// serves; a reload to a name that does not resolve is refused with the reason logged, and the
+/// running configuration (and its addresses) stays.
+#[test]
+fn node_host_names_resolve_at_load_and_a_bad_name_fails_only_the_reload() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "dns");
+    let dbs =
+        db_section("app", &db, "transaction", 4, "") + &db_section("later", &db, "session", 2, "");
+    let good = config(&pg, TRUST, "", &dbs).replace("host = \"127.0.0.1\"", "host = \"localhost\"");
+    assert!(good.contains("host = \"localhost\""));
+    let proxy = start_proxy(&good, None);
+    assert!(
+        proxy.log().contains("node pg: localhost resolves to"),
+        "{}",
+        proxy.log()
+    );
+    let mut c = connect(&proxy, SUPERUSER, "", "app");
+    assert_eq!(c.query_one("select 1", &[]).unwrap().get::<_, i32>(0), 1);
+
+    proxy
+        .write_config(&good.replace("host = \"localhost\"", "host = \"no-such-host.invalid\""))
+        .unwrap();
+    proxy.signal(libc::SIGHUP);
+    poll(Duration::from_secs(10), "the reload to fail", || {
+        proxy
+            .log()
+            .contains("reload failed, keeping the running configuration")
+            .then_some(())
+    });
+    let log = proxy.log();
+    let line = log.lines().find(|l| l.contains("reload failed")).unwrap();
+    assert!(
+        line.contains("node \"pg\"") && line.contains("no-such-host.invalid"),
+        "the log must say which node: {line}"
+    );
+    assert!(!log.contains("configuration reloaded"), "{log}");
+    // A pool first used after the failed reload still connects to the resolved address.
+    let mut later = connect(&proxy, SUPERUSER, "", "later");
+    assert_eq!(
+        later.query_one("select 2", &[]).unwrap().get::<_, i32>(0),
+        2
+    );
+    assert_eq!(c.query_one("select 3", &[]).unwrap().get::<_, i32>(0), 3);
+}
+
 fn login_code(proxy: &helios_testkit::proxy::Proxy, user: &str, pw: &str) -> String {
     match try_connect(proxy, user, pw, "app") {
         Ok(_) => panic!("{user} logged in with a wrong password"),

@@ -93,3 +93,38 @@ fn port_in_use_is_a_clear_error() {
         assert!(!err.contains("listening on"), "{err}");
     }
 }
+
+#[test]
+fn a_node_name_that_does_not_resolve_is_refused_at_load() {
+    let dir = std::env::temp_dir().join(format!("helios-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nenabled = false\n[auth]\nmethod = \"trust\"\n\
+         [[nodes]]\nname = \"primary\"\nhost = \"localhost\"\n\
+         [[nodes]]\nname = \"replica\"\nhost = \"no-such-host.invalid\"\n[databases.app]\n",
+    )
+    .unwrap();
+    for check in [true, false] {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&path);
+        if check {
+            cmd.arg("--check");
+        }
+        let (code, err) = run(&mut cmd);
+        assert_eq!(code, 1, "--check {check}: {err}");
+        let last = err.trim().lines().last().unwrap_or_default();
+        assert!(
+            last.contains("node \"replica\"") && last.contains("no-such-host.invalid"),
+            "--check {check}: the error must name the node and its host: {err}"
+        );
+        assert!(!err.contains("listening on"), "{err}");
+    }
+    // The same file with the name fixed passes the check.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("no-such-host.invalid", "127.0.0.1")).unwrap();
+    let (code, err) = run(Command::new(BIN).arg("--config").arg(&path).arg("--check"));
+    assert_eq!(code, 0, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

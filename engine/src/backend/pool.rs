@@ -596,6 +596,7 @@ mod tests {
                 node: "n".into(),
                 host: "127.0.0.1".into(),
                 port: 5432,
+                addrs: vec![([127, 0, 0, 1], 5432).into()],
                 dbname: "db".into(),
                 user: "u".into(),
                 password: None,

@@ -20,8 +20,12 @@ pub use crate::proto::prepared::{ParamMap, PreparedSet};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerTarget {
     pub node: String,
+    /// As configured: for messages.
     pub host: String,
     pub port: u16,
+    /// `host:port` resolved when the configuration was loaded (off the shards: a shard never
+    /// waits for DNS); tried in order.
+    pub addrs: Vec<SocketAddr>,
     pub dbname: String,
     pub user: String,
     pub password: Option<String>,
@@ -76,11 +80,8 @@ impl ServerConn {
                 ),
             )
         };
-        let addr = resolve(&target.host, target.port).map_err(|e| fail(e.to_string()))?;
         let login = async {
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
+            let (stream, addr) = connect_any(&target.addrs).await.map_err(fail)?;
             let mut conn = Conn::new(stream);
             let mut reader = FrameReader::new(max_frame);
             let (key, params) = login(&mut conn, &mut reader, target, addr)
@@ -139,12 +140,21 @@ impl ServerConn {
     }
 }
 
-fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
-    use std::net::ToSocketAddrs;
-    (host, port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+/// A TCP connection to the first of `addrs` that accepts (a name may resolve to an IPv6 and an
+/// IPv4 address of which the server listens on one).
+async fn connect_any(addrs: &[SocketAddr]) -> Result<(TcpStream, SocketAddr), String> {
+    let mut failed = Vec::new();
+    for &addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok((s, addr)),
+            Err(e) => failed.push(format!("{addr}: {e}")),
+        }
+    }
+    Err(if failed.is_empty() {
+        "no address resolved".into()
+    } else {
+        failed.join("; ")
+    })
 }
 
 async fn read_msg(

@@ -1,6 +1,8 @@
 //! Process start-up: budgets, one pinned glommio executor per shard, and the signal thread
 //! (SIGHUP reloads, SIGTERM/SIGINT drain).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -38,11 +40,44 @@ pub fn load_runtime(path: &Path, shards_override: Option<usize>) -> Result<Runti
         None => Userlist::new(),
     };
     let shards = shards_override.unwrap_or_else(|| config.server.cores.resolve());
+    runtime_config(config, users, shards)
+}
+
+/// What the shards read, with every node's host name resolved here, on the thread that loads
+/// the configuration (start-up, and the signal thread on reload): a shard opening a server
+/// connection never blocks on DNS. A name that does not resolve is an error naming the node.
+pub fn runtime_config(config: Config, users: Userlist, shards: usize) -> Result<RuntimeConfig> {
+    let addrs = resolve_nodes(&config)?;
     Ok(RuntimeConfig {
         config,
         users,
         shards,
+        addrs,
     })
+}
+
+/// Every node's `host:port` as socket addresses, by node name (blocking: not for a shard).
+pub fn resolve_nodes(config: &Config) -> Result<HashMap<String, Vec<SocketAddr>>> {
+    use std::net::ToSocketAddrs;
+    let mut out = HashMap::new();
+    for n in &config.nodes {
+        let addrs: Vec<SocketAddr> = (n.host.as_str(), n.port)
+            .to_socket_addrs()
+            .with_context(|| format!("node {:?}: cannot resolve host {:?}", n.name, n.host))?
+            .collect();
+        if addrs.is_empty() {
+            bail!(
+                "node {:?}: host {:?} resolves to no address",
+                n.name,
+                n.host
+            );
+        }
+        if n.host.parse::<std::net::IpAddr>().is_err() {
+            log::info!("node {}: {} resolves to {addrs:?}", n.name, n.host);
+        }
+        out.insert(n.name.clone(), addrs);
+    }
+    Ok(out)
 }
 
 /// Makes sure the executors' locked memory fits, raising the soft limit if allowed.
@@ -467,5 +502,72 @@ fn shard_placement(i: usize, shards: usize, cpus: &[usize]) -> Placement {
     match CpuSet::online() {
         Ok(set) => Placement::Fenced(set.filter(|l| mine.contains(&l.cpu))),
         Err(_) => Placement::Fixed(mine[0]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(host: &str) -> Config {
+        let text = format!(
+            "[auth]\nmethod = \"trust\"\n[[nodes]]\nname = \"up\"\nhost = \"{host}\"\nport = 6543\n[databases.app]\n"
+        );
+        Config::parse(&text, Path::new("t.toml"), &|_| None).unwrap()
+    }
+
+    #[test]
+    fn node_names_resolve_when_the_config_is_loaded() {
+        let rt = runtime_config(config("localhost"), Userlist::new(), 1).unwrap();
+        let addrs = &rt.addrs["up"];
+        assert!(
+            !addrs.is_empty()
+                && addrs
+                    .iter()
+                    .all(|a| a.ip().is_loopback() && a.port() == 6543),
+            "{addrs:?}"
+        );
+        // What a pool connects to is what was resolved here.
+        let s = rt.pool_settings("app", "u", 0, None).unwrap();
+        assert_eq!(&s.target.addrs, addrs);
+        let e = runtime_config(config("no-such-host.invalid"), Userlist::new(), 1)
+            .map(|_| ())
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("node \"up\"") && e.contains("no-such-host.invalid"),
+            "{e}"
+        );
+    }
+
+    /// Name resolution blocks: only this module (the thread that loads the configuration) may
+    /// do it, never code that runs on a shard.
+    #[test]
+    fn only_the_config_loader_resolves_names() {
+        fn scan(dir: &Path, hits: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    scan(&p, hits);
+                } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("runtime/mod.rs")
+                {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for needle in ["to_socket_addrs", "lookup_host", "getaddrinfo"] {
+                        if text.contains(needle) {
+                            hits.push(format!("{}: {needle}", p.display()));
+                        }
+                    }
+                }
+            }
+        }
+        let mut hits = Vec::new();
+        scan(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut hits,
+        );
+        assert!(
+            hits.is_empty(),
+            "name resolution outside runtime/mod.rs: {hits:?}"
+        );
     }
 }
