@@ -1,6 +1,7 @@
 //! Logging in: client authentication (SCRAM, md5, trust) against userlist secrets of every
 //! kind, upstream authentication (SCRAM, md5, trust), and the refusals clients must be able to
-//! tell apart: 28P01, 3D000, 53300 (too many clients, pool exhausted).
+//! tell apart: 28P01, 3D000, 53300 (too many clients, pool exhausted), and the server's own
+//! refusals of the proxy's login (42501, 3D000, 53300, 28P01) passed on intact.
 
 mod common;
 
@@ -194,6 +195,78 @@ fn upstream_login_with_md5_and_trust() {
     assert_eq!(login_error(&proxy, "client", "", "up_bad"), "28P01");
     // And the proxy keeps serving after it.
     assert_eq!(current_user(&proxy, "client", "", "up_md5"), "md5user");
+}
+
+/// When PostgreSQL refuses the proxy's own login for a client, the client gets the server's
+/// SQLSTATE and message (prefixed with the node), not a generic connection error: a revoked
+/// CONNECT privilege (42501), a missing database (3D000), a role over its connection limit
+/// (53300), a wrong upstream password (28P01).
+#[test]
+fn server_login_refusals_reach_the_client_with_their_sqlstate() {
+    let pg = shared_pg();
+    let revoked = fresh_db(&pg, "revoked");
+    pg.psql(
+        "postgres",
+        &format!(
+            "do $$ begin \
+               if not exists (select from pg_roles where rolname = 'limited') then \
+                 create role limited login password 'limited-pw'; \
+                 create role capped login password 'capped-pw' connection limit 0; \
+               end if; end $$; \
+             revoke connect on database {revoked} from public"
+        ),
+    )
+    .unwrap();
+    let dbs = format!(
+        "[databases.revoked]\ndbname = \"{revoked}\"\nuser = \"limited\"\npassword = \"limited-pw\"\n\
+         [databases.gone]\ndbname = \"no_such_database\"\nuser = \"{SUPERUSER}\"\npassword = \"{PW}\"\n\
+         [databases.capped]\ndbname = \"postgres\"\nuser = \"capped\"\npassword = \"capped-pw\"\n\
+         [databases.badpw]\ndbname = \"postgres\"\nuser = \"limited\"\npassword = \"wrong\"\n\
+         [databases.session_revoked]\ndbname = \"{revoked}\"\nuser = \"limited\"\npassword = \"limited-pw\"\npool_mode = \"session\"\n"
+    );
+    let proxy = start_proxy(&config(&pg, TRUST, "", &dbs), None);
+    for (alias, code, text) in [
+        ("revoked", "42501", "permission denied for database"),
+        ("session_revoked", "42501", "permission denied for database"),
+        ("gone", "3D000", "\"no_such_database\" does not exist"),
+        (
+            "capped",
+            "53300",
+            "too many connections for role \"capped\"",
+        ),
+        ("badpw", "28P01", "password authentication failed"),
+    ] {
+        // Twice: the pool that failed to open a connection fails the same way again.
+        for attempt in 1..=2 {
+            let e = try_connect(&proxy, "client", "", alias)
+                .map(|_| ())
+                .expect_err(alias);
+            let db = e.as_db_error().unwrap_or_else(|| panic!("{alias}: {e:?}"));
+            assert_eq!(
+                db.code().code(),
+                code,
+                "{alias} (attempt {attempt}): {db:?}"
+            );
+            assert!(
+                db.message().contains(text) && db.message().contains("server pg"),
+                "{alias}: the server's message, naming the node: {:?}",
+                db.message()
+            );
+        }
+    }
+    // The hand-written client sees the same, as a FATAL ErrorResponse.
+    let Err(LoginError::Refused(m)) = Raw::login(proxy.port(), "client", "", "revoked") else {
+        panic!("the login to revoked was not refused");
+    };
+    assert_eq!(m.code().as_deref(), Some("42501"), "{m:?}");
+    assert_eq!(m.field(b'S').as_deref(), Some("FATAL"), "{m:?}");
+    // Granting the privilege back lets the same pool in.
+    pg.psql(
+        "postgres",
+        &format!("grant connect on database {revoked} to limited"),
+    )
+    .unwrap();
+    assert_eq!(current_user(&proxy, "client", "", "revoked"), "limited");
 }
 
 #[test]

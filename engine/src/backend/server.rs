@@ -314,7 +314,9 @@ async fn login(
                         _ => {}
                     }
                 }
-                let code = known_state(&code);
+                // The server's own SQLSTATE, whatever it is (42501 for a revoked CONNECT
+                // privilege, 3D000, 28P01, 53300, …): the client must be able to tell them apart.
+                let code = SqlState::from_server(&code, SqlState::CONNECTION_EXCEPTION);
                 return Err(ProxyError::error(code, Blame::Server, message));
             }
             _ => return Err(unexpected("message during login")),
@@ -328,17 +330,4 @@ fn unexpected(what: &str) -> ProxyError {
         Blame::Server,
         format!("unexpected {what} from server"),
     )
-}
-
-/// Maps a server SQLSTATE to one of ours (keeping the class for the client).
-fn known_state(code: &str) -> SqlState {
-    match code {
-        "28P01" => SqlState::INVALID_PASSWORD,
-        "3D000" => SqlState::INVALID_CATALOG_NAME,
-        "53300" => SqlState::TOO_MANY_CONNECTIONS,
-        "57P01" => SqlState::ADMIN_SHUTDOWN,
-        c if c.starts_with("28") => SqlState::INVALID_AUTHORIZATION,
-        c if c.starts_with("08") => SqlState::CONNECTION_FAILURE,
-        _ => SqlState::CONNECTION_EXCEPTION,
-    }
 }
