@@ -617,11 +617,12 @@ fn search_path_is_honoured_in_transaction_mode_while_others_churn_the_pool() {
 fn transaction_mode_refuses_session_features_with_0a000_and_stays_usable() {
     let pg = shared_pg();
     let db = fresh_db(&pg, "refuse");
-    // LISTEN is refused in transaction mode; the others because this database says so
-    // (the default, `pin`, serves them: tests/session_state.rs).
+    // LISTEN with other statements is refused in transaction mode (alone it is served:
+    // tests/listen.rs); the others because this database says so (the default, `pin`, serves
+    // them: tests/session_state.rs).
     let proxy = both_modes_proxy(&pg, &db, 4, "unsafe_statements = \"refuse\"");
     let refused = [
-        "LISTEN chan",
+        "LISTEN chan; select 1",
         "select pg_advisory_lock(42)",
         "declare cur cursor with hold for select 1",
     ];
@@ -689,6 +690,9 @@ fn transaction_mode_refuses_session_features_with_0a000_and_stays_usable() {
         .unwrap()
         .get(0);
     assert_eq!(held, 0);
+    // LISTEN on its own is served (through the shard's notify hub).
+    c.batch_execute("LISTEN chan").unwrap();
+    c.batch_execute("UNLISTEN chan").unwrap();
     // Session pooling allows them.
     let mut s = connect(&proxy, SUPERUSER, PW, "sess");
     s.batch_execute("LISTEN chan; select pg_advisory_lock(42); select pg_advisory_unlock(42)")

@@ -8,10 +8,14 @@
 //! `LISTEN`/`UNLISTEN`, or a change it cannot replay ([`Unsafe`]: the server connection is
 //! dirty once the statement has run).
 //!
-//! It is cheap, not a parser: one pass over the bytes, no allocation for an ordinary statement;
-//! only a statement whose first word or one of whose identifiers is interesting gets a second
-//! look. It is conservative where it matters: a session-level form it cannot read exactly is
-//! [`Unsafe::Other`], never `None`.
+//! It is cheap, not a parser, and allocates nothing for an ordinary statement: the first word,
+//! SIMD searches for the bytes that can start a string or a comment or end a statement, and one
+//! for the rare names that matter (`advisory_lock`, `set_config`, `into`). Only CREATE
+//! statements, whose `;`s may sit inside parentheses (`CREATE RULE … (a; b)`) or a routine body
+//! (`BEGIN ATOMIC … END`), and statements where such a name shows up are lexed token by token.
+//! It is conservative where it matters: a session-level form it cannot read exactly is
+//! [`Unsafe::Other`], never `None`; a name found where it does nothing (`WITH … INSERT INTO
+//! temp …`, a column named `set_config`) errs towards `Unsafe`.
 //!
 //! What it relies on:
 //! - PostgreSQL parses the whole simple-query string before running any of it, so a string the
@@ -70,9 +74,10 @@ pub enum Unsafe {
     DoBlock,
     /// `CALL …`
     Call,
-    /// `set_config(…, false)` (or an `is_local` that is not a literal) with an argument that is
-    /// not a string literal, among other expressions, or on a list parameter (`search_path`,
-    /// whose `set_config` string and `SET` string mean different things).
+    /// A session-level `set_config` that cannot be tracked exactly: an argument that is not a
+    /// string literal, an `is_local` that is not the literal `true`/`false`, a call among other
+    /// expressions, or a list parameter (`search_path`: its `set_config` string is a list, a
+    /// `SET` string one quoted element).
     SetConfig,
     /// `CREATE [GLOBAL|LOCAL] TEMP|TEMPORARY …`, `CREATE … pg_temp.x`, `SELECT … INTO TEMP …`
     TempObject,
@@ -123,9 +128,11 @@ impl Unsafe {
 /// Each statement is a slice of `sql` without surrounding whitespace, comments or `;`.
 /// Never panics and always ends, whatever the input.
 ///
-/// Measured (benches/benches/sql.rs, this 2-core machine): 46 ns for the pgbench SELECT,
-/// 61 ns for its UPDATE, 85 ns for its INSERT (split and classified, no allocation);
-/// 125 ns for `SET application_name = 'pgbench';` (tracked: allocates name and value).
+/// Measured, split and classified (no allocation) — pgbench SELECT / UPDATE / INSERT:
+/// 45 / 47 / 58 ns on a quiet core (minimum over 400 runs of 10 000 calls), 130 / 131 / 144 ns
+/// as criterion medians on the 2-vCPU development VM shared with other builds (load ~5–6;
+/// benches/benches/sql.rs). `SET application_name = 'pgbench';` (tracked: allocates name and
+/// value): 113 ns quiet, 285 ns criterion.
 pub fn statements(sql: &str) -> Statements<'_> {
     Statements { sql, pos: 0 }
 }
@@ -142,12 +149,12 @@ impl<'a> Iterator for Statements<'a> {
 
     fn next(&mut self) -> Option<(&'a str, Effect)> {
         while self.pos < self.sql.len() {
-            let (found, next) = scan(self.sql, self.pos);
-            // `scan` always consumes at least one byte; the max is a belt for the braces.
-            self.pos = next.max(self.pos + 1);
-            if found.start < found.end {
-                let stmt = slice(self.sql, found.start, found.end);
-                return Some((stmt, classify(stmt, &found)));
+            let from = self.pos;
+            let stmt = scan(self.sql, &mut self.pos);
+            // `scan` always moves on by at least one byte; the max only guards that.
+            self.pos = self.pos.max(from + 1);
+            if stmt.is_some() {
+                return stmt;
             }
         }
         None
@@ -262,32 +269,38 @@ fn next_token(b: &[u8], mut i: usize) -> Option<Token> {
     }
 }
 
+/// The end of the run of identifier bytes (letters, digits, `_`, `$`, >= 0x80) from `j`.
+#[inline(always)]
+fn ident_run(b: &[u8], mut j: usize) -> usize {
+    while j < b.len() && IDENT_CONT[b[j] as usize] {
+        j += 1;
+    }
+    j
+}
+
+/// The token at `i` (of class `class`). Where PostgreSQL would reject the text anyway, the
+/// choices match [`split_fast`]'s one-byte look-behind rules: a `$` right after an identifier
+/// byte, or an `e'` right after one, starts nothing.
 #[inline(always)]
 fn token_at(b: &[u8], i: usize, class: u8) -> Token {
+    let after_ident = i > 0 && IDENT_CONT[b[i - 1] as usize];
     let (kind, end) = match class {
         C_IDENT => {
-            let mut j = i + 1;
-            while j < b.len() && IDENT_CONT[b[j] as usize] {
-                j += 1;
-            }
-            if j == i + 1 && (b[i] | 0x20) == b'e' && b.get(j) == Some(&b'\'') {
+            let j = ident_run(b, i + 1);
+            if j == i + 1 && (b[i] | 0x20) == b'e' && b.get(j) == Some(&b'\'') && !after_ident {
                 (Kind::Str, skip_escape_string(b, j + 1))
             } else {
                 (Kind::Word, j)
             }
         }
-        C_DIGIT => {
-            let mut j = i + 1;
-            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'.') {
-                j += 1;
-            }
-            (Kind::Number, j)
-        }
+        C_DIGIT => (Kind::Number, ident_run(b, i + 1)),
         C_QUOTE => (Kind::Str, skip_quoted(b, i + 1, b'\'')),
         C_DQUOTE => (Kind::QIdent, skip_quoted(b, i + 1, b'"')),
+        C_DOLLAR if after_ident => (Kind::Word, ident_run(b, i + 1)),
         C_DOLLAR => match skip_dollar_quote(b, i) {
             Some(end) => (Kind::Str, end),
-            None => (Kind::Punct(b'$'), i + 1),
+            // A parameter `$1`, or a `$` PostgreSQL rejects.
+            None => (Kind::Punct(b'$'), ident_run(b, i + 1)),
         },
         C_SEMI => (Kind::Semi, i + 1),
         C_OPEN => (Kind::Open, i + 1),
@@ -488,8 +501,175 @@ impl Create {
     }
 }
 
-/// Lexes one statement from `i`: what it holds, and where the next one starts (past its `;`).
-fn scan(sql: &str, mut i: usize) -> (Found, usize) {
+/// Splits off the statement at `*pos` and classifies it (`None`: it was empty); moves `*pos`
+/// to where the next one starts (past its `;`).
+///
+/// The common case takes the fast path: the first word, then a loop that stops only at the
+/// bytes that can start a string, a comment or end the statement (`; ' " $ - /`), then a few
+/// SIMD substring searches for the rare names that matter (`advisory_lock`, `set_config`,
+/// `into`). Only a CREATE statement (its `;`s may be inside parentheses or a routine body) or
+/// one where a search hit (or whose first word needs them) is lexed token by token.
+#[inline(always)]
+fn scan<'a>(sql: &'a str, pos: &mut usize) -> Option<(&'a str, Effect)> {
+    let b = sql.as_bytes();
+    let Some(first) = next_token(b, *pos) else {
+        *pos = b.len();
+        return None;
+    };
+    let kw = match first.kind {
+        Kind::Word => keyword(&b[first.start..first.end]),
+        Kind::Semi => {
+            *pos = first.end;
+            return None;
+        }
+        _ => Kw::Other,
+    };
+    if kw == Kw::Create {
+        let (f, next) = scan_precise(sql, *pos);
+        *pos = next;
+        let stmt = slice(sql, f.start, f.end);
+        return Some((stmt, classify(stmt, &f)));
+    }
+    let (end, next) = split_fast(b, first.start);
+    *pos = next;
+    let stmt = slice(sql, first.start, end);
+    let precise = match kw {
+        Kw::Other | Kw::Insert | Kw::Merge => maybe_flagged(stmt.as_bytes(), kw),
+        Kw::Set
+        | Kw::Reset
+        | Kw::Deallocate
+        | Kw::Discard
+        | Kw::Listen
+        | Kw::Unlisten
+        | Kw::Load => false, // decided by their words alone
+        Kw::Do | Kw::Call | Kw::Prepare | Kw::Declare | Kw::Explain | Kw::Create => true,
+    };
+    let effect = if precise {
+        classify(stmt, &scan_precise(stmt, 0).0)
+    } else if kw == Kw::Other {
+        Effect::None // the common case: nothing to look at
+    } else {
+        let f = Found {
+            first: kw,
+            ..Found::default()
+        };
+        classify(stmt, &f)
+    };
+    Some((stmt, effect))
+}
+
+/// Where the next `; ' " $ - /` is (a byte that can start a string, a quoted identifier or a
+/// comment, or end a statement): two SIMD searches of three bytes each, whose results are kept
+/// while they lie ahead.
+struct Specials {
+    at: [usize; 2],
+}
+
+impl Specials {
+    fn search(b: &[u8], i: usize, set: usize) -> usize {
+        let hay = b.get(i..).unwrap_or_default();
+        let k = if set == 0 {
+            memchr::memchr3(b';', b'\'', b'"', hay)
+        } else {
+            memchr::memchr3(b'$', b'-', b'/', hay)
+        };
+        k.map_or(b.len(), |k| i + k)
+    }
+
+    fn new(b: &[u8], i: usize) -> Specials {
+        Specials {
+            at: [Self::search(b, i, 0), Self::search(b, i, 1)],
+        }
+    }
+
+    /// The first special byte at or after `i` (`b.len()` if none).
+    #[inline(always)]
+    fn next(&mut self, b: &[u8], i: usize) -> usize {
+        for set in 0..2 {
+            if self.at[set] < i {
+                self.at[set] = Self::search(b, i, set);
+            }
+        }
+        self.at[0].min(self.at[1])
+    }
+}
+
+/// From `i` (not inside a token): the end of the statement's last token and where the next
+/// statement starts. A `;` ends the statement wherever it is outside strings and comments.
+fn split_fast(b: &[u8], mut i: usize) -> (usize, usize) {
+    let n = b.len();
+    let mut end = i;
+    let mut specials = Specials::new(b, i);
+    loop {
+        let run = i;
+        i = specials.next(b, i);
+        // [run, i) holds words, numbers, operators and whitespace: it ends at its last non-space.
+        let mut e = i;
+        while e > run && CLASS[b[e - 1] as usize] == C_SPACE {
+            e -= 1;
+        }
+        if e > run {
+            end = e;
+        }
+        let Some(&c) = b.get(i) else {
+            return (end, n);
+        };
+        let next = b.get(i + 1).copied();
+        i = match c {
+            b';' => return (end, i + 1),
+            b'-' if next == Some(b'-') => skip_line(b, i + 2),
+            b'/' if next == Some(b'*') => skip_block_comment(b, i + 2),
+            b'\'' => {
+                // E'…': an `e` that is a word of its own just before the quote.
+                let escape = i >= 1
+                    && (b[i - 1] | 0x20) == b'e'
+                    && (i < 2 || !IDENT_CONT[b[i - 2] as usize]);
+                end = if escape {
+                    skip_escape_string(b, i + 1)
+                } else {
+                    skip_quoted(b, i + 1, b'\'')
+                };
+                end
+            }
+            b'"' => {
+                end = skip_quoted(b, i + 1, b'"');
+                end
+            }
+            b'$' if i == 0 || !IDENT_CONT[b[i - 1] as usize] => {
+                end = skip_dollar_quote(b, i).unwrap_or(i + 1);
+                end
+            }
+            _ => {
+                // `$` inside an identifier, a lone `-` or `/`.
+                end = i + 1;
+                end
+            }
+        };
+    }
+}
+
+/// Could this statement name one of the functions, or hold an `INTO`, that [`Found`] flags?
+/// A cheap superset (substrings, even inside strings); a hit sends it to the precise lexer.
+/// `advisory_lock`, `set_config` and `into` all have an `o`: one SIMD search for it, and a look
+/// around each (pgbench's statements have one to three).
+fn maybe_flagged(stmt: &[u8], kw: Kw) -> bool {
+    let into = !matches!(kw, Kw::Insert | Kw::Merge);
+    let at = |o: usize, before: usize, needle: &[u8]| {
+        o >= before
+            && stmt
+                .get(o - before..o - before + needle.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(needle))
+    };
+    memchr::memchr2_iter(b'o', b'O', stmt).any(|o| {
+        at(o, 5, b"advisory_lock")
+            || at(o, 10, b"advisory_lock")
+            || at(o, 5, b"set_config")
+            || (into && at(o, 3, b"into"))
+    })
+}
+
+/// Lexes one statement from `i` token by token: what it holds, and where the next one starts.
+fn scan_precise(sql: &str, mut i: usize) -> (Found, usize) {
     let b = sql.as_bytes();
     let mut f = Found {
         start: usize::MAX,
@@ -1337,6 +1517,7 @@ mod tests {
             ("select 1 as a into local temp t2", TempObject),
             ("SELECT 1 INTO pg_temp.t2", TempObject),
             ("SELECT 1 INTO TABLE \"pg_temp\".t2", TempObject),
+            ("(SELECT 1 INTO TEMP t2)", TempObject),
             (
                 "WITH x AS (SELECT 1) SELECT * INTO TEMP t2 FROM x",
                 TempObject,
@@ -1487,6 +1668,14 @@ mod tests {
             unsafe_(Unsafe::Role),
             "a statement after a string"
         );
+        // `xe'…'` is a type name and a standard string, not an E'' string: `\` escapes nothing.
+        assert_eq!(
+            all("SELECT xe'\\'; SET ROLE x; --'"),
+            vec![
+                ("SELECT xe'\\'", Effect::None),
+                ("SET ROLE x", unsafe_(Unsafe::Role)),
+            ]
+        );
     }
 
     proptest! {
@@ -1506,7 +1695,7 @@ mod tests {
                     Just("\r"), Just("/*"), Just("*/"), Just("/"), Just("*"), Just("-"),
                     Just(";"), Just(" "), Just("("), Just(")"), Just("é"), Just("set "),
                     Just("create function "), Just("begin atomic "), Just("end "), Just("case "),
-                    Just("a"), Just("1"), Just("into temp "), Just("set_config('a.b', 'c', false)"),
+                    Just("a"), Just("e"), Just("1"), Just("$e'"), Just("$$x$$"), Just("into temp "), Just("set_config('a.b', 'c', false)"),
                     Just("pg_advisory_lock(1)"), Just("listen x"), Just("declare c cursor with hold for "),
                 ],
                 0..40,
@@ -1516,14 +1705,31 @@ mod tests {
         }
     }
 
+    /// Statement boundaries from the token-by-token lexer alone.
+    fn split_precise(sql: &str) -> Vec<(usize, usize)> {
+        let (mut pos, mut out) = (0, Vec::new());
+        while pos < sql.len() {
+            let (f, next) = scan_precise(sql, pos);
+            if f.start < f.end {
+                out.push((f.start, f.end));
+            }
+            pos = next.max(pos + 1);
+        }
+        out
+    }
+
+    /// No panic; statements are non-empty slices of `sql`, in order, apart (a `;` at least
+    /// between two); the fast splitter agrees with the token-by-token lexer.
     fn check_split(sql: &str) -> Result<(), TestCaseError> {
         let base = sql.as_ptr() as usize;
         let mut last_end: Option<usize> = None;
         let mut total = 0;
         let mut count = 0;
+        let mut bounds = Vec::new();
         for (stmt, _effect) in statements(sql) {
             let start = stmt.as_ptr() as usize - base;
             let end = start + stmt.len();
+            bounds.push((start, end));
             prop_assert!(end <= sql.len());
             prop_assert_eq!(&sql[start..end], stmt);
             prop_assert!(!stmt.is_empty());
@@ -1536,6 +1742,12 @@ mod tests {
             count += 1;
         }
         prop_assert!(total + count.max(1) - 1 <= sql.len());
+        prop_assert_eq!(
+            bounds,
+            split_precise(sql),
+            "fast and precise disagree on {:?}",
+            sql
+        );
         Ok(())
     }
 }

@@ -80,7 +80,9 @@ impl<'a> Words<'a> {
 /// `SET SESSION AUTHORIZATION`: [`Unsafe`] there). `SET SESSION CHARACTERISTICS` with one mode
 /// is tracked as the `default_transaction_*` parameter it sets.
 ///
-/// Measured: 27 ns on a pgbench SELECT or INSERT, 149 ns on a SET it tracks (benches/benches/sql.rs).
+/// Measured: 13 ns on a pgbench SELECT or INSERT (its first word is enough), 123 ns on a SET it
+/// tracks, on a quiet core; criterion medians on the loaded development VM: 35–36 ns and 350 ns
+/// (benches/benches/sql.rs).
 pub fn session_command(sql: &str) -> Option<SessionCommand> {
     let first = Words { s: sql }.word()?;
     if !["set", "reset", "deallocate", "discard"]
@@ -151,7 +153,9 @@ pub fn quote_ident(s: &str) -> String {
 /// advisory locks, `WITH HOLD` cursors, in any statement of the query (from
 /// [`classify::statements`]).
 ///
-/// Measured: 63 ns on the pgbench SELECT, 83 ns on its INSERT (benches/benches/sql.rs).
+/// Measured: as [`classify::statements`], 45 ns on the pgbench SELECT, 58 ns on its INSERT on a
+/// quiet core; criterion medians on the loaded development VM: 119 ns and 168 ns
+/// (benches/benches/sql.rs).
 pub fn transaction_mode_unsupported(sql: &str) -> Option<&'static str> {
     classify::statements(sql).find_map(|(_, effect)| match effect {
         Effect::Listen(_) => Some(
