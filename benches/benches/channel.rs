@@ -22,6 +22,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use helios_benches::{local_executor, shard_recv_replica, shared_with_inboxes};
+use helios_engine::ids::ClientPid;
 use helios_engine::shard::{ShardMsg, Shared};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -33,7 +34,7 @@ async fn echo(shared: Arc<Shared>, inbox: Receiver<ShardMsg>) {
     loop {
         match shard_recv_replica(&inbox, &shared.doorbells[1]).await {
             Some(ShardMsg::Cancel { pid, secret }) => {
-                if secret < 0 || pid + 1 == secret {
+                if secret < 0 || pid.0 + 1 == secret {
                     send(&shared, 0, pid, secret);
                 }
             }
@@ -42,7 +43,7 @@ async fn echo(shared: Arc<Shared>, inbox: Receiver<ShardMsg>) {
     }
 }
 
-fn send(shared: &Shared, to: usize, pid: i32, secret: i32) {
+fn send(shared: &Shared, to: usize, pid: ClientPid, secret: i32) {
     while !shared.send(to, ShardMsg::Cancel { pid, secret }) {
         std::thread::yield_now();
     }
@@ -51,9 +52,9 @@ fn send(shared: &Shared, to: usize, pid: i32, secret: i32) {
 async fn ping_pong(shared: &Shared, inbox: &Receiver<ShardMsg>, iters: u64) -> Duration {
     let t0 = Instant::now();
     for i in 0..iters {
-        send(shared, 1, i as i32, -1);
+        send(shared, 1, ClientPid(i as i32), -1);
         match shard_recv_replica(inbox, &shared.doorbells[0]).await {
-            Some(ShardMsg::Cancel { pid, .. }) => debug_assert_eq!(pid, i as i32),
+            Some(ShardMsg::Cancel { pid, .. }) => debug_assert_eq!(pid.0, i as i32),
             _ => panic!("echo side gone"),
         }
     }
@@ -64,10 +65,10 @@ async fn one_way(shared: &Shared, inbox: &Receiver<ShardMsg>, iters: u64) -> Dur
     let n = iters.clamp(1, i32::MAX as u64) as i32;
     let t0 = Instant::now();
     for pid in 0..n {
-        send(shared, 1, pid, n);
+        send(shared, 1, ClientPid(pid), n);
     }
     match shard_recv_replica(inbox, &shared.doorbells[0]).await {
-        Some(ShardMsg::Cancel { pid, .. }) => assert_eq!(pid, n - 1),
+        Some(ShardMsg::Cancel { pid, .. }) => assert_eq!(pid, ClientPid(n - 1)),
         _ => panic!("echo side gone"),
     }
     t0.elapsed()

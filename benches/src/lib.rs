@@ -285,7 +285,7 @@ pub async fn pool_with_one_idle() -> (Rc<Pool>, glommio::net::TcpStream) {
         reader: FrameReader::new(1 << 20),
         key: BackendKey {
             addr,
-            pid: 4242,
+            pid: helios_engine::ids::BackendPid(4242),
             secret: 7,
         },
         startup_params: Rc::new(Vec::new()),
@@ -368,7 +368,7 @@ mod tests {
             while let Some(ShardMsg::Cancel { pid, .. }) =
                 futures_lite::future::block_on(shard_recv_replica(&rx1, &s.doorbells[1]))
             {
-                assert_eq!(pid, n);
+                assert_eq!(pid, helios_engine::ids::ClientPid(n));
                 n += 1;
                 if n == 100 {
                     break;
@@ -377,7 +377,13 @@ mod tests {
             n
         });
         for pid in 0..100 {
-            while !shared.send(1, ShardMsg::Cancel { pid, secret: 0 }) {
+            while !shared.send(
+                1,
+                ShardMsg::Cancel {
+                    pid: helios_engine::ids::ClientPid(pid),
+                    secret: 0,
+                },
+            ) {
                 std::thread::yield_now();
             }
         }

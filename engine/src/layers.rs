@@ -5,6 +5,7 @@
 /// Each top-level module and its layer, lowest first (see the table in `lib.rs`).
 pub const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
+    ("ids", 0),
     ("stats", 0),
     ("sql", 0),
     ("auth", 0),

@@ -6,7 +6,7 @@
 //!
 //! | layer | what |
 //! |---|---|
-//! | `error`, `stats`, `sql`, `auth` | plain data and pure functions: errors, counters, SQL scanning, SCRAM |
+//! | `error`, `ids`, `stats`, `sql`, `auth` | plain data and pure functions: errors, ids, counters, SQL scanning, SCRAM |
 //! | `net` | the wire: frame codec and sockets |
 //! | `proto` | the sans-io protocol core: frames in, actions out |
 //! | `backend` | the server side: connections and pools |
@@ -20,6 +20,7 @@ pub mod auth;
 pub mod backend;
 pub mod error;
 pub mod frontend;
+pub mod ids;
 pub mod layers;
 pub mod net;
 pub mod ops;

@@ -22,6 +22,7 @@ use helios_config::{AuthMethod, Config, Secret, Userlist};
 use crate::auth::ScramKeys;
 use crate::backend::pool::{Pool, PoolSettings};
 use crate::backend::server::{BackendKey, ServerTarget};
+use crate::ids::{BackendPid, ClientPid};
 
 /// What every shard reads: the configuration as loaded (replaced whole on reload).
 pub struct RuntimeConfig {
@@ -101,7 +102,7 @@ impl RuntimeConfig {
 /// Messages between shards (and from the signal thread).
 pub enum ShardMsg {
     /// A CancelRequest that arrived on another shard for a client of this one.
-    Cancel { pid: i32, secret: i32 },
+    Cancel { pid: ClientPid, secret: i32 },
     /// New configuration (SIGHUP).
     Reload(Arc<RuntimeConfig>),
     /// SIGTERM: stop accepting, let transactions finish, then close.
@@ -224,7 +225,7 @@ pub struct ClientMeta {
     /// `idle`, `waiting` (for a server connection) or `active` (holds one).
     pub state: Cell<&'static str>,
     /// The server connection it holds: id, backend pid, unix seconds it was opened.
-    pub server: Cell<Option<(u64, i32, u64)>>,
+    pub server: Cell<Option<(u64, BackendPid, u64)>>,
     /// The session task's waker, woken at shutdown.
     pub waker: RefCell<Option<Waker>>,
 }
@@ -238,7 +239,7 @@ pub struct Shard {
     /// Keyed by (alias, upstream user, node).
     pools: RefCell<HashMap<(String, String, String), Rc<Pool>>>,
     server_ids: Rc<Cell<u64>>,
-    pub cancels: RefCell<HashMap<i32, CancelEntry>>,
+    pub cancels: RefCell<HashMap<ClientPid, CancelEntry>>,
     next_client: Cell<u32>,
     pub statements: RefCell<StatementRegistry>,
     /// SCRAM verifiers derived from plain-text userlist passwords (4096 PBKDF2 rounds each:
@@ -350,13 +351,13 @@ impl Shard {
         &self,
         target: Rc<Cell<Option<BackendKey>>>,
         meta: Rc<ClientMeta>,
-    ) -> (i32, i32) {
+    ) -> (ClientPid, i32) {
         let mut cancels = self.cancels.borrow_mut();
         loop {
             let seq = self.next_client.get().wrapping_add(1) & 0x3F_FFFF;
             self.next_client.set(seq);
-            let pid = ((self.id as i32 & 0xFF) << 22) | seq as i32;
-            if pid != 0 && !cancels.contains_key(&pid) {
+            let pid = ClientPid::new(self.id, seq);
+            if pid.0 != 0 && !cancels.contains_key(&pid) {
                 let secret: i32 = rand::random();
                 cancels.insert(
                     pid,
@@ -371,17 +372,17 @@ impl Shard {
         }
     }
 
-    pub fn unregister_client(&self, pid: i32) {
+    pub fn unregister_client(&self, pid: ClientPid) {
         self.cancels.borrow_mut().remove(&pid);
     }
 
     /// The shard that owns a proxy-issued process id.
-    pub fn owner_of(pid: i32) -> usize {
-        ((pid >> 22) & 0xFF) as usize
+    pub fn owner_of(pid: ClientPid) -> usize {
+        pid.shard()
     }
 
     /// Forwards a cancel to the backend serving the client, if the key matches.
-    pub fn cancel_local(&self, pid: i32, secret: i32) {
+    pub fn cancel_local(&self, pid: ClientPid, secret: i32) {
         let key = {
             let cancels = self.cancels.borrow();
             match cancels.get(&pid) {
@@ -442,7 +443,7 @@ async fn send_cancel(key: BackendKey) -> std::io::Result<()> {
     let mut b = Vec::with_capacity(16);
     b.extend_from_slice(&16i32.to_be_bytes());
     b.extend_from_slice(&crate::net::codec::CANCEL_REQUEST.to_be_bytes());
-    b.extend_from_slice(&key.pid.to_be_bytes());
+    b.extend_from_slice(&key.pid.0.to_be_bytes());
     b.extend_from_slice(&key.secret.to_be_bytes());
     s.write_all(&b).await?;
     s.flush().await?;

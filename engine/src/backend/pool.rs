@@ -20,6 +20,7 @@ use helios_config::PoolMode;
 use super::listen::NotifyHub;
 use super::server::{ServerConn, ServerId, ServerTarget};
 use crate::error::{Blame, ProxyError, SqlState};
+use crate::ids::BackendPid;
 
 /// Finished waiters kept for reuse, per pool.
 const MAX_SPARE_WAITERS: usize = 256;
@@ -269,7 +270,7 @@ impl Pool {
     }
 
     /// Idle connections: id, backend pid, unix seconds opened.
-    pub fn idle_servers(&self) -> Vec<(u64, i32, u64)> {
+    pub fn idle_servers(&self) -> Vec<(u64, BackendPid, u64)> {
         self.idle
             .borrow()
             .iter()

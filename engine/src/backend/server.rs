@@ -11,6 +11,7 @@ use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256}
 use postgres_protocol::message::{backend, frontend};
 
 use crate::error::{Blame, ProxyError, SqlState};
+use crate::ids::BackendPid;
 use crate::net::codec::FrameReader;
 use crate::net::conn::Conn;
 
@@ -40,7 +41,7 @@ pub struct ServerId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendKey {
     pub addr: SocketAddr,
-    pub pid: i32,
+    pub pid: BackendPid,
     pub secret: i32,
 }
 
@@ -294,7 +295,7 @@ async fn login(
             backend::Message::BackendKeyData(k) => {
                 key = Some(BackendKey {
                     addr,
-                    pid: k.process_id(),
+                    pid: BackendPid(k.process_id()),
                     secret: k.secret_key(),
                 });
             }

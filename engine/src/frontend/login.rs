@@ -11,6 +11,7 @@ use helios_config::{AuthMethod, Secret};
 use crate::auth::{md5_check, md5_stored, AuthFailure, ScramKeys, ScramServer, SCRAM_ITERATIONS};
 use crate::backend::pool::Pool;
 use crate::error::{Blame, ProxyError, SqlState};
+use crate::ids::ClientPid;
 use crate::net::codec::{
     parse_startup_params, put_auth, put_msg, read_cstr, read_i32, FrameReader, CANCEL_REQUEST,
     GSSENC_REQUEST, PROTOCOL_3_0, SSL_REQUEST,
@@ -95,7 +96,7 @@ pub async fn startup(
                 client.flush().await.map_err(io_gone)?;
             }
             CANCEL_REQUEST if p.len() == 16 => {
-                let pid = read_i32(&mut body).unwrap_or(0);
+                let pid = ClientPid(read_i32(&mut body).unwrap_or(0));
                 let secret = read_i32(&mut body).unwrap_or(0);
                 let owner = Shard::owner_of(pid);
                 if owner == shard.id {

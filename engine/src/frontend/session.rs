@@ -23,6 +23,7 @@ use crate::backend::listen::Listener;
 use crate::backend::pool::Pool;
 use crate::backend::server::{BackendKey, ServerConn};
 use crate::error::{Blame, ProxyError, SqlState};
+use crate::ids::ClientPid;
 use crate::net::codec::{
     put_backend_key, put_cstr, put_msg, put_parameter_status, put_query, put_ready, read_cstr,
     Frame, FrameError, FrameReader, FrameRef,
@@ -81,7 +82,7 @@ struct Session {
     /// The protocol state: expected responses, transaction status, batches, statements.
     ex: Exchange,
     cancel_target: Rc<Cell<Option<BackendKey>>>,
-    pid: i32,
+    pid: ClientPid,
     shutdown_registered: bool,
     db_stats: Rc<DbStats>,
     /// When the request being answered started (its first byte arrived).
@@ -243,8 +244,8 @@ impl Session {
             waker: std::cell::RefCell::new(None),
         });
         let (pid, secret) = shard.register_client(cancel_target.clone(), meta.clone());
-        hooks.set_client_id(pid);
-        put_backend_key(client.queue(), pid, secret);
+        hooks.set_client_id(pid.0);
+        put_backend_key(client.queue(), pid.0, secret);
         put_ready(client.queue(), b'I');
         let mode = pool.settings.borrow().mode;
         let policy = shard

@@ -87,7 +87,7 @@ pub fn build(shard: &Shard) -> ShardSnapshot {
                 database: st.alias.clone(),
                 user: st.target.user.clone(),
                 state: "idle",
-                backend_pid: pid,
+                backend_pid: pid.0,
                 connected_at: since,
             });
         }
@@ -106,7 +106,7 @@ pub fn build(shard: &Shard) -> ShardSnapshot {
     for (pid, e) in shard.cancels.borrow().iter() {
         let m = &e.meta;
         snap.clients.push(ClientInfo {
-            id: *pid,
+            id: pid.0,
             user: m.user.clone(),
             database: m.database.clone(),
             application_name: m.application_name.clone(),
@@ -133,7 +133,7 @@ pub fn build(shard: &Shard) -> ShardSnapshot {
                 database: m.database.clone(),
                 user: pool_user,
                 state: "active",
-                backend_pid,
+                backend_pid: backend_pid.0,
                 connected_at: since,
             });
         }
