@@ -179,8 +179,9 @@ pub async fn startup(
     }))
 }
 
-/// `-c name=value` and `--name=value` from the `options` startup parameter.
-fn parse_options(opts: &str) -> Vec<(String, String)> {
+/// `-c name=value` and `--name=value` from the `options` startup parameter. Public for the
+/// fuzz target `startup_packet` (fuzz/).
+pub fn parse_options(opts: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut words = opts.split_whitespace();
     while let Some(w) = words.next() {
