@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
             CANCEL_REQUEST if p.len() == 16 => {
                 let pid = codec::read_i32(&mut body).unwrap_or(0);
                 let _secret = codec::read_i32(&mut body).unwrap_or(0);
-                assert!(Shard::owner_of(pid) < 256);
+                assert!(Shard::owner_of(helios_engine::ids::ClientPid(pid)) < 256);
                 return;
             }
             v if v >> 16 == 3 => return login(&p[8..], v),
