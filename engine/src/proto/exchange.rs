@@ -1057,7 +1057,7 @@ impl Exchange {
             self.end_transaction(frame.body(), io);
         }
         let mut forward = true;
-        let done = match (front.clone(), tag) {
+        let done = match (front, tag) {
             (Expect::Parse { swallow, .. }, b'1') => {
                 forward = !swallow;
                 true
@@ -1089,15 +1089,12 @@ impl Exchange {
                 forward = !swallow;
                 true
             }
-            (Expect::Sync | Expect::Query { .. } | Expect::FunctionCall, b'Z') => {
-                self.tx = Tx::from_byte(frame.body().first().copied().unwrap_or(b'I'));
-                if let Expect::Query { track: Some(t) } = &front {
-                    self.end_query(&mut t.borrow_mut(), io);
-                }
-                if self.tx == Tx::Idle {
-                    // The transaction is over whichever way; its undecided SETs die with it.
-                    self.pending_cmds.clear();
-                }
+            (Expect::Sync | Expect::FunctionCall | Expect::Query { track: None }, b'Z') => {
+                self.ready_from_server(frame.body(), None, io);
+                true
+            }
+            (Expect::Query { track: Some(t) }, b'Z') => {
+                self.ready_from_server(frame.body(), Some(&mut t.borrow_mut()), io);
                 true
             }
             (Expect::Query { track: Some(t) }, b'C') => {
@@ -1126,6 +1123,24 @@ impl Exchange {
             if tag == b'Z' {
                 io.obs.ready(self.tx, true, self.expect.is_empty());
             }
+        }
+    }
+
+    /// A ReadyForQuery answering the client's request: the new transaction status, and the end
+    /// of a simple query's tracked commands.
+    fn ready_from_server<C: Sink, S: Sink>(
+        &mut self,
+        body: &[u8],
+        track: Option<&mut QueryTrack>,
+        io: &mut Io<'_, C, S>,
+    ) {
+        self.tx = Tx::from_byte(body.first().copied().unwrap_or(b'I'));
+        if let Some(t) = track {
+            self.end_query(t, io);
+        }
+        if self.tx == Tx::Idle {
+            // The transaction is over whichever way; its undecided SETs die with it.
+            self.pending_cmds.clear();
         }
     }
 
