@@ -410,6 +410,13 @@ pub struct DatabaseConfig {
     /// DISCARD ALL before anyone else uses it; `refuse`: SQLSTATE 0A000 naming the statement.
     #[serde(default)]
     pub unsafe_statements: UnsafeStatements,
+    /// A statement whose result passes this many rows is ended with SQLSTATE 54000 (0: no
+    /// limit). Checked as the rows stream; nothing is buffered.
+    #[serde(default)]
+    pub max_result_rows: u64,
+    /// The same for the result's bytes as sent to the client (0: no limit).
+    #[serde(default)]
+    pub max_result_bytes: u64,
 }
 
 /// Transaction mode's answer to a statement whose session state the proxy cannot track
@@ -459,6 +466,8 @@ impl Default for DatabaseConfig {
             checkout_timeout_ms: default_checkout_timeout_ms(),
             prepared_statements_per_connection: default_prepared_cache(),
             unsafe_statements: UnsafeStatements::default(),
+            max_result_rows: 0,
+            max_result_bytes: 0,
         }
     }
 }

@@ -85,6 +85,8 @@ pub const APPLY: &[(&str, Apply)] = &[
     ),
     // Read when a client logs in: sessions already open keep the policy they started with.
     ("databases.<alias>.unsafe_statements", Reload),
+    ("databases.<alias>.max_result_rows", Reload),
+    ("databases.<alias>.max_result_bytes", Reload),
     // The plugin host reloads in place. It keeps the start-up value of memory_limit_mb and
     // max_plugins when a reload raises them, and of fuel_per_call when a reload switches fuel
     // on or off (and logs that); lowering them, or changing the budget, applies.

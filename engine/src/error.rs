@@ -19,6 +19,7 @@ impl SqlState {
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState("26000");
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
 }
 
 impl SqlState {

@@ -67,6 +67,8 @@ pub struct Outcome<'a> {
     pub response_bytes: u64,
     /// Error message when `success` is false.
     pub error: Option<&'a str>,
+    /// The error's SQLSTATE, when there is one.
+    pub sqlstate: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -194,6 +196,7 @@ mod tests {
             rows: 0,
             response_bytes: 99,
             error: Some("boom"),
+            sqlstate: Some("XX000"),
         };
         let post = serde_json::to_vec(&PostQueryInput {
             query_context: &qc,
@@ -204,6 +207,7 @@ mod tests {
         assert_eq!(sdk.query_context.hook_context.request_id, 42);
         assert_eq!(sdk.outcome.target_node.as_deref(), Some("replica-1"));
         assert_eq!(sdk.outcome.error.as_deref(), Some("boom"));
+        assert_eq!(sdk.outcome.sqlstate.as_deref(), Some("XX000"));
         assert_eq!(
             (sdk.outcome.elapsed_us, sdk.outcome.response_bytes),
             (1234, 99)

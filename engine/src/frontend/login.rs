@@ -17,7 +17,7 @@ use crate::net::codec::{
     GSSENC_REQUEST, PROTOCOL_3_0, SSL_REQUEST,
 };
 use crate::net::conn::Conn;
-use crate::pipeline::plugins::Hooks;
+use crate::pipeline::plugins::PluginStage;
 use crate::shard::{Shard, ShardMsg};
 use crate::stats::Counters;
 
@@ -370,7 +370,7 @@ pub async fn admit(shard: &Rc<Shard>, stream: TcpStream) -> Option<Entry> {
             return None;
         }
     };
-    let mut hooks = Hooks::new(
+    let mut hooks = PluginStage::new(
         &login.user,
         &login.database,
         login
@@ -426,7 +426,7 @@ pub struct Admitted {
     pub client: Conn,
     pub reader: FrameReader,
     pub login: Login,
-    pub hooks: Box<Hooks>,
+    pub hooks: Box<PluginStage>,
     pub pool: Rc<Pool>,
 }
 

@@ -10,12 +10,10 @@
 //! it (backpressure). The core decides when the server connection may go back to the pool.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use helios_config::PoolMode;
 
 use super::login::{queue_error, refuse, Admitted, Login};
@@ -25,14 +23,16 @@ use crate::backend::server::{BackendKey, ServerConn};
 use crate::error::{Blame, ProxyError, SqlState};
 use crate::ids::ClientPid;
 use crate::net::codec::{
-    put_backend_key, put_cstr, put_msg, put_parameter_status, put_query, put_ready, read_cstr,
-    Frame, FrameError, FrameReader, FrameRef,
+    put_backend_key, put_parameter_status, put_query, put_ready, Frame, FrameError, FrameReader,
+    FrameRef,
 };
 use crate::net::conn::{Conn, ZERO_COPY_MIN};
-use crate::pipeline::plugins::{Hooks, Verdict};
-use crate::proto::exchange::{kind_and_name, read_cstrs, Exchange, Io, Observer, Server, Step, Tx};
+use crate::pipeline::guard::ResultGuard;
+use crate::pipeline::plugins::PluginStage;
+use crate::pipeline::Pipeline;
+use crate::proto::exchange::{Ended, Exchange, Io, Observer, RowAction, Server, Step, Then, Tx};
 use crate::shard::{ClientMeta, ParamMap, Shard};
-use crate::sql::{self, ListenCommand, SessionCommand};
+use crate::sql::{self, ListenCommand};
 use crate::stats::{Counters, DbStats};
 
 enum Event {
@@ -93,34 +93,43 @@ struct Session {
     /// The database's own pool; `pool` is the one the attached server came from (another node's
     /// when a route plugin chose one).
     default_pool: Rc<Pool>,
-    /// A route plugin's node for the next server connection.
+    /// The node a stage chose for the next server connection.
     route_node: Option<String>,
-    /// Plugin hooks (inert while the shard has no plugins: the query path then does nothing
-    /// extra).
-    hooks: Box<Hooks>,
-    /// Transaction mode: the route a plugin chose for a named statement whose Parse was
-    /// answered without a server; its Bind checks out that node's connection.
-    stmt_routes: HashMap<Bytes, String>,
+    /// The stages every execution passes (pipeline/mod.rs).
+    pipeline: Pipeline,
     /// Transaction mode: the client's LISTEN subscriptions (dropped with the session).
     listener: Listener,
 }
 
-/// The session's side of [`Observer`]: statistics and plugin hooks as responses pass.
+/// The session's side of [`Observer`]: statistics and the pipeline's stages as responses pass.
 struct Watch<'a> {
     shard: &'a Shard,
     db_stats: &'a DbStats,
-    hooks: &'a mut Hooks,
+    pipeline: &'a mut Pipeline,
     request_start: &'a mut Option<Instant>,
     server_sent: &'a mut Option<Instant>,
 }
 
 impl Observer for Watch<'_> {
     fn forwarded(&mut self, tag: u8, frame: &[u8]) {
-        self.hooks.observe(tag, frame);
+        self.pipeline.forwarded(tag, frame);
     }
 
-    fn server_error(&mut self, code: &[u8]) {
+    fn server_error(&mut self, code: &[u8], body: &[u8]) {
         self.shard.stats.counters.error(code);
+        self.pipeline.server_error(body);
+    }
+
+    fn row(&mut self, tag: u8, frame: &[u8]) -> RowAction {
+        let action = self.pipeline.row(tag, frame);
+        if let RowAction::Fail(e) = &action {
+            self.shard.stats.counters.error(e.code.0.as_bytes());
+        }
+        action
+    }
+
+    fn executed(&mut self, how: Ended) {
+        self.pipeline.executed(self.shard, how);
     }
 
     /// One query answered (and a transaction, if the status is idle). Latency runs from the
@@ -145,7 +154,6 @@ impl Observer for Watch<'_> {
         if answered {
             *self.request_start = None;
             *self.server_sent = None;
-            self.hooks.after(self.shard);
         }
     }
 }
@@ -164,7 +172,7 @@ macro_rules! io {
             obs: &mut Watch {
                 shard: &$s.shard,
                 db_stats: &$s.db_stats,
-                hooks: &mut $s.hooks,
+                pipeline: &mut $s.pipeline,
                 request_start: &mut $s.request_start,
                 server_sent: &mut $s.server_sent,
             },
@@ -181,7 +189,7 @@ impl Session {
         creader: FrameReader,
         pool: Rc<Pool>,
         login: Login,
-        mut hooks: Box<Hooks>,
+        mut hooks: Box<PluginStage>,
     ) -> Result<Session, (Conn, ProxyError)> {
         // What clients are told at login comes from the pool's first server connection.
         let existing = pool.server_params.borrow().clone();
@@ -245,16 +253,17 @@ impl Session {
         });
         let (pid, secret) = shard.register_client(cancel_target.clone(), meta.clone());
         hooks.set_client_id(pid.0);
+        hooks.set_default_node(&pool.settings.borrow().target.node);
         put_backend_key(client.queue(), pid.0, secret);
         put_ready(client.queue(), b'I');
         let mode = pool.settings.borrow().mode;
-        let policy = shard
-            .config()
-            .config
-            .databases
-            .get(&login.database)
-            .map(|d| d.unsafe_statements)
-            .unwrap_or_default();
+        let (policy, guard) = match shard.config().config.databases.get(&login.database) {
+            Some(d) => (
+                d.unsafe_statements,
+                ResultGuard::configured(&login.database, d.max_result_rows, d.max_result_bytes),
+            ),
+            None => (Default::default(), None),
+        };
         let default_pool = pool.clone();
         let desired = shard.shared_params(desired);
         Ok(Session {
@@ -271,8 +280,7 @@ impl Session {
             meta,
             default_pool,
             route_node: None,
-            hooks,
-            stmt_routes: HashMap::new(),
+            pipeline: Pipeline::new(hooks, guard),
             request_start: None,
             server_sent: None,
             listener: Listener::default(),
@@ -290,6 +298,8 @@ impl Session {
             }
             End::ServerGone => {}
         }
+        self.pipeline
+            .abandon(&self.shard, "the session ended before its outcome");
         self.shard.unregister_client(self.pid);
         self.cancel_target.set(None);
         if let Some(server) = self.server.take() {
@@ -385,6 +395,7 @@ impl Session {
                                 Err(e) => return End::Fatal(e),
                             }
                         }
+                        self.pipeline.sending(&self.shard);
                         if let Err(e) = self.ex.send(then, &mut io!(self)) {
                             return End::Fatal(e);
                         }
@@ -506,143 +517,43 @@ impl Session {
 
     // ---- client → server ----
 
-    /// One client message through the stages before the core: the plugins' pre_query and route
-    /// hooks for statements (Query, Parse, FunctionCall), the route of a prepared statement;
-    /// then the core's checks.
-    fn on_client(&mut self, mut frame: Frame) -> Result<Step, ProxyError> {
+    /// One client message: the core's checks (classify, local answers, refusals), then the
+    /// pipeline's stages for a message on its way to a server (pipeline/mod.rs).
+    fn on_client(&mut self, frame: Frame) -> Result<Step, ProxyError> {
         if self.ex.drops(frame.tag) {
             return Ok(Step::Done);
         }
-        let mut parsed_route = None;
-        match frame.tag {
-            b'Q' | b'P' | b'F' if Hooks::active(&self.shard) => {
-                match self.plugin_stage(frame)? {
-                    Some(f) => frame = f,
-                    None => return Ok(Step::Done),
-                }
-                if frame.tag == b'P' {
-                    parsed_route = self.route_node.clone();
+        // A Parse's text is kept for the stages that see its executions (a refcount here).
+        let parse = (frame.tag == b'P').then(|| frame.bytes.clone());
+        let mut step = self.ex.client(frame, &mut io!(self))?;
+        match &mut step {
+            Step::ParsedLocally => {
+                if let Some(p) = &parse {
+                    self.pipeline.parsed(p);
                 }
             }
-            b'B' | b'D' if self.server.is_none() && !self.stmt_routes.is_empty() => {
-                // A statement prepared with a route plugin's node runs there when it next takes
-                // a server.
-                let name = if frame.tag == b'B' {
-                    read_cstrs::<2>(frame.body(), "Bind")?.0[1]
-                } else {
-                    match kind_and_name(frame.body(), "Describe")? {
-                        (b'S', name) => name,
-                        _ => &[][..],
+            Step::Server(then) => {
+                if let Then::Parse(f) = then {
+                    self.pipeline.parsed(&f.bytes);
+                }
+                let started = self.request_start.unwrap_or_else(helios_uring::turn_time);
+                match self.pipeline.before(&self.shard, then, started) {
+                    Ok(node) => {
+                        if self.server.is_none() {
+                            // Each execution decides for itself: no route carries over.
+                            self.route_node = node;
+                        }
                     }
-                };
-                if let Some(node) = self.stmt_routes.get(name) {
-                    self.route_node = Some(node.clone());
+                    Err(e) => {
+                        let extended = then.extended();
+                        self.reject(e, extended);
+                        return Ok(Step::Done);
+                    }
                 }
             }
             _ => {}
         }
-        let parse_name =
-            if frame.tag == b'P' && (parsed_route.is_some() || !self.stmt_routes.is_empty()) {
-                let mut body = frame.body();
-                read_cstr(&mut body).map(Bytes::copy_from_slice)
-            } else {
-                None
-            };
-        let step = self.ex.client(frame, &mut io!(self))?;
-        if let (Step::ParsedLocally, Some(name)) = (&step, parse_name) {
-            match self.route_node.take() {
-                Some(node) => {
-                    self.stmt_routes.insert(name, node);
-                }
-                None => {
-                    self.stmt_routes.remove(&name);
-                }
-            }
-        }
         Ok(step)
-    }
-
-    /// The plugins' pre_query and route hooks for a statement-carrying message. `None`: refused
-    /// (the client was told); otherwise the message to go on with (rewritten if a plugin asked).
-    fn plugin_stage(&mut self, frame: Frame) -> Result<Option<Frame>, ProxyError> {
-        match frame.tag {
-            b'Q' => {
-                let body = frame.body();
-                let sql =
-                    String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body)).into_owned();
-                Ok(match self.run_hooks(&sql, false) {
-                    None => None,
-                    Some(Some(rewritten)) => {
-                        let mut b = BytesMut::new();
-                        put_query(&mut b, &rewritten);
-                        Some(Frame {
-                            tag: b'Q',
-                            bytes: b.freeze(),
-                        })
-                    }
-                    Some(None) => Some(frame),
-                })
-            }
-            b'P' => {
-                // Parse carries the SQL: a statement refused here is never prepared, so no later
-                // Bind/Execute can run it; a rewrite is what gets prepared and executed.
-                let ([name, query], rest) = read_cstrs(frame.body(), "Parse")?;
-                let sql = String::from_utf8_lossy(query).into_owned();
-                Ok(match self.run_hooks(&sql, true) {
-                    None => None,
-                    Some(Some(rewritten)) => {
-                        let mut b = BytesMut::new();
-                        put_msg(&mut b, b'P', |b| {
-                            put_cstr(b, name);
-                            put_cstr(b, rewritten.as_bytes());
-                            bytes::BufMut::put_slice(b, rest);
-                        });
-                        Some(Frame {
-                            tag: b'P',
-                            bytes: b.freeze(),
-                        })
-                    }
-                    Some(None) => Some(frame),
-                })
-            }
-            _ => {
-                let oid = frame
-                    .body()
-                    .get(..4)
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                let desc = format!("FUNCTION CALL {}", oid.unwrap_or(0));
-                Ok(self.run_hooks(&desc, false).map(|_| frame))
-            }
-        }
-    }
-
-    /// Runs the plugins' pre_query and route hooks; `None`: refused (the client was told).
-    fn run_hooks(&mut self, sql: &str, extended: bool) -> Option<Option<String>> {
-        let h = &mut self.hooks;
-        if let Some(SessionCommand::Set { name, value }) = sql::session_command(sql) {
-            if name.starts_with("helios.") {
-                h.set_attribute(&name, &value);
-            }
-        }
-        let node = self.pool.settings.borrow().target.node.clone();
-        match h.before(&self.shard, sql, &node) {
-            Verdict::Go { sql, node } => {
-                if self.server.is_none() {
-                    // Each statement decides for itself: no route carries over to the next.
-                    self.route_node = node;
-                }
-                Some(sql)
-            }
-            Verdict::Block(reason) => {
-                let e = ProxyError::error(
-                    SqlState(helios_plugin_host::BLOCK_SQLSTATE),
-                    Blame::Client,
-                    reason,
-                );
-                self.reject(e, extended);
-                None
-            }
-        }
     }
 
     /// Transaction mode: a LISTEN/UNLISTEN alone in a simple query is answered here once the
@@ -666,9 +577,11 @@ impl Session {
         }
     }
 
-    /// The client is told its request was refused ([`Exchange::reject`]), and it is counted.
+    /// The client is told its request was refused ([`Exchange::reject`]), and it is counted; a
+    /// staged execution ends with the error.
     fn reject(&mut self, e: ProxyError, extended: bool) {
         self.shard.stats.counters.error(e.code.0.as_bytes());
+        self.pipeline.refused(&self.shard, &e);
         self.ex.reject(&e, extended, &mut io!(self));
     }
 

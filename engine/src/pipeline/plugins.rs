@@ -1,15 +1,14 @@
-//! The session's side of the WASM plugins: building hook inputs, calling the shard's plugin
-//! instances, and turning their verdicts into what the session does.
+//! The plugin stage: the session's side of the WASM plugins — building hook inputs, calling the
+//! shard's plugin instances, and turning their verdicts into what the pipeline does.
 //!
-//! Every statement a client can run passes here first — a simple Query, a Parse (so a
-//! statement blocked at Parse is never prepared and cannot be bound or executed), and a
-//! FunctionCall (described as `FUNCTION CALL <oid>`), so no message type bypasses the hooks.
-//! All hooks of one statement share one `request_id`. With no plugin loaded a session has no
-//! `Hooks` at all and the query path does nothing extra.
+//! Every execution passes here: a simple Query, each Bind+Execute of a prepared or unnamed
+//! statement, a FunctionCall (described as `FUNCTION CALL <oid>`), so no message type bypasses
+//! the hooks. `pre_query` and `route` run before the execution is forwarded, `post_query` at
+//! its outcome, all three with the execution's `request_id`. While the shard has no plugins
+//! the stage is inactive and costs one check per statement.
 
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::Instant;
 
 use helios_plugin_host::{
     AuthDecision, Hook, HookContext, Identity, Outcome, PreQueryDecision, QueryContext,
@@ -19,34 +18,21 @@ use helios_plugin_host::{
 /// Session attributes (`helios.<name>` → value).
 pub type Attributes = std::collections::BTreeMap<String, String>;
 
+use super::{Execution, Stage};
+use crate::error::{Blame, ProxyError, SqlState};
 use crate::shard::Shard;
 use crate::sql::analyze::{normalize, Analysis};
+use crate::sql::{self, SessionCommand};
 
-/// What the session should do with a statement.
-pub enum Verdict {
-    /// Run it: `sql` replaces the text if a plugin rewrote it; `node` is a route plugin's choice.
-    Go {
-        sql: Option<String>,
-        node: Option<String>,
-    },
-    /// Refuse it with 42000 and this message.
-    Block(String),
-}
-
-/// A statement on its way, kept for `post_query`.
-struct Request {
-    id: u64,
-    query: String,
+/// What the plugin stage worked out about an execution at `pre_query`, for `post_query`.
+pub struct Facts {
     normalized: String,
     analysis: Rc<Analysis>,
-    started: Instant,
-    rows: u64,
-    bytes: u64,
-    error: Option<String>,
-    node: String,
+    /// The node the database's pool is on (when no route plugin chose one).
+    default_node: String,
 }
 
-pub struct Hooks {
+pub struct PluginStage {
     pub identity: Option<Identity>,
     /// `helios.*` session attributes: from `authenticate` and `SET helios.<name> = …`.
     pub attributes: Attributes,
@@ -55,20 +41,20 @@ pub struct Hooks {
     application_name: String,
     client_ip: Option<IpAddr>,
     client_id: u64,
-    norm: String,
-    current: Option<Request>,
+    /// The database's own node (a route plugin may choose another).
+    default_node: String,
 }
 
-impl Hooks {
-    /// Every session has one, so plugins enabled by a reload reach open connections too; its
-    /// methods do nothing while the shard has no plugins (`Hooks::active`).
+impl PluginStage {
+    /// Every session has one, so plugins enabled by a reload reach open connections too; it
+    /// does nothing while the shard has no plugins.
     pub fn new(
         user: &str,
         database: &str,
         application_name: &str,
         client_ip: Option<IpAddr>,
-    ) -> Box<Hooks> {
-        Box::new(Hooks {
+    ) -> Box<PluginStage> {
+        Box::new(PluginStage {
             identity: None,
             attributes: Attributes::new(),
             user: user.to_string(),
@@ -76,24 +62,29 @@ impl Hooks {
             application_name: application_name.to_string(),
             client_ip,
             client_id: 0,
-            norm: String::new(),
-            current: None,
+            default_node: String::new(),
         })
-    }
-
-    /// Does the shard run plugins at all? (One borrow: the query path's only cost without them.)
-    pub fn active(shard: &Shard) -> bool {
-        shard.plugins.borrow().is_some()
     }
 
     pub fn set_client_id(&mut self, id: i32) {
         self.client_id = id as u32 as u64;
     }
 
-    fn next_request_id(shard: &Shard) -> u64 {
-        let n = shard.request_seq.get() + 1;
-        shard.request_seq.set(n);
-        ((shard.id as u64) << 48) | n
+    pub fn set_default_node(&mut self, node: &str) {
+        self.default_node = node.to_string();
+    }
+
+    fn hook_context(&self, request_id: u64) -> HookContext<'_> {
+        HookContext {
+            request_id,
+            client_id: self.client_id,
+            identity: self.identity.as_ref(),
+            database: &self.database,
+            user: &self.user,
+            application_name: &self.application_name,
+            client_ip: self.client_ip,
+            attributes: &self.attributes,
+        }
     }
 
     /// Runs the `authenticate` chain once the password check passed. `Err(message)`: deny.
@@ -106,15 +97,11 @@ impl Hooks {
             return Ok(());
         }
         p.apply_kv_updates();
+        let n = shard.request_seq.get() + 1;
+        shard.request_seq.set(n);
         let hc = HookContext {
-            request_id: Self::next_request_id(shard),
-            client_id: self.client_id,
             identity: None,
-            database: &self.database,
-            user: &self.user,
-            application_name: &self.application_name,
-            client_ip: self.client_ip,
-            attributes: &self.attributes,
+            ..self.hook_context(((shard.id as u64) << 48) | n)
         };
         match p.authenticate(&hc) {
             AuthDecision::Allow { identity, plugin } => {
@@ -143,158 +130,110 @@ impl Hooks {
             .unwrap_or_else(|| v.to_string());
         self.attributes.insert(name.to_string(), v);
     }
+}
 
-    /// Runs `pre_query` then `route` for a statement about to be sent.
-    pub fn before(&mut self, shard: &Shard, sql: &str, default_node: &str) -> Verdict {
-        let go = Verdict::Go {
-            sql: None,
-            node: None,
-        };
-        let mut guard = shard.plugins.borrow_mut();
-        let Some(p) = guard.as_mut() else { return go };
-        let (pre, route, post) = (
-            p.has_hook(Hook::PreQuery),
-            p.has_hook(Hook::Route),
-            p.has_hook(Hook::PostQuery),
-        );
-        self.current = None;
-        if !(pre || route || post) {
-            return go;
+impl Stage for PluginStage {
+    /// One borrow: the query path's only cost while the shard has no plugins.
+    fn active(&self, shard: &Shard) -> bool {
+        shard.plugins.borrow_mut().as_mut().is_some_and(|p| {
+            p.has_hook(Hook::PreQuery) || p.has_hook(Hook::Route) || p.has_hook(Hook::PostQuery)
+        })
+    }
+
+    /// `pre_query` (may rewrite or block), then `route` on the text that will run.
+    fn before(&mut self, shard: &Shard, ex: &mut Execution) -> Result<(), ProxyError> {
+        if let Some(SessionCommand::Set { name, value }) = sql::session_command(&ex.sql) {
+            if name.starts_with("helios.") {
+                self.set_attribute(&name, &value);
+            }
         }
-        p.apply_kv_updates();
-        let id = Self::next_request_id(shard);
-        normalize(sql, &mut self.norm);
-        let analysis = shard.analysis.borrow_mut().get(&self.norm, sql);
-        let hc = HookContext {
-            request_id: id,
-            client_id: self.client_id,
-            identity: self.identity.as_ref(),
-            database: &self.database,
-            user: &self.user,
-            application_name: &self.application_name,
-            client_ip: self.client_ip,
-            attributes: &self.attributes,
+        let mut guard = shard.plugins.borrow_mut();
+        let Some(p) = guard.as_mut() else {
+            return Ok(());
         };
+        p.apply_kv_updates();
+        let mut normalized = String::new();
+        normalize(&ex.sql, &mut normalized);
+        let analysis = shard.analysis.borrow_mut().get(&normalized, &ex.sql);
+        let block = |reason: String| {
+            ProxyError::error(
+                SqlState(helios_plugin_host::BLOCK_SQLSTATE),
+                Blame::Client,
+                reason,
+            )
+        };
+        let hc = self.hook_context(ex.id);
         let mut qc = QueryContext {
-            query: sql,
-            normalized: &self.norm,
+            query: &ex.sql,
+            normalized: &normalized,
             tables: &analysis.tables,
             is_read_only: analysis.is_read_only,
             hook_context: &hc,
         };
-        // A refused statement still gets its post_query (success false, the reason as the
-        // error), when the session tells its client (`after`).
-        let refused = |reason: String, current: &mut Option<Request>| {
-            if post {
-                *current = Some(Request {
-                    id,
-                    query: sql.to_string(),
-                    normalized: self.norm.clone(),
-                    analysis: analysis.clone(),
-                    started: Instant::now(),
-                    rows: 0,
-                    bytes: 0,
-                    error: Some(reason.clone()),
-                    node: default_node.to_string(),
-                });
-            }
-            Verdict::Block(reason)
-        };
         let mut rewritten = None;
-        if pre {
+        let mut verdict = Ok(());
+        if p.has_hook(Hook::PreQuery) {
             match p.pre_query(&qc) {
                 PreQueryDecision::Continue => {}
                 PreQueryDecision::Rewrite { sql } => rewritten = Some(sql),
-                PreQueryDecision::Block(b) => return refused(b.reason, &mut self.current),
+                PreQueryDecision::Block(b) => verdict = Err(block(b.reason)),
             }
         }
         if let Some(r) = &rewritten {
             qc.query = r;
         }
-        let mut node = None;
-        if route {
+        if verdict.is_ok() && p.has_hook(Hook::Route) {
             match p.route(&qc) {
                 RouteDecision::Default | RouteDecision::Primary => {}
                 // No replicas are configured yet: the database's own node serves reads.
                 RouteDecision::Replica => {}
-                RouteDecision::Node(n) => node = Some(n),
-                RouteDecision::Block(b) => return refused(b.reason, &mut self.current),
+                RouteDecision::Node(n) => ex.node = Some(n),
+                RouteDecision::Block(b) => verdict = Err(block(b.reason)),
             }
         }
-        if post {
-            self.current = Some(Request {
-                id,
-                query: rewritten.clone().unwrap_or_else(|| sql.to_string()),
-                normalized: self.norm.clone(),
-                analysis: analysis.clone(),
-                started: Instant::now(),
-                rows: 0,
-                bytes: 0,
-                error: None,
-                node: node.clone().unwrap_or_else(|| default_node.to_string()),
-            });
+        if let Some(sql) = rewritten {
+            ex.sql = sql;
+            ex.rewritten = true;
         }
-        Verdict::Go {
-            sql: rewritten,
-            node,
-        }
+        ex.plugin = Some(Facts {
+            normalized,
+            analysis,
+            default_node: self.default_node.clone(),
+        });
+        verdict
     }
 
-    /// Sees a response frame forwarded to the client (only while a post_query is pending).
-    pub fn observe(&mut self, tag: u8, frame: &[u8]) {
-        let Some(r) = &mut self.current else { return };
-        r.bytes += frame.len() as u64;
-        match tag {
-            b'C' => {
-                // "SELECT 5", "INSERT 0 3", "UPDATE 2": the last word counts rows.
-                let body = &frame[5..];
-                let body = body.strip_suffix(b"\0").unwrap_or(body);
-                if let Some(n) = body
-                    .rsplit(|b| *b == b' ')
-                    .next()
-                    .and_then(|w| std::str::from_utf8(w).ok())
-                    .and_then(|w| w.parse::<u64>().ok())
-                {
-                    r.rows += n;
-                }
-            }
-            b'E' => {
-                let f = crate::net::codec::parse_error_fields(&frame[5..]);
-                r.error = Some(String::from_utf8_lossy(f.message).into_owned());
-            }
-            _ => {}
-        }
-    }
-
-    /// The statement's ReadyForQuery went out: `post_query`.
-    pub fn after(&mut self, shard: &Shard) {
-        let Some(r) = self.current.take() else { return };
+    /// `post_query`, also for executions a stage refused (`success: false`).
+    fn after(&mut self, shard: &Shard, ex: &Execution) {
+        let Some(f) = &ex.plugin else { return };
         let mut guard = shard.plugins.borrow_mut();
         let Some(p) = guard.as_mut() else { return };
-        let hc = HookContext {
-            request_id: r.id,
-            client_id: self.client_id,
-            identity: self.identity.as_ref(),
-            database: &self.database,
-            user: &self.user,
-            application_name: &self.application_name,
-            client_ip: self.client_ip,
-            attributes: &self.attributes,
-        };
+        if !p.has_hook(Hook::PostQuery) {
+            return;
+        }
+        let hc = self.hook_context(ex.id);
         let qc = QueryContext {
-            query: &r.query,
-            normalized: &r.normalized,
-            tables: &r.analysis.tables,
-            is_read_only: r.analysis.is_read_only,
+            query: &ex.sql,
+            normalized: &f.normalized,
+            tables: &f.analysis.tables,
+            is_read_only: f.analysis.is_read_only,
             hook_context: &hc,
         };
+        let (sqlstate, error) = match &ex.error {
+            Some((code, message)) => (
+                (!code.is_empty()).then_some(code.as_str()),
+                Some(message.as_str()),
+            ),
+            None => (None, None),
+        };
         let outcome = Outcome {
-            success: r.error.is_none(),
-            target_node: Some(&r.node),
-            elapsed_us: r.started.elapsed().as_micros() as u64,
-            rows: r.rows,
-            response_bytes: r.bytes,
-            error: r.error.as_deref(),
+            success: ex.success(),
+            target_node: Some(ex.node.as_deref().unwrap_or(&f.default_node)),
+            elapsed_us: ex.started.elapsed().as_micros() as u64,
+            rows: ex.rows,
+            response_bytes: ex.bytes,
+            error,
+            sqlstate,
         };
         p.post_query(&qc, &outcome);
     }

@@ -68,16 +68,47 @@ impl Sink for BytesMut {
     }
 }
 
-/// What the session wants to hear about as responses pass: statistics, plugin hooks and result
-/// observers. Every method has a no-op default.
+/// What the session wants to hear about as responses pass: statistics and the statement
+/// pipeline's stages (pipeline/mod.rs). Every method has a no-op default.
 pub trait Observer {
     /// A server frame was forwarded to the client.
     fn forwarded(&mut self, _tag: u8, _frame: &[u8]) {}
-    /// An ErrorResponse from the server reached the client.
-    fn server_error(&mut self, _code: &[u8]) {}
+    /// An ErrorResponse from the server reached the client (its SQLSTATE, and its body).
+    fn server_error(&mut self, _code: &[u8], _body: &[u8]) {}
     /// A ReadyForQuery went to the client. `from_server`: the server sent it (not synthesized);
     /// `answered`: nothing more is expected, the request is complete.
     fn ready(&mut self, _tx: Tx, _from_server: bool, _answered: bool) {}
+    /// A RowDescription or DataRow is about to go to the client: the result observers' say.
+    fn row(&mut self, _tag: u8, _frame: &[u8]) -> RowAction {
+        RowAction::Forward
+    }
+    /// An execution the session marked (`req` in [`Then`]) ended, in the order they were sent.
+    fn executed(&mut self, _how: Ended) {}
+}
+
+/// A result observer's answer for one row.
+pub enum RowAction {
+    Forward,
+    /// The client does not get it.
+    Drop,
+    /// The client gets this frame instead (a whole DataRow message).
+    Replace(Bytes),
+    /// The result ends here: the client gets this error in place of the rest of it (the
+    /// remaining rows and its completion), as if the statement had failed.
+    Fail(ProxyError),
+}
+
+/// How a marked execution ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// CommandComplete, EmptyQueryResponse, or a simple query's / FunctionCall's ReadyForQuery.
+    Complete,
+    /// PortalSuspended: the portal's next Execute continues it.
+    Suspended,
+    /// An ErrorResponse ended it.
+    Failed,
+    /// Never run: an earlier message of its extended batch failed.
+    Skipped,
 }
 
 impl Observer for () {}
@@ -157,9 +188,10 @@ pub enum Expect {
     /// ParameterDescription (optional) then RowDescription or NoData.
     Describe,
     /// Rows, then CommandComplete / EmptyQueryResponse / PortalSuspended; `track` as for
-    /// Query, when the portal runs a tracked SET.
+    /// Query, when the portal runs a tracked SET; `req`: the session follows this execution.
     Execute {
         track: Option<SessionCommand>,
+        req: bool,
     },
     /// The client ended a COPY (CopyDone/CopyFail): no response of its own. Marks which
     /// Syncs the server ignored because they arrived during copy-in.
@@ -172,8 +204,11 @@ pub enum Expect {
     /// statements, applied as their CommandCompletes arrive.
     Query {
         track: Option<Rc<RefCell<QueryTrack>>>,
+        req: bool,
     },
-    FunctionCall,
+    FunctionCall {
+        req: bool,
+    },
     /// The proxy's own query (SET re-application): every response swallowed.
     Internal,
     /// The proxy's raise statement after a refused message: the error is swallowed (the client
@@ -196,6 +231,16 @@ impl Expect {
     /// Ends a stretch the server skips after an error in an extended batch.
     fn ends_skip(&self) -> bool {
         matches!(self, Expect::Sync | Expect::Internal | Expect::Abort)
+    }
+
+    /// An execution the session follows.
+    fn followed(&self) -> bool {
+        matches!(
+            self,
+            Expect::Execute { req: true, .. }
+                | Expect::Query { req: true, .. }
+                | Expect::FunctionCall { req: true }
+        )
     }
 }
 
@@ -231,24 +276,37 @@ pub enum Step {
     Server(Then),
 }
 
-/// The rest of a client message, once a server connection is attached.
+/// The rest of a client message, once a server connection is attached. `req`: the session
+/// follows this execution ([`Observer::executed`] reports its end).
 pub enum Then {
     Query {
         frame: Frame,
         track: Option<QueryTrack>,
+        req: bool,
     },
     Parse(Frame),
-    Bind(Frame),
+    /// `rewrite`: run this statement instead (what a Parse carries after the name: text, NUL,
+    /// parameter types); it is prepared under a proxy name and the Bind retargeted to it.
+    Bind {
+        frame: Frame,
+        rewrite: Option<Bytes>,
+    },
     Describe(Frame),
     Close(Frame),
-    Execute(Frame),
-    FunctionCall(Frame),
+    Execute {
+        frame: Frame,
+        req: bool,
+    },
+    FunctionCall {
+        frame: Frame,
+        req: bool,
+    },
 }
 
 impl Then {
     /// Whether a failure to attach is reported the extended protocol's way.
     pub fn extended(&self) -> bool {
-        !matches!(self, Then::Query { .. } | Then::FunctionCall(_))
+        !matches!(self, Then::Query { .. } | Then::FunctionCall { .. })
     }
 }
 
@@ -291,6 +349,9 @@ pub struct Exchange {
     stmt_unsafe: HashMap<Bytes, Unsafe>,
     /// A DISCARD ALL completed (it includes UNLISTEN *): the session's listener must forget.
     discarded: bool,
+    /// A result observer ended the current result with this error: the server's answers are
+    /// dropped until the request's ReadyForQuery.
+    cut: Option<(SqlState, String)>,
 }
 
 impl Exchange {
@@ -315,6 +376,7 @@ impl Exchange {
             taint: None,
             stmt_unsafe: HashMap::new(),
             discarded: false,
+            cut: None,
         }
     }
 
@@ -447,7 +509,7 @@ impl Exchange {
             }
             b'E' => {
                 self.open_batch();
-                return Ok(Step::Server(Then::Execute(frame)));
+                return Ok(Step::Server(Then::Execute { frame, req: false }));
             }
             b'S' => self.on_sync(frame, io),
             b'H' => {
@@ -455,7 +517,7 @@ impl Exchange {
                     s.out.bytes(&frame.bytes);
                 }
             }
-            b'F' => return Ok(Step::Server(Then::FunctionCall(frame))),
+            b'F' => return Ok(Step::Server(Then::FunctionCall { frame, req: false })),
             b'd' | b'c' | b'f' => {
                 // COPY data goes to the server the COPY runs on; outside a COPY there is none.
                 if let Some(s) = &mut io.server {
@@ -500,22 +562,22 @@ impl Exchange {
             }
         }
         match then {
-            Then::Query { frame, track } => {
+            Then::Query { frame, track, req } => {
                 forward(io, &frame);
                 let track = track.map(|mut t| {
                     t.tx_before = Some(self.tx);
                     Rc::new(RefCell::new(t))
                 });
-                self.push(Expect::Query { track }, io);
+                self.push(Expect::Query { track, req }, io);
             }
             Then::Parse(frame) => self.parse_on_server(frame, io)?,
-            Then::Bind(frame) => self.bind_on_server(frame, io)?,
+            Then::Bind { frame, rewrite } => self.bind_on_server(frame, rewrite, io)?,
             Then::Describe(frame) => self.describe_on_server(frame, io)?,
             Then::Close(frame) => {
                 forward(io, &frame);
                 self.push(Expect::Close { swallow: false }, io);
             }
-            Then::Execute(frame) => {
+            Then::Execute { frame, req } => {
                 forward(io, &frame);
                 let track = if self.portal_cmds.is_empty() {
                     None
@@ -523,11 +585,11 @@ impl Exchange {
                     let mut rest = frame.body();
                     read_cstr(&mut rest).and_then(|p| self.portal_cmds.get(p).cloned())
                 };
-                self.push(Expect::Execute { track }, io);
+                self.push(Expect::Execute { track, req }, io);
             }
-            Then::FunctionCall(frame) => {
+            Then::FunctionCall { frame, req } => {
                 forward(io, &frame);
-                self.push(Expect::FunctionCall, io);
+                self.push(Expect::FunctionCall { req }, io);
             }
         }
         Ok(())
@@ -598,7 +660,11 @@ impl Exchange {
 
     fn on_query<C: Sink, S: Sink>(&mut self, frame: Frame, io: &mut Io<'_, C, S>) -> Step {
         if self.mode == PoolMode::Session {
-            return Step::Server(Then::Query { frame, track: None });
+            return Step::Server(Then::Query {
+                frame,
+                track: None,
+                req: false,
+            });
         }
         let body = frame.body();
         let text = body.strip_suffix(b"\0").unwrap_or(body);
@@ -655,7 +721,11 @@ impl Exchange {
             }
             self.taint = Some(u);
         }
-        Step::Server(Then::Query { frame, track })
+        Step::Server(Then::Query {
+            frame,
+            track,
+            req: false,
+        })
     }
 
     fn refuse_unsafe<C: Sink, S: Sink>(
@@ -861,16 +931,38 @@ impl Exchange {
                 }
             }
         }
-        Ok(Step::Server(Then::Bind(frame)))
+        Ok(Step::Server(Then::Bind {
+            frame,
+            rewrite: None,
+        }))
     }
 
     fn bind_on_server<C: Sink, S: Sink>(
         &mut self,
         frame: Frame,
+        rewrite: Option<Bytes>,
         io: &mut Io<'_, C, S>,
     ) -> Result<(), ProxyError> {
         let ([portal, name], rest) = read_cstrs(frame.body(), "Bind")?;
-        if name.is_empty() || self.mode == PoolMode::Session {
+        if let Some(text) = rewrite {
+            // A stage rewrote the statement: prepare the new text under its proxy name (once
+            // per server connection) and bind that instead, in either pool mode.
+            let stmt = io.registry.borrow_mut().intern(io.shard, &text);
+            if !io
+                .server
+                .as_mut()
+                .is_some_and(|s| s.prepared.contains(stmt.id))
+            {
+                self.prepare_on_server(&stmt, true, io);
+            }
+            if let Some(s) = &mut io.server {
+                put_msg(s.out.buf(), b'B', |b| {
+                    put_cstr(b, portal);
+                    b.put_slice(&stmt.name);
+                    b.put_slice(rest);
+                });
+            }
+        } else if name.is_empty() || self.mode == PoolMode::Session {
             forward(io, &frame);
         } else {
             let Some(stmt) = self.statement_for(name, io) else {
@@ -946,6 +1038,10 @@ impl Exchange {
                     }
                     return;
                 }
+                ref x if x.followed() => {
+                    io.obs.executed(Ended::Skipped);
+                    return;
+                }
                 _ => return,
             }
         }
@@ -957,7 +1053,11 @@ impl Exchange {
     fn drain_synthetic<C: Sink, S: Sink>(&mut self, io: &mut Io<'_, C, S>) {
         loop {
             match self.expect.front() {
-                Some(Expect::Synthetic(b)) => io.client.bytes(b),
+                Some(Expect::Synthetic(b)) => {
+                    if self.cut.is_none() {
+                        io.client.bytes(b)
+                    }
+                }
                 Some(Expect::SyntheticReady) => {
                     put_ready(io.client.buf(), self.tx.byte());
                     io.obs.ready(self.tx, false, self.expect.len() == 1);
@@ -985,7 +1085,7 @@ impl Exchange {
                 return;
             }
             b'N' => {
-                if !matches!(self.expect.front(), Some(Expect::Internal)) {
+                if !matches!(self.expect.front(), Some(Expect::Internal)) && self.cut.is_none() {
                     io.client.frame(&frame);
                 }
                 return;
@@ -1005,6 +1105,8 @@ impl Exchange {
             Expect::Internal => {
                 if tag == b'Z' {
                     self.tx = Tx::from_byte(frame.body().first().copied().unwrap_or(b'I'));
+                    // A cut extended batch ends at its Sync, answered here.
+                    self.cut = None;
                     self.pop(io);
                 } else if tag == b'E' {
                     let f = parse_error_fields(frame.body());
@@ -1018,6 +1120,7 @@ impl Exchange {
             }
             Expect::Abort => {
                 if tag == b'Z' {
+                    self.cut = None;
                     self.tx = Tx::from_byte(frame.body().first().copied().unwrap_or(b'I'));
                     io.client.frame(&frame);
                     self.pop(io);
@@ -1028,23 +1131,32 @@ impl Exchange {
             _ => {}
         }
         if tag == b'E' {
-            if let Expect::Query { track: Some(t) } = &front {
+            if let Expect::Query { track: Some(t), .. } = &front {
                 t.borrow_mut().failed = true;
             }
             self.note_fatal(&frame);
-            io.obs.server_error(parse_error_fields(frame.body()).code);
-            io.client.frame(&frame);
+            io.obs
+                .server_error(parse_error_fields(frame.body()).code, frame.body());
+            if self.cut.is_none() {
+                io.client.frame(&frame);
+            }
             if front.is_extended() {
                 // The server now skips to the next Sync: drop what it will not answer.
+                let mut how = Ended::Failed;
                 while let Some(e) = self.expect.front() {
                     if e.ends_skip() {
                         break;
                     }
-                    if let Some(Expect::Parse { stmt: Some(id), .. }) = self.expect.pop_front() {
-                        if let Some(s) = &mut io.server {
-                            s.prepared.remove(id);
+                    match self.expect.pop_front() {
+                        Some(Expect::Parse { stmt: Some(id), .. }) => {
+                            if let Some(s) = &mut io.server {
+                                s.prepared.remove(id);
+                            }
                         }
+                        Some(e) if e.followed() => io.obs.executed(how),
+                        _ => {}
                     }
+                    how = Ended::Skipped;
                 }
                 if self.expect.is_empty() {
                     self.server_skips = true;
@@ -1057,16 +1169,20 @@ impl Exchange {
             self.end_transaction(frame.body(), io);
         }
         let mut forward = true;
-        let done = match (front, tag) {
+        let mut how = Ended::Complete;
+        let done = match (&front, tag) {
             (Expect::Parse { swallow, .. }, b'1') => {
                 forward = !swallow;
                 true
             }
             (Expect::Bind, b'2') => true,
             (Expect::Describe, b'T' | b'n') => true,
-            (Expect::Execute { track }, b'C' | b'I' | b's') => {
+            (Expect::Execute { track, .. }, b'C' | b'I' | b's') => {
+                if tag == b's' {
+                    how = Ended::Suspended;
+                }
                 if let (Some(cmd), b'C') = (track, tag) {
-                    self.apply_session_command(cmd, frame.body(), io);
+                    self.apply_session_command(cmd.clone(), frame.body(), io);
                 }
                 true
             }
@@ -1089,15 +1205,18 @@ impl Exchange {
                 forward = !swallow;
                 true
             }
-            (Expect::Sync | Expect::FunctionCall | Expect::Query { track: None }, b'Z') => {
+            (
+                Expect::Sync | Expect::FunctionCall { .. } | Expect::Query { track: None, .. },
+                b'Z',
+            ) => {
                 self.ready_from_server(frame.body(), None, io);
                 true
             }
-            (Expect::Query { track: Some(t) }, b'Z') => {
+            (Expect::Query { track: Some(t), .. }, b'Z') => {
                 self.ready_from_server(frame.body(), Some(&mut t.borrow_mut()), io);
                 true
             }
-            (Expect::Query { track: Some(t) }, b'C') => {
+            (Expect::Query { track: Some(t), .. }, b'C') => {
                 let mut t = t.borrow_mut();
                 let cmds = t.per_statement.pop_front().unwrap_or_default();
                 for cmd in cmds {
@@ -1114,16 +1233,73 @@ impl Exchange {
             }
             _ => false,
         };
-        if forward {
+        if tag == b'Z' {
+            if let Some((code, message)) = self.cut.take() {
+                // The error that ended the result stands for the statement. In a transaction
+                // block the server's transaction is failed too (its own error swallowed, its
+                // ReadyForQuery `E` forwarded), so client and server agree it is aborted.
+                if self.tx == Tx::Block && self.expect.len() == 1 {
+                    if let Some(s) = &mut io.server {
+                        put_query(s.out.buf(), &sql::raise_statement(code.0, &message));
+                        if front.followed() {
+                            io.obs.executed(how);
+                        }
+                        self.expect.pop_front();
+                        self.push(Expect::Abort, io);
+                        return;
+                    }
+                }
+            }
+        }
+        if forward && self.cut.is_none() && matches!(tag, b'D' | b'T') {
+            match io.obs.row(tag, frame.bytes) {
+                RowAction::Forward => {}
+                RowAction::Drop => forward = false,
+                RowAction::Replace(b) => {
+                    io.client.bytes(&b);
+                    io.obs.forwarded(tag, &b);
+                    forward = false;
+                }
+                RowAction::Fail(e) => {
+                    self.cut_result(e, &front, io);
+                    forward = false;
+                }
+            }
+        }
+        if forward && self.cut.is_none() {
             io.client.frame(&frame);
             io.obs.forwarded(tag, frame.bytes);
         }
         if done {
+            if front.followed() {
+                io.obs.executed(how);
+            }
             self.pop(io);
             if tag == b'Z' {
                 io.obs.ready(self.tx, true, self.expect.is_empty());
             }
         }
+    }
+
+    /// A result observer ended the result at the front with an error: the client gets it in
+    /// place of the rest of the result, and nothing more of the server's answers until the
+    /// request ends (the simple query's ReadyForQuery, the extended batch's Sync), as if the
+    /// server had failed the statement. The rest of an extended batch not yet sent is dropped
+    /// like a refused message's.
+    fn cut_result<C: Sink, S: Sink>(
+        &mut self,
+        e: ProxyError,
+        front: &Expect,
+        io: &mut Io<'_, C, S>,
+    ) {
+        put_proxy_error(io.client.buf(), &e);
+        if let Expect::Query { track: Some(t), .. } = front {
+            t.borrow_mut().failed = true;
+        }
+        if front.is_extended() && self.batch == Batch::Open {
+            self.batch = Batch::Refused;
+        }
+        self.cut = Some((e.code, e.message));
     }
 
     /// A ReadyForQuery answering the client's request: the new transaction status, and the end

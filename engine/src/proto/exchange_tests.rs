@@ -16,14 +16,46 @@ use crate::proto::prepared::{ParamMap, PreparedSet, StatementRegistry};
 struct Heard {
     readies: Vec<(Tx, bool, bool)>,
     errors: usize,
+    /// How each followed execution ended, in order.
+    executed: Vec<Ended>,
+    /// DataRows seen by the result observer.
+    rows: u64,
+    /// The result observer's rule: drop every DataRow, replace each, or end the result at this
+    /// DataRow (1-based).
+    drop_rows: bool,
+    replace_rows: Option<Bytes>,
+    fail_at_row: Option<u64>,
 }
 
 impl Observer for Heard {
-    fn server_error(&mut self, _code: &[u8]) {
+    fn server_error(&mut self, _code: &[u8], _body: &[u8]) {
         self.errors += 1;
     }
     fn ready(&mut self, tx: Tx, from_server: bool, answered: bool) {
         self.readies.push((tx, from_server, answered));
+    }
+    fn executed(&mut self, how: Ended) {
+        self.executed.push(how);
+    }
+    fn row(&mut self, tag: u8, _frame: &[u8]) -> RowAction {
+        if tag != b'D' {
+            return RowAction::Forward;
+        }
+        self.rows += 1;
+        if self.fail_at_row == Some(self.rows) {
+            return RowAction::Fail(ProxyError::error(
+                SqlState::PROGRAM_LIMIT_EXCEEDED,
+                Blame::Client,
+                "too many rows",
+            ));
+        }
+        if let Some(b) = &self.replace_rows {
+            return RowAction::Replace(b.clone());
+        }
+        if self.drop_rows {
+            return RowAction::Drop;
+        }
+        RowAction::Forward
     }
 }
 
@@ -41,6 +73,11 @@ pub(super) struct Rig {
     /// attach is a new connection.
     pub pool: Vec<(PreparedSet, Rc<ParamMap>)>,
     pub pick: usize,
+    /// Mark every Query, Execute and FunctionCall as followed (as the pipeline does when a
+    /// stage is active).
+    follow: bool,
+    /// The next Bind runs this statement instead (a stage's rewrite).
+    rewrite: Option<Bytes>,
 }
 
 macro_rules! rig_io {
@@ -76,6 +113,8 @@ impl Rig {
             heard: Heard::default(),
             pool: Vec::new(),
             pick: 0,
+            follow: false,
+            rewrite: None,
         }
     }
 
@@ -86,7 +125,14 @@ impl Rig {
             bytes: msg,
         };
         match self.ex.client(frame, &mut rig_io!(self))? {
-            Step::Server(then) => {
+            Step::Server(mut then) => {
+                match &mut then {
+                    Then::Query { req, .. }
+                    | Then::Execute { req, .. }
+                    | Then::FunctionCall { req, .. } => *req = self.follow,
+                    Then::Bind { rewrite, .. } => *rewrite = self.rewrite.take(),
+                    _ => {}
+                }
                 if !self.attached {
                     self.attach_fresh();
                 }
@@ -1041,4 +1087,309 @@ fn discard_all_makes_a_dirty_connection_clean_again() {
     assert!(!r.ex.pinned());
     assert!(r.ex.dirty().is_none());
     assert!(r.maybe_release());
+}
+
+// ---- the pipeline's seams: followed executions, result observers, rewritten Binds ----
+
+fn follow(mode: PoolMode) -> Rig {
+    let mut r = Rig::new(mode);
+    r.follow = true;
+    r
+}
+
+fn step(r: &mut Rig, script: Vec<Do>) {
+    for (i, s) in script.into_iter().enumerate() {
+        match s {
+            C(m) => r.client(m).expect("client message accepted"),
+            S(m) => r.server(&m),
+            ToServer(t) => assert_eq!(r.server_tags(), t, "step {i}: to the server"),
+            ToClient(t) => assert_eq!(r.client_tags(), t, "step {i}: to the client"),
+            Release(want) => assert_eq!(r.maybe_release(), want, "step {i}: release"),
+        }
+    }
+}
+
+#[test]
+fn each_execution_of_a_prepared_statement_is_reported_once_in_order() {
+    for mode in [TX, SESSION] {
+        let mut r = follow(mode);
+        step(&mut r, vec![C(parse("s", "select 1")), C(sync())]);
+        if mode == SESSION {
+            step(&mut r, vec![S(pb()), S(ready(b'I'))]);
+        }
+        r.client_tags();
+        for i in 0..3 {
+            if i == 0 && mode == TX {
+                // Prepared on the server at its first Bind; the ParseComplete is swallowed.
+                step(&mut r, vec![C(bind("", "s")), S(pb())]);
+            } else {
+                r.client(bind("", "s")).unwrap();
+            }
+            step(
+                &mut r,
+                vec![
+                    C(execute("")),
+                    C(sync()),
+                    S(bc()),
+                    S(data_row()),
+                    S(complete("SELECT 1")),
+                    S(ready(b'I')),
+                ],
+            );
+        }
+        assert_eq!(r.heard.executed, vec![Ended::Complete; 3], "{mode:?}");
+    }
+}
+
+#[test]
+fn an_error_mid_batch_fails_one_execution_and_skips_the_rest() {
+    let mut r = follow(TX);
+    step(
+        &mut r,
+        vec![
+            C(parse("", "select 1/0")),
+            C(bind("", "")),
+            C(execute("")),
+            C(bind("", "")),
+            C(execute("")),
+            C(sync()),
+            S(pb()),
+            S(bc()),
+            S(error("22012")),
+            S(ready(b'I')),
+            ToClient("12EZ"),
+        ],
+    );
+    assert_eq!(r.heard.executed, vec![Ended::Failed, Ended::Skipped]);
+    assert!(r.ex.may_release());
+    // Pushed while the server skips (the queue ran empty before the Sync was sent): skipped
+    // at once.
+    let mut r = follow(TX);
+    step(
+        &mut r,
+        vec![
+            C(parse("", "select 1/0")),
+            C(bind("", "")),
+            C(execute("")),
+            C(flush()),
+            S(pb()),
+            S(bc()),
+            S(error("22012")),
+            C(bind("", "")),
+            C(execute("")),
+            C(sync()),
+            S(ready(b'I')),
+        ],
+    );
+    assert_eq!(r.heard.executed, vec![Ended::Failed, Ended::Skipped]);
+}
+
+#[test]
+fn a_suspended_portal_is_reported_as_such_and_a_simple_query_at_its_ready() {
+    let mut r = follow(SESSION);
+    step(
+        &mut r,
+        vec![
+            C(parse("", "select g from generate_series(1,3) g")),
+            C(bind("", "")),
+            C(execute("")),
+            C(sync()),
+            S(pb()),
+            S(bc()),
+            S(data_row()),
+            S(msg(b's', |_| {})),
+            S(ready(b'T')),
+            C(query("select 1")),
+            S(row_desc()),
+            S(data_row()),
+            S(complete("SELECT 1")),
+        ],
+    );
+    assert_eq!(r.heard.executed, vec![Ended::Suspended]);
+    step(&mut r, vec![S(ready(b'T'))]);
+    assert_eq!(r.heard.executed, vec![Ended::Suspended, Ended::Complete]);
+}
+
+#[test]
+fn result_observers_drop_and_replace_rows() {
+    let mut r = follow(TX);
+    r.heard.drop_rows = true;
+    step(
+        &mut r,
+        vec![
+            C(query("select 1")),
+            S(row_desc()),
+            S(data_row()),
+            S(data_row()),
+            S(complete("SELECT 2")),
+            S(ready(b'I')),
+            ToClient("TCZ"),
+        ],
+    );
+    let replacement = msg(b'D', |b| {
+        b.put_i16(1);
+        b.put_i32(1);
+        b.put_u8(b'x');
+    });
+    r.heard.drop_rows = false;
+    r.heard.replace_rows = Some(replacement.clone());
+    step(
+        &mut r,
+        vec![
+            C(query("select 1")),
+            S(row_desc()),
+            S(data_row()),
+            S(complete("SELECT 1")),
+            S(ready(b'I')),
+        ],
+    );
+    let out = frames(&mut r.to_client);
+    assert_eq!(out[1].bytes, replacement, "the observer's row went out");
+}
+
+#[test]
+fn a_result_ended_by_an_observer_becomes_the_statements_error() {
+    // Outside a transaction: the rest of the rows and the CommandComplete are dropped, the
+    // ReadyForQuery forwarded.
+    let mut r = follow(TX);
+    r.heard.fail_at_row = Some(2);
+    step(
+        &mut r,
+        vec![
+            C(query("select g from t")),
+            S(row_desc()),
+            S(data_row()),
+            S(data_row()),
+            S(data_row()),
+            S(complete("SELECT 3")),
+            S(ready(b'I')),
+            ToClient("TDEZ"),
+            Release(true),
+        ],
+    );
+    assert_eq!(r.heard.executed, vec![Ended::Complete]);
+    // A multi-statement query: what the later statements answer is dropped too.
+    let mut r = follow(TX);
+    r.heard.fail_at_row = Some(1);
+    step(
+        &mut r,
+        vec![
+            C(query("select 1; select 2")),
+            S(row_desc()),
+            S(data_row()),
+            S(complete("SELECT 1")),
+            S(row_desc()),
+            S(data_row()),
+            S(complete("SELECT 1")),
+            S(ready(b'I')),
+            ToClient("TEZ"),
+        ],
+    );
+}
+
+#[test]
+fn a_result_ended_inside_a_transaction_fails_the_servers_transaction_too() {
+    let mut r = follow(TX);
+    step(
+        &mut r,
+        vec![
+            C(query("begin")),
+            ToServer("Q"),
+            S(complete("BEGIN")),
+            S(ready(b'T')),
+            ToClient("CZ"),
+        ],
+    );
+    r.heard.fail_at_row = Some(1);
+    step(
+        &mut r,
+        vec![
+            C(query("select g from t")),
+            ToServer("Q"),
+            S(row_desc()),
+            S(data_row()),
+            S(complete("SELECT 1")),
+            S(ready(b'T')),
+            // The raise statement goes to the server; nothing more to the client yet.
+            ToServer("Q"),
+            ToClient("TE"),
+            S(error("P0001")),
+            S(ready(b'E')),
+            ToClient("Z"),
+            Release(false),
+        ],
+    );
+    assert_eq!(r.ex.tx(), Tx::Failed);
+    assert_eq!(r.heard.readies.last(), Some(&(Tx::Failed, true, true)));
+}
+
+#[test]
+fn a_result_ended_in_an_extended_batch_drops_the_rest_of_the_batch() {
+    let mut r = follow(SESSION);
+    r.heard.fail_at_row = Some(1);
+    step(
+        &mut r,
+        vec![
+            C(parse("", "select g from t")),
+            C(bind("", "")),
+            C(execute("")),
+            C(flush()),
+            ToServer("PBEH"),
+            S(pb()),
+            S(bc()),
+            S(data_row()),
+            S(data_row()),
+            S(complete("SELECT 2")),
+            ToClient("12E"),
+            // The client goes on before it read the error: dropped until its Sync, as the
+            // server would after an error.
+            C(bind("", "")),
+            C(execute("")),
+            ToServer(""),
+            C(sync()),
+            ToServer("S"),
+            S(ready(b'I')),
+            ToClient("Z"),
+        ],
+    );
+    assert_eq!(r.heard.executed, vec![Ended::Complete]);
+}
+
+#[test]
+fn a_rewritten_bind_runs_the_new_text_prepared_under_a_proxy_name() {
+    for mode in [TX, SESSION] {
+        let mut r = Rig::new(mode);
+        step(&mut r, vec![C(parse("", "select 1")), ToServer("P")]);
+        let mut text = BytesMut::new();
+        put_cstr(&mut text, b"select 1 limit 1");
+        text.put_i16(0);
+        r.rewrite = Some(text.freeze());
+        step(
+            &mut r,
+            vec![
+                C(bind("", "")),
+                C(execute("")),
+                C(sync()),
+                // The rewritten statement's Parse, then the Bind aimed at it.
+                ToServer("PBES"),
+                S(pb()),
+                S(pb()),
+                S(bc()),
+                S(data_row()),
+                S(complete("SELECT 1")),
+                S(ready(b'I')),
+                // The proxy's own ParseComplete is swallowed.
+                ToClient("12DCZ"),
+            ],
+        );
+        // Executed again: the connection has the rewritten statement already.
+        let mut text = BytesMut::new();
+        put_cstr(&mut text, b"select 1 limit 1");
+        text.put_i16(0);
+        r.rewrite = Some(text.freeze());
+        step(
+            &mut r,
+            vec![C(bind("", "")), C(execute("")), C(sync()), ToServer("BES")],
+        );
+    }
 }

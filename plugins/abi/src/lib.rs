@@ -117,6 +117,10 @@ pub struct Outcome {
     /// The error message when `success` is false.
     #[serde(default)]
     pub error: Option<String>,
+    /// The error's SQLSTATE when `success` is false and there is one (a server error, or a
+    /// stage's refusal such as a plugin's block, `42000`).
+    #[serde(default)]
+    pub sqlstate: Option<String>,
 }
 
 /// Input of `post_query`.
