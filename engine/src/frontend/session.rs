@@ -43,6 +43,14 @@ enum Event {
     Notify,
 }
 
+/// A message sent to a server connection that has not answered yet, kept to send again.
+enum Replay {
+    /// Finished with [`Exchange::send`].
+    Send(Then),
+    /// A Sync, Flush or COPY message the core writes itself ([`Exchange::client`]).
+    Client(Frame),
+}
+
 /// Why the session loop ended.
 enum End {
     /// The client said Terminate or went away.
@@ -97,6 +105,11 @@ struct Session {
     route_node: Option<String>,
     /// The stages every execution passes (pipeline/mod.rs).
     pipeline: Pipeline,
+    /// What was sent to the attached server connection since it was attached, while it has not
+    /// answered: sent again to another connection if this one turns out dead on first use.
+    replay: Vec<Replay>,
+    /// `replay` is being kept (cleared at the first answer, and after one retry).
+    replay_armed: bool,
     /// Transaction mode: the client's LISTEN subscriptions (dropped with the session).
     listener: Listener,
 }
@@ -281,6 +294,8 @@ impl Session {
             default_pool,
             route_node: None,
             pipeline: Pipeline::new(hooks, guard),
+            replay: Vec::new(),
+            replay_armed: false,
             request_start: None,
             server_sent: None,
             listener: Listener::default(),
@@ -396,6 +411,10 @@ impl Session {
                             }
                         }
                         self.pipeline.sending(&self.shard);
+                        if self.replay_armed {
+                            // Refcounts: the frames are not copied.
+                            self.replay.push(Replay::Send(then.clone()));
+                        }
                         if let Err(e) = self.ex.send(then, &mut io!(self)) {
                             return End::Fatal(e);
                         }
@@ -410,6 +429,20 @@ impl Session {
                 }
                 Event::Server(Ok(n)) if n > 0 => {
                     Counters::add(&self.shard.stats.counters.bytes_out, n as u64);
+                    if self.replay_armed {
+                        match self.first_answer_is_fatal() {
+                            // A connection killed while idle says FATAL (57P01 …) and closes.
+                            Some(true) => match self.server_failed().await {
+                                Some(end) => return end,
+                                None => continue,
+                            },
+                            Some(false) => {
+                                self.replay_armed = false;
+                                self.replay.clear();
+                            }
+                            None => {}
+                        }
+                    }
                     if let Err(e) = self.server_frames() {
                         log::warn!("session {}: bad frame from server: {e:?}", self.pid);
                         return self.server_lost().await;
@@ -428,7 +461,11 @@ impl Session {
                         return self.shutdown_end();
                     }
                 }
-                Event::Server(_) => return self.server_lost().await,
+                Event::Server(_) => {
+                    if let Some(end) = self.server_failed().await {
+                        return end;
+                    }
+                }
                 Event::Shutdown => return self.shutdown_end(),
                 Event::Notify => {
                     self.listener.deliver(&mut self.client);
@@ -482,9 +519,74 @@ impl Session {
             self.server_sent = Some(helios_uring::turn_time());
         }
         if s.conn.flush().await.is_err() {
-            return Some(self.server_lost().await);
+            return self.server_failed().await;
         }
         None
+    }
+
+    /// Whether the first thing the attached server connection says is a FATAL error; `None`
+    /// until a whole frame is in.
+    fn first_answer_is_fatal(&mut self) -> Option<bool> {
+        let s = self.server.as_mut()?;
+        let (tag, total) = s.reader.peek_frame().ok()??;
+        if tag != b'E' {
+            return Some(false);
+        }
+        let f = crate::net::codec::parse_error_fields(&s.reader.buf[5..total]);
+        Some(f.severity == b"FATAL" || f.severity == b"PANIC")
+    }
+
+    /// The attached server connection failed. One that had answered nothing since it was
+    /// attached (found dead on first use: killed or restarted while idle in the pool) is
+    /// replaced once, transparently: what was sent to it goes to another connection. Otherwise
+    /// the client is told (08006) and the session ends.
+    async fn server_failed(&mut self) -> Option<End> {
+        if self.replay_armed && self.ex.untouched() && self.retry().await {
+            return None;
+        }
+        Some(self.server_lost().await)
+    }
+
+    async fn retry(&mut self) -> bool {
+        self.replay_armed = false;
+        let Some(dead) = self.server.take() else {
+            return false;
+        };
+        log::info!(
+            "session {}: server connection {:?} (pid {}) was found dead on first use; its \
+             requests go to another connection",
+            self.pid,
+            dead.id,
+            dead.key.pid
+        );
+        self.pool.discard(dead);
+        self.cancel_target.set(None);
+        let checked_out = self.pool.checkout().await;
+        let Ok(s) = checked_out else {
+            self.replay.clear();
+            return false;
+        };
+        self.meta
+            .server
+            .set(Some((s.id.0, s.key.pid, s.created_unix)));
+        self.cancel_target.set(Some(s.key));
+        self.server = Some(s);
+        self.ex.replace_server(&mut io!(self));
+        let mut replay = std::mem::take(&mut self.replay);
+        for r in replay.drain(..) {
+            let sent = match r {
+                Replay::Send(then) => self.ex.send(then, &mut io!(self)),
+                Replay::Client(frame) => self.ex.client(frame, &mut io!(self)).map(|_| ()),
+            };
+            if sent.is_err() {
+                return false;
+            }
+        }
+        self.replay = replay;
+        let Some(s) = self.server.as_mut() else {
+            return false;
+        };
+        s.conn.flush().await.is_ok()
     }
 
     /// Transaction mode: hand the server connection back once the transaction is over.
@@ -523,9 +625,17 @@ impl Session {
         if self.ex.drops(frame.tag) {
             return Ok(Step::Done);
         }
-        // A Parse's text is kept for the stages that see its executions (a refcount here).
+        // A Parse's text is kept for the stages that see its executions, and what the core
+        // writes to a server connection that has not answered yet for a retry (refcounts).
         let parse = (frame.tag == b'P').then(|| frame.bytes.clone());
+        let kept = (self.replay_armed
+            && self.server.is_some()
+            && matches!(frame.tag, b'S' | b'H' | b'd' | b'c' | b'f'))
+        .then(|| frame.clone());
         let mut step = self.ex.client(frame, &mut io!(self))?;
+        if let Some(f) = kept {
+            self.replay.push(Replay::Client(f));
+        }
         match &mut step {
             Step::ParsedLocally => {
                 if let Some(p) = &parse {
@@ -625,6 +735,8 @@ impl Session {
                 self.cancel_target.set(Some(s.key));
                 self.server = Some(s);
                 self.ex.attached(&mut io!(self));
+                self.replay.clear();
+                self.replay_armed = true;
                 Ok(true)
             }
             Err(e) => {

@@ -245,7 +245,7 @@ impl Expect {
 }
 
 /// The tracked session commands of one simple query, statement by statement (most carry none).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct QueryTrack {
     /// One entry per statement still to complete, in order.
     per_statement: VecDeque<Vec<SessionCommand>>,
@@ -278,6 +278,7 @@ pub enum Step {
 
 /// The rest of a client message, once a server connection is attached. `req`: the session
 /// follows this execution ([`Observer::executed`] reports its end).
+#[derive(Clone)]
 pub enum Then {
     Query {
         frame: Frame,
@@ -352,6 +353,9 @@ pub struct Exchange {
     /// A result observer ended the current result with this error: the server's answers are
     /// dropped until the request's ReadyForQuery.
     cut: Option<(SqlState, String)>,
+    /// Something was answered (by the server, or synthesized) since the server connection was
+    /// attached.
+    touched: bool,
 }
 
 impl Exchange {
@@ -377,6 +381,7 @@ impl Exchange {
             stmt_unsafe: HashMap::new(),
             discarded: false,
             cut: None,
+            touched: false,
         }
     }
 
@@ -433,6 +438,7 @@ impl Exchange {
     pub fn attached<C: Sink, S: Sink>(&mut self, io: &mut Io<'_, C, S>) {
         self.server_fatal = false;
         self.dirty = None;
+        self.touched = false;
         let Some(s) = &mut io.server else { return };
         // Usually the same shared set (clients with the same start-up settings and no SET).
         if Rc::ptr_eq(s.applied, &self.desired) || **s.applied == *self.desired {
@@ -455,6 +461,26 @@ impl Exchange {
             put_query(s.out.buf(), &q);
             self.expect.push_back(Expect::Internal);
         }
+    }
+
+    /// Nothing has been answered since the server connection was attached: if it turns out to
+    /// be dead, what was sent to it can go to another one ([`Exchange::replace_server`]).
+    pub fn untouched(&self) -> bool {
+        !self.touched
+    }
+
+    /// Another server connection replaces one found dead before it answered anything: what
+    /// was expected of the old one is forgotten (the session sends the same messages again),
+    /// the client's settings are re-applied on the new one, and what the client's statements
+    /// will leave on it (`dirty`) is kept.
+    pub fn replace_server<C: Sink, S: Sink>(&mut self, io: &mut Io<'_, C, S>) {
+        debug_assert!(!self.touched);
+        let dirty = self.dirty;
+        self.expect.clear();
+        self.server_skips = false;
+        self.cut = None;
+        self.attached(io);
+        self.dirty = dirty;
     }
 
     /// Whether the client message with this tag is dropped unseen: the proxy refused an earlier
@@ -1052,7 +1078,11 @@ impl Exchange {
     /// Emits synthesized responses that have reached the front of the queue.
     fn drain_synthetic<C: Sink, S: Sink>(&mut self, io: &mut Io<'_, C, S>) {
         loop {
-            match self.expect.front() {
+            let front = self.expect.front();
+            if matches!(front, Some(Expect::Synthetic(_) | Expect::SyntheticReady)) {
+                self.touched = true;
+            }
+            match front {
                 Some(Expect::Synthetic(b)) => {
                     if self.cut.is_none() {
                         io.client.bytes(b)
@@ -1078,6 +1108,7 @@ impl Exchange {
 
     /// Handles one frame from the server.
     pub fn server<C: Sink, S: Sink>(&mut self, frame: FrameRef<'_>, io: &mut Io<'_, C, S>) {
+        self.touched = true;
         let tag = frame.tag;
         match tag {
             b'S' | b'A' => {
