@@ -1,8 +1,9 @@
 //! Property test of the protocol core: random valid client message sequences against a simple
 //! model of a PostgreSQL server. Every request gets exactly one answer, in order; nothing the
 //! server needs is lost (a statement is always prepared on the connection that runs it), no
-//! error appears that the client did not ask for, and the server connection goes back to the
-//! pool only at a transaction boundary with nothing in flight.
+//! error appears that the client did not ask for, the server connection goes back to the
+//! pool only at a transaction boundary with nothing in flight, and every execution the pipeline
+//! follows is reported ended exactly once, in order.
 
 use std::collections::HashSet;
 
@@ -172,6 +173,7 @@ fn count(buf: &mut BytesMut, tag: u8) -> (usize, usize) {
 
 fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut r = Rig::new(PoolMode::Transaction);
+    r.follow = true;
     // Two server connections in the pool, each with its own statements and settings (the rig
     // swaps the chosen one in at attach and back at release).
     r.pool = (0..2)
@@ -183,6 +185,8 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         let mut readies_expected = 0;
         let mut errors_allowed = 0;
+        let executed_before = r.heard.executed.len();
+        let mut executions = 0;
         match op {
             Op::SwitchServer => {
                 if !r.attached {
@@ -194,6 +198,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Simple(sql) => {
                 r.client(query(sql)).unwrap();
                 readies_expected += 1;
+                executions += 1;
                 errors_allowed += 1;
                 match sql {
                     "begin" => client_tx_open = true,
@@ -218,6 +223,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 r.client(sync()).unwrap();
                 readies_expected += 1;
                 errors_allowed += 1;
+                executions += execs.len();
             }
         }
         let mut readies = 0;
@@ -243,6 +249,11 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(readies, readies_expected, "one ReadyForQuery per request");
         prop_assert!(errors <= errors_allowed, "{} errors", errors);
         prop_assert_eq!(r.ex.expecting(), 0, "every response arrived");
+        prop_assert_eq!(
+            r.heard.executed.len() - executed_before,
+            executions,
+            "each execution reported once"
+        );
         if r.maybe_release() {
             prop_assert_eq!(
                 servers[current].status,

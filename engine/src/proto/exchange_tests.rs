@@ -13,11 +13,11 @@ use crate::proto::prepared::{ParamMap, PreparedSet, StatementRegistry};
 
 /// What the observer heard.
 #[derive(Default)]
-struct Heard {
+pub(super) struct Heard {
     readies: Vec<(Tx, bool, bool)>,
     errors: usize,
     /// How each followed execution ended, in order.
-    executed: Vec<Ended>,
+    pub executed: Vec<Ended>,
     /// DataRows seen by the result observer.
     rows: u64,
     /// The result observer's rule: drop every DataRow, replace each, or end the result at this
@@ -68,14 +68,14 @@ pub(super) struct Rig {
     pub prepared: PreparedSet,
     pub applied: Rc<ParamMap>,
     registry: RefCell<StatementRegistry>,
-    heard: Heard,
+    pub heard: Heard,
     /// Server connections an attach takes (by `pick`) and a release gives back; empty: every
     /// attach is a new connection.
     pub pool: Vec<(PreparedSet, Rc<ParamMap>)>,
     pub pick: usize,
     /// Mark every Query, Execute and FunctionCall as followed (as the pipeline does when a
     /// stage is active).
-    follow: bool,
+    pub follow: bool,
     /// The next Bind runs this statement instead (a stage's rewrite).
     rewrite: Option<Bytes>,
 }
