@@ -732,7 +732,12 @@ impl Api {
                 None | Some(Value::Null) => self.sql.max_rows,
                 Some(v) => match v.as_u64() {
                     Some(n) if n >= 1 => (n as usize).min(self.sql.max_rows),
-                    _ => return Err(Response::error(400, "'max_rows' must be a positive integer")),
+                    _ => {
+                        return Err(Response::error(
+                            400,
+                            "'max_rows' must be a positive integer",
+                        ))
+                    }
                 },
             };
             Ok((sql, node, database, read_only, max_rows))
@@ -851,7 +856,10 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
         let m = |p, x| match_route(p, x);
-        assert_eq!(m("/plugins/{name}/kv/{key}", "/plugins/p/kv/k"), Some(vec!["p", "k"]));
+        assert_eq!(
+            m("/plugins/{name}/kv/{key}", "/plugins/p/kv/k"),
+            Some(vec!["p", "k"])
+        );
         assert_eq!(
             m("/plugins/{name}/kv/{key}", "/plugins/p/kv/a/b"),
             Some(vec!["p", "a/b"])
@@ -859,7 +867,10 @@ mod tests {
         assert_eq!(m("/plugins/{name}/kv/{key}", "/plugins/p/kv/"), None);
         assert_eq!(m("/plugins/{name}/kv/{key}", "/plugins//kv/k"), None);
         assert_eq!(m("/plugins/{name}/kv/{key}", "/plugins/p/xx/k"), None);
-        assert_eq!(m("/nodes/{name}/enable", "/nodes/pg1/enable"), Some(vec!["pg1"]));
+        assert_eq!(
+            m("/nodes/{name}/enable", "/nodes/pg1/enable"),
+            Some(vec!["pg1"])
+        );
         assert_eq!(m("/nodes/{name}/enable", "/nodes/pg1/enable/"), None);
         assert_eq!(m("/health", "/health/"), None);
         assert_eq!(m("/health", "/health"), Some(vec![]));

@@ -13,8 +13,8 @@
 
 pub mod api;
 pub mod http;
-pub mod render;
 pub mod openapi;
+pub mod render;
 pub mod snapshot;
 pub mod sql;
 pub mod state;
@@ -182,14 +182,13 @@ pub fn spawn_on(
         ));
     }
     listener.set_nonblocking(true)?;
-    let api = Api::new(info, commands, cfg.token.as_deref(), Instant::now()).with_sql(
-        sql::SqlSettings {
+    let api =
+        Api::new(info, commands, cfg.token.as_deref(), Instant::now()).with_sql(sql::SqlSettings {
             user: cfg.sql_user.clone(),
             password: cfg.sql_password.clone(),
             max_rows: cfg.sql_max_rows,
             timeout: Duration::from_millis(cfg.sql_timeout_ms),
-        },
-    );
+        });
     let max_body = cfg.max_body_bytes;
     let tick = Duration::from_millis(cfg.snapshot_interval_ms.clamp(10, 100));
     std::thread::Builder::new()

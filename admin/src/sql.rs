@@ -73,7 +73,8 @@ impl SqlFailure {
             SqlFailure::Unreachable(m) => serde_json::json!({
                 "error": format!("node {node}: {m}"), "node": node
             }),
-            SqlFailure::Refused { sqlstate, message } | SqlFailure::Failed { sqlstate, message } => {
+            SqlFailure::Refused { sqlstate, message }
+            | SqlFailure::Failed { sqlstate, message } => {
                 serde_json::json!({
                     "error": format!("node {node}: {message}"), "sqlstate": sqlstate, "node": node
                 })
@@ -145,7 +146,8 @@ fn classify(e: postgres::Error) -> SqlFailure {
 }
 
 fn trimmed(sql: &str) -> &str {
-    sql.trim().trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+    sql.trim()
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace())
 }
 
 /// Runs `sql` on `t`. Read-only: in a `READ ONLY` transaction through a cursor, keeping at most
@@ -181,7 +183,11 @@ pub fn run(
     // Parse and describe only: one statement, its columns, nothing run yet.
     let stmt = tx.prepare(sql).map_err(classify)?;
     let mut out = ResultSet {
-        columns: stmt.columns().iter().map(|c| c.name().to_string()).collect(),
+        columns: stmt
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect(),
         ..ResultSet::default()
     };
     if read_only {

@@ -9,8 +9,7 @@ use serde::Serialize;
 
 use crate::snapshot::{
     ClientInfo, Counters, Metric, NodeStatus, PluginShardStats, PoolStats, ServerInfo,
-    ShardSnapshot,
-    HISTOGRAM_HIGH_US, HISTOGRAM_LOW_US, HISTOGRAM_SIGFIG,
+    ShardSnapshot, HISTOGRAM_HIGH_US, HISTOGRAM_LOW_US, HISTOGRAM_SIGFIG,
 };
 
 /// Which stretch of time a merged histogram covers.

@@ -133,10 +133,7 @@ impl Admin {
         let v: Value = serde_json::from_slice(&body)
             .unwrap_or_else(|e| panic!("{method} {target}: not JSON ({e}): {body:?}"));
         if st >= 400 {
-            assert!(
-                v["error"].is_string(),
-                "{method} {target}: error body {v}"
-            );
+            assert!(v["error"].is_string(), "{method} {target}: error body {v}");
         }
         (st, v)
     }
@@ -333,11 +330,17 @@ fn every_endpoint_answers_with_its_shape() {
 
     // The operator's switch: shown by /nodes, and shared with the engine.
     let (st, v) = a.call("POST", "/nodes/pg2/disable");
-    assert_eq!((st, &v["enabled"], &v["changed"]), (200, &json!(false), &json!(true)));
+    assert_eq!(
+        (st, &v["enabled"], &v["changed"]),
+        (200, &json!(false), &json!(true))
+    );
     let (_, v) = a.call("POST", "/nodes/pg2/disable");
     assert_eq!(v["changed"], false);
     let (_, v) = a.get("/nodes");
-    assert_eq!((&v["nodes"][0]["enabled"], &v["nodes"][1]["enabled"]), (&json!(true), &json!(false)));
+    assert_eq!(
+        (&v["nodes"][0]["enabled"], &v["nodes"][1]["enabled"]),
+        (&json!(true), &json!(false))
+    );
     let (st, _) = a.call("POST", "/nodes/pg2/enable");
     assert_eq!(st, 200);
     let (_, v) = a.get("/nodes");
@@ -346,7 +349,9 @@ fn every_endpoint_answers_with_its_shape() {
     // The dashboard and the API description.
     let (st, headers, body) = a.request("GET", "/", None, b"");
     assert_eq!(st, 200);
-    assert!(headers.iter().any(|(n, v)| n == "content-type" && v.starts_with("text/html")));
+    assert!(headers
+        .iter()
+        .any(|(n, v)| n == "content-type" && v.starts_with("text/html")));
     assert!(String::from_utf8_lossy(&body).contains("<html"));
     let (st, v) = a.get("/openapi.json");
     assert_eq!((st, &v["openapi"]), (200, &json!("3.0.3")));

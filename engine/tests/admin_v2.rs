@@ -12,10 +12,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-use helios_testkit::{PgCluster, SUPERUSER};
+use helios_testkit::SUPERUSER;
 use serde_json::{json, Value};
-
-const TOKEN: &str = "admin-v2-token";
 
 /// One request; (status, JSON body).
 fn call(port: u16, method: &str, target: &str, token: Option<&str>, body: &str) -> (u16, Value) {
@@ -40,38 +38,7 @@ fn call(port: u16, method: &str, target: &str, token: Option<&str>, body: &str) 
 }
 
 fn api(port: u16, method: &str, target: &str, body: Value) -> (u16, Value) {
-    call(port, method, target, Some(TOKEN), &body.to_string())
-}
-
-/// Two databases with the same rows (inserted in different orders), a proxy with node `pg`
-/// serving `app` (session pooling) from the first and `pg2` serving `app2` from the second.
-fn setup(pg: &PgCluster, admin_extra: &str, plugins: &str) -> helios_testkit::proxy::Proxy {
-    let d1 = fresh_db(pg, "adm_a");
-    let d2 = fresh_db(pg, "adm_b");
-    pg.psql(
-        &d1,
-        "create table t (id int, name text); insert into t select g, 'n' || g from generate_series(1, 20) g",
-    )
-    .unwrap();
-    pg.psql(
-        &d2,
-        "create table t (id int, name text); insert into t select g, 'n' || g from generate_series(20, 1, -1) g",
-    )
-    .unwrap();
-    let dbs = format!(
-        "[[nodes]]\nname = \"pg2\"\nhost = \"127.0.0.1\"\nport = {}\n\n{}{}",
-        pg.port,
-        db_section("app", &d1, "session", 4, ""),
-        db_section("app2", &d2, "session", 4, "node = \"pg2\"")
-    );
-    let cfg = config(pg, TRUST, "", &dbs).replace(
-        "[admin]\n",
-        &format!(
-            "[admin]\ntoken = \"{TOKEN}\"\nsnapshot_interval_ms = 100\nsql_user = \"{SUPERUSER}\"\n\
-             sql_password = \"{PW}\"\n{admin_extra}\n"
-        ),
-    ) + plugins;
-    start_proxy(&cfg, None)
+    call(port, method, target, Some(ADMIN_TOKEN), &body.to_string())
 }
 
 fn query_code(proxy: &helios_testkit::proxy::Proxy, db: &str) -> Option<String> {
@@ -84,7 +51,7 @@ fn query_code(proxy: &helios_testkit::proxy::Proxy, db: &str) -> Option<String> 
 #[test]
 fn disabled_node_takes_no_new_server_connections() {
     let pg = shared_pg();
-    let proxy = setup(&pg, "", "");
+    let proxy = two_node_admin_proxy(&pg, "", "");
     let admin = proxy.admin_port();
 
     let (st, v) = api(admin, "GET", "/nodes", Value::Null);
@@ -121,7 +88,10 @@ fn disabled_node_takes_no_new_server_connections() {
         (&v["nodes"][0]["enabled"], &v["nodes"][1]["enabled"]),
         (&json!(true), &json!(false))
     );
-    assert_eq!(api(admin, "POST", "/nodes/nope/disable", Value::Null).0, 404);
+    assert_eq!(
+        api(admin, "POST", "/nodes/nope/disable", Value::Null).0,
+        404
+    );
 
     let (st, _) = api(admin, "POST", "/nodes/pg2/enable", Value::Null);
     assert_eq!(st, 200);
@@ -132,7 +102,7 @@ fn disabled_node_takes_no_new_server_connections() {
 fn sql_runs_reads_with_limits_and_needs_the_token() {
     let pg = shared_pg();
     // sql_max_rows and sql_timeout_ms change what the endpoint does (checked below).
-    let proxy = setup(&pg, "sql_max_rows = 50\nsql_timeout_ms = 1000", "");
+    let proxy = two_node_admin_proxy(&pg, "sql_max_rows = 50\nsql_timeout_ms = 1000", "");
     let admin = proxy.admin_port();
     let sql = |body: Value| api(admin, "POST", "/api/sql", body);
 
@@ -145,15 +115,25 @@ fn sql_runs_reads_with_limits_and_needs_the_token() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["columns"], json!(["id", "name"]));
     assert_eq!(v["rows"], json!([["1", "n1"], ["2", "n2"], ["3", "n3"]]));
-    assert_eq!((&v["truncated"], &v["read_only"]), (&json!(false), &json!(true)));
+    assert_eq!(
+        (&v["truncated"], &v["read_only"]),
+        (&json!(false), &json!(true))
+    );
 
     // Default node: the first; NULLs are null.
     let (st, v) = sql(json!({"sql": "select null::int as x, 'a' as y"}));
-    assert_eq!((st, &v["rows"], &v["node"]), (200, &json!([[null, "a"]]), &json!("pg")), "{v}");
+    assert_eq!(
+        (st, &v["rows"], &v["node"]),
+        (200, &json!([[null, "a"]]), &json!("pg")),
+        "{v}"
+    );
 
     // Row limit: admin.sql_max_rows, and a lower per-request max_rows.
     let (st, v) = sql(json!({"sql": "select g from generate_series(1, 10000) g"}));
-    assert_eq!((st, v["row_count"].as_u64(), &v["truncated"]), (200, Some(50), &json!(true)));
+    assert_eq!(
+        (st, v["row_count"].as_u64(), &v["truncated"]),
+        (200, Some(50), &json!(true))
+    );
     let (_, v) = sql(json!({"sql": "select g from generate_series(1, 10000) g", "max_rows": 5}));
     assert_eq!(v["row_count"], 5);
 
@@ -172,8 +152,11 @@ fn sql_runs_reads_with_limits_and_needs_the_token() {
     assert_eq!(sql(json!({"node": "pg"})).0, 400);
     assert_eq!(sql(json!({"sql": 1})).0, 400);
     assert_eq!(sql(json!({"sql": "select 1", "colour": "red"})).0, 400);
-    assert_eq!(call(admin, "POST", "/api/sql", Some(TOKEN), "{nope").0, 400);
-    assert_eq!(call(admin, "GET", "/api/sql", Some(TOKEN), "").0, 405);
+    assert_eq!(
+        call(admin, "POST", "/api/sql", Some(ADMIN_TOKEN), "{nope").0,
+        400
+    );
+    assert_eq!(call(admin, "GET", "/api/sql", Some(ADMIN_TOKEN), "").0, 405);
 
     // Write mode on request: the change is there afterwards.
     let (st, v) = sql(json!({"sql": "insert into t values (99, 'x')", "read_only": false}));
@@ -185,7 +168,7 @@ fn sql_runs_reads_with_limits_and_needs_the_token() {
 #[test]
 fn shadow_compares_two_nodes() {
     let pg = shared_pg();
-    let proxy = setup(&pg, "", "");
+    let proxy = two_node_admin_proxy(&pg, "", "");
     let admin = proxy.admin_port();
     let shadow = |sql: &str, a: &str, b: &str| {
         api(
@@ -199,7 +182,10 @@ fn shadow_compares_two_nodes() {
     let (st, v) = shadow("select id, name from t", "pg", "pg2");
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["match"], true, "{v}");
-    assert_eq!((&v["source"]["rows"], &v["target"]["rows"]), (&json!(20), &json!(20)));
+    assert_eq!(
+        (&v["source"]["rows"], &v["target"]["rows"]),
+        (&json!(20), &json!(20))
+    );
     assert_eq!(v["source"]["hash"], v["target"]["hash"]);
     assert!(v["first_difference"].is_null());
 
@@ -230,7 +216,7 @@ fn shadow_compares_two_nodes() {
 fn plugins_report_counters_merged_across_shards() {
     let pg = shared_pg();
     let plugins = plugins_section("", &plugin_entry("block-drop", ""));
-    let proxy = setup(&pg, "", &plugins);
+    let proxy = two_node_admin_proxy(&pg, "", &plugins);
     let admin = proxy.admin_port();
     // Clients spread over both shards.
     let mut clients: Vec<_> = (0..4)
@@ -248,7 +234,11 @@ fn plugins_report_counters_merged_across_shards() {
     let p = &v["plugins"][0];
     assert_eq!(p["name"], "block-drop", "{v}");
     assert!(
-        p["hooks"].as_array().unwrap().iter().any(|h| h == "pre_query"),
+        p["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h == "pre_query"),
         "{v}"
     );
     assert_eq!(p["errors"], 0, "{v}");
