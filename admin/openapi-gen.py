@@ -27,7 +27,7 @@ paths={
 "/ready": {"get": op("Readiness for a load balancer", {"200": ok("ready"), "503": err("no snapshot yet or no healthy node")})},
 "/metrics": {"get": op("Prometheus text exposition 0.0.4", {"200": ok("metrics", {"type":"string"}, "text/plain")})},
 "/stats": {"get": op("Counters and latency summaries", {"200": ok("stats")})},
-"/histograms": {"get": op("One merged latency distribution", {"200": ok("summary (json) or hgrm text", {"$ref":"#/components/schemas/LatencySummary"}), "400": err("unknown parameter or value"), "404": err("unknown database")}, params=[
+"/histograms": {"get": op("One merged latency distribution", {"200": {"description": "summary (format=json) or HdrHistogram percentile text (format=hgrm)", "content": {"application/json": {"schema": {"$ref":"#/components/schemas/LatencySummary"}}, "text/plain": {"schema": {"type": "string"}}}}, "400": err("unknown parameter or value"), "404": err("unknown database")}, params=[
   {"name":"metric","in":"query","schema":{"type":"string","enum":["query","checkout","server"]}},
   {"name":"db","in":"query","schema":{"type":"string"}},
   {"name":"window","in":"query","schema":{"type":"string","enum":["interval","total"]}},
@@ -85,4 +85,5 @@ doc={"openapi":"3.0.3",
    "ShadowSide":{"type":"object","properties":{"node":{"type":"string"},"database":{"type":"string"},"rows":{"type":"integer"},"hash":{"type":"string"},"elapsed_ms":{"type":"integer"}}},
    "Shadow":{"type":"object","required":["source","target","match","columns_match"],"properties":{"source":{"$ref":"#/components/schemas/ShadowSide"},"target":{"$ref":"#/components/schemas/ShadowSide"},"match":{"type":"boolean"},"columns_match":{"type":"boolean"},"first_difference":{"type":"object","nullable":True}}}
   }}}
-open('__import__("os").path.join(__import__("os").path.dirname(__file__), "src", "openapi.json")','w').write(json.dumps(doc, indent=1)+"\n")
+import os
+open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "src", "openapi.json"), "w").write(json.dumps(doc, indent=1)+"\n")

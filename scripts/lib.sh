@@ -84,3 +84,18 @@ ensure_ui_test_deps() {
     (cd "$ui" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
+
+# schemathesis (PyPI) in target/api-fuzz-venv, for engine/tests/api_fuzz.rs.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_api_fuzz_deps() {
+  local venv
+  venv="$(dirname "${BASH_SOURCE[0]}")/../target/api-fuzz-venv"
+  if [ ! -x "$venv/bin/st" ] || ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    if ! python3 -m venv --help >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+}
