@@ -497,8 +497,25 @@ fn token_is_enforced_everywhere() {
     assert_eq!(a.request("POST", "/ui", None, b"").0, 401);
     assert_eq!(a.request("GET", "/openapi.json", None, b"").0, 401);
     assert_eq!(a.request("POST", "/nodes/pg1/disable", None, b"").0, 401);
-    // /api/sql with the token reaches its checks (the body is missing: 400).
+    // /api/sql with the token reaches its checks (the body is missing: 400), and without
+    // admin.sql_user it is not enabled (503, before any connection is tried).
     assert_eq!(a.request("POST", "/api/sql", Some("s3cret"), b"").0, 400);
+    let (st, _, body) = a.request(
+        "POST",
+        "/api/sql",
+        Some("s3cret"),
+        br#"{"sql": "select 1", "node": "pg1"}"#,
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(st, 503, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("admin.sql_user"), "{v}");
+    let (st, _, _) = a.request(
+        "POST",
+        "/api/shadow",
+        Some("s3cret"),
+        br#"{"sql": "select 1", "source_node": "pg1", "target_node": "pg2"}"#,
+    );
+    assert_eq!(st, 503);
     a.stop();
 }
 
