@@ -109,6 +109,8 @@ pub struct Api {
     token_digest: Option<[u8; 32]>,
     started: Instant,
     sql: crate::sql::SqlSettings,
+    /// The shards' snapshots, taken in while a statement runs on a node (see [`Api::off_thread`]).
+    snapshots: Option<crossbeam_channel::Receiver<crate::snapshot::ShardSnapshot>>,
 }
 
 fn digest(s: &[u8]) -> [u8; 32] {
@@ -207,6 +209,7 @@ impl Api {
                 max_rows: 1000,
                 timeout: std::time::Duration::from_secs(5),
             },
+            snapshots: None,
         }
     }
 
@@ -214,6 +217,36 @@ impl Api {
     pub fn with_sql(mut self, sql: crate::sql::SqlSettings) -> Api {
         self.sql = sql;
         self
+    }
+
+    /// The snapshot channel, so that a long `/api/sql` or `/api/shadow` call does not make the
+    /// shards' snapshots back up (and their latency intervals get dropped) while it runs.
+    pub fn with_snapshots(
+        mut self,
+        rx: crossbeam_channel::Receiver<crate::snapshot::ShardSnapshot>,
+    ) -> Api {
+        self.snapshots = Some(rx);
+        self
+    }
+
+    /// Runs `f` (a statement on a node: up to the connect and statement timeouts) on a
+    /// short-lived thread while this one keeps taking in the shards' snapshots.
+    fn off_thread<T: Send>(&mut self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            let h = scope.spawn(f);
+            while !h.is_finished() {
+                if let Some(rx) = &self.snapshots {
+                    while let Ok(snap) = rx.try_recv() {
+                        self.state.ingest(snap, Instant::now());
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            match h.join() {
+                Ok(v) => v,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
     }
 
     /// `Authorization: Bearer <token>`, when a token is configured.
@@ -708,7 +741,7 @@ impl Api {
 
     /// `POST /api/sql`: always needs the token, even where none is configured (then it is
     /// refused outright).
-    fn api_sql(&self, req: &Request) -> Response {
+    fn api_sql(&mut self, req: &Request) -> Response {
         if self.token_digest.is_none() {
             return Response::error(
                 403,
@@ -757,7 +790,10 @@ impl Api {
         let Some(target) = routing.target(&node, database) else {
             return Response::error(404, format!("no node named {node:?} is configured"));
         };
-        match crate::sql::run(&self.sql, &target, sql, read_only, max_rows, false) {
+        let settings = self.sql.clone();
+        let result = self
+            .off_thread(|| crate::sql::run(&settings, &target, sql, read_only, max_rows, false));
+        match result {
             Ok(r) => {
                 let mut v = to_value(&r);
                 v["node"] = json!(target.node);
@@ -772,7 +808,7 @@ impl Api {
     }
 
     /// `POST /api/shadow`: the same read on two nodes, compared.
-    fn api_shadow(&self, req: &Request) -> Response {
+    fn api_shadow(&mut self, req: &Request) -> Response {
         let o = match json_body(req, &["sql", "source_node", "target_node", "database"]) {
             Ok(o) => o,
             Err(r) => return r,
@@ -796,7 +832,8 @@ impl Api {
         let Some(t) = routing.target(target, database) else {
             return Response::error(404, format!("no node named {target:?} is configured"));
         };
-        match crate::sql::shadow(&self.sql, &s, &t, sql) {
+        let settings = self.sql.clone();
+        match self.off_thread(|| crate::sql::shadow(&settings, &s, &t, sql)) {
             Ok(r) => json_ok(to_value(&r)),
             Err((node, e)) => Response::json(e.status(), &e.to_json(&node)),
         }

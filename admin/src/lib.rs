@@ -182,13 +182,14 @@ pub fn spawn_on(
         ));
     }
     listener.set_nonblocking(true)?;
-    let api =
-        Api::new(info, commands, cfg.token.as_deref(), Instant::now()).with_sql(sql::SqlSettings {
+    let api = Api::new(info, commands, cfg.token.as_deref(), Instant::now())
+        .with_sql(sql::SqlSettings {
             user: cfg.sql_user.clone(),
             password: cfg.sql_password.clone(),
             max_rows: cfg.sql_max_rows,
             timeout: Duration::from_millis(cfg.sql_timeout_ms),
-        });
+        })
+        .with_snapshots(snapshots.clone());
     let max_body = cfg.max_body_bytes;
     let tick = Duration::from_millis(cfg.snapshot_interval_ms.clamp(10, 100));
     std::thread::Builder::new()

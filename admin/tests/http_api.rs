@@ -508,7 +508,10 @@ fn token_is_enforced_everywhere() {
     );
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(st, 503, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("admin.sql_user"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("admin.sql_user"),
+        "{v}"
+    );
     let (st, _, _) = a.request(
         "POST",
         "/api/shadow",

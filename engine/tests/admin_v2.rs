@@ -144,6 +144,32 @@ fn sql_runs_reads_with_limits_and_needs_the_token() {
     assert_eq!((st, &v["sqlstate"]), (400, &json!("42601")), "{v}");
     let (st, v) = sql(json!({"sql": "select nextval('nope')"}));
     assert_eq!(st, 400, "{v}");
+    // A statement that takes a while (0.8 s, under the 1 s limit) does not stop the admin
+    // thread from taking in the shards' snapshots (100 ms apart, 8 fit in the channel): every
+    // query run through the proxy meanwhile is in the latency totals afterwards.
+    let traffic = {
+        let mut c = connect(&proxy, SUPERUSER, "", "app");
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_millis(1200) {
+                c.simple_query("select 1").unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let (st, v) = sql(json!({"sql": "select pg_sleep(0.8)"}));
+    assert_eq!(st, 200, "{v}");
+    let sent = traffic.join().unwrap();
+    poll(
+        Duration::from_secs(10),
+        "every query in /histograms",
+        || {
+            let (_, h) = api(admin, "GET", "/histograms?db=app", Value::Null);
+            (h["count"].as_u64() == Some(sent)).then_some(())
+        },
+    );
     // Time limit: admin.sql_timeout_ms.
     let (st, v) = sql(json!({"sql": "select pg_sleep(5)"}));
     assert_eq!((st, &v["sqlstate"]), (422, &json!("57014")), "{v}");
