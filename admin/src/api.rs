@@ -917,6 +917,69 @@ mod tests {
         assert_eq!(m("/api/edge", "/api/edge"), Some(vec![]));
     }
 
+    fn post(target: &str, body: &str, token: Option<&str>) -> Request {
+        Request {
+            method: "POST".into(),
+            target: target.into(),
+            headers: token
+                .map(|t| vec![("authorization".to_string(), format!("Bearer {t}"))])
+                .unwrap_or_default(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn sql_on_a_node_that_does_not_answer_is_502() {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let info = StaticInfo {
+            version: "t".into(),
+            config_json: crate::live_config(json!({
+                "nodes": [ { "name": "dead", "host": "127.0.0.1", "port": port } ],
+                "databases": { "app": {} },
+            })),
+            plugin_kv: None,
+            shards: 1,
+            node_switches: Default::default(),
+        };
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let mut api =
+            Api::new(info, tx, Some("t"), Instant::now()).with_sql(crate::sql::SqlSettings {
+                user: Some("u".into()),
+                password: None,
+                max_rows: 10,
+                timeout: std::time::Duration::from_millis(500),
+            });
+        let now = Instant::now();
+        let r = api.handle(&post("/api/sql", r#"{"sql": "select 1"}"#, Some("t")), now);
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["node"], "dead");
+        let r = api.handle(
+            &post(
+                "/api/shadow",
+                r#"{"sql": "select 1", "source_node": "dead", "target_node": "dead"}"#,
+                Some("t"),
+            ),
+            now,
+        );
+        assert_eq!(r.status, 502);
+        // Unknown nodes are 404 before anything is tried; a non-object body is 400.
+        let r = api.handle(
+            &post("/api/sql", r#"{"sql": "select 1", "node": "x"}"#, Some("t")),
+            now,
+        );
+        assert_eq!(r.status, 404);
+        let r = api.handle(&post("/api/sql", "[1]", Some("t")), now);
+        assert_eq!(r.status, 400);
+        // And without the token, 401 whatever the body.
+        assert_eq!(api.handle(&post("/api/sql", "{}", None), now).status, 401);
+    }
+
     #[test]
     fn query_parsing_refuses_unknown_and_repeated() {
         assert!(parse_query("a=1&b=2", &["a", "b"]).is_ok());
