@@ -195,7 +195,17 @@ pub fn run(
             format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR {sql}").as_str(),
             &[],
         )
-        .map_err(classify)?;
+        .map_err(|e| match classify(e) {
+            // It parsed on its own (prepared above), so the cursor's grammar refused it: it is
+            // not a query.
+            SqlFailure::Refused { sqlstate, .. } if sqlstate == "42601" => SqlFailure::Refused {
+                sqlstate,
+                message: "not a read: only a query (SELECT, VALUES, TABLE, WITH … SELECT) runs \
+                          read-only; send \"read_only\": false to run anything else"
+                    .into(),
+            },
+            other => other,
+        })?;
         loop {
             let want = FETCH_BATCH.min(limit + 1 - out.rows.len());
             let msgs = tx

@@ -168,7 +168,8 @@ try {
   await page.getByRole("button", { name: "Run" }).click();
   await page.locator("#sql-result .bad").waitFor({ timeout: WAIT });
   phase = "main";
-  ok((await page.locator("#sql-result .bad").textContent()).includes("HTTP 400"), "SQL: a write shows HTTP 400");
+  const refusal = await page.locator("#sql-result .bad").textContent();
+  ok(refusal.includes("HTTP 400") && refusal.includes("not a read"), `SQL: a write is refused and shown (${refusal})`);
 
   mkdirSync(dirname(SHOT), { recursive: true });
   await page.screenshot({ path: SHOT, fullPage: true });

@@ -140,6 +140,7 @@ fn sql_runs_reads_with_limits_and_needs_the_token() {
     // Writes are refused in read-only mode (the server says so), as is a second statement.
     let (st, v) = sql(json!({"sql": "insert into t values (99, 'x') returning id"}));
     assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not a read"), "{v}");
     let (st, v) = sql(json!({"sql": "select 1; drop table t"}));
     assert_eq!((st, &v["sqlstate"]), (400, &json!("42601")), "{v}");
     let (st, v) = sql(json!({"sql": "select nextval('nope')"}));
