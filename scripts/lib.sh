@@ -66,3 +66,36 @@ stop_scratch_pg() {
 proc_cpu_ticks() {
   awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
+
+# What the dashboard's browser test needs (engine/tests/dashboard.rs): Debian's chromium, node
+# and npm, and playwright-core from admin/ui-test's lockfile.
+ensure_ui_test_deps() {
+  local need=()
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]} (apt-get)…" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  local ui
+  ui="$(dirname "${BASH_SOURCE[0]}")/../admin/ui-test"
+  if [ ! -d "$ui/node_modules/playwright-core" ]; then
+    (cd "$ui" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+
+# schemathesis (PyPI) in target/api-fuzz-venv, for engine/tests/api_fuzz.rs.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_api_fuzz_deps() {
+  local venv
+  venv="$(dirname "${BASH_SOURCE[0]}")/../target/api-fuzz-venv"
+  if [ ! -x "$venv/bin/st" ] || ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    if ! python3 -m venv --help >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+}

@@ -13,6 +13,10 @@ command -v prlimit >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The dashboard's browser test (engine/tests/dashboard.rs): chromium and playwright-core.
+ensure_ui_test_deps
+# The admin API fuzzed from its OpenAPI document (engine/tests/api_fuzz.rs): schemathesis.
+ensure_api_fuzz_deps
 if [ -x scripts/build-plugins.sh ]; then
   rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
   scripts/build-plugins.sh

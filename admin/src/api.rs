@@ -18,23 +18,86 @@ use crate::StaticInfo;
 /// The Prometheus text exposition content type.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Endpoints and the methods they take (for 405 and its `Allow` header).
-const ROUTES: &[(&str, &str)] = &[
-    ("/health", "GET"),
-    ("/ready", "GET"),
-    ("/metrics", "GET"),
-    ("/stats", "GET"),
-    ("/histograms", "GET"),
-    ("/histograms/reset", "POST"),
-    ("/pools", "GET"),
-    ("/clients", "GET"),
-    ("/servers", "GET"),
-    ("/nodes", "GET"),
-    ("/topology", "GET"),
-    ("/config", "GET"),
-    ("/version", "GET"),
-    ("/reload", "POST"),
+/// Every endpoint and the methods it takes (for 405 and its `Allow` header; HEAD is answered
+/// wherever GET is). `{x}` matches one path segment; a last `{key}` or `{path}` matches the rest.
+/// `openapi.json` describes exactly these (a test keeps them in step).
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/", &["GET"]),
+    ("/ui", &["GET"]),
+    ("/openapi.json", &["GET"]),
+    ("/health", &["GET"]),
+    ("/ready", &["GET"]),
+    ("/metrics", &["GET"]),
+    ("/stats", &["GET"]),
+    ("/histograms", &["GET"]),
+    ("/histograms/reset", &["POST"]),
+    ("/pools", &["GET"]),
+    ("/clients", &["GET"]),
+    ("/servers", &["GET"]),
+    ("/nodes", &["GET"]),
+    ("/nodes/{name}/enable", &["POST"]),
+    ("/nodes/{name}/disable", &["POST"]),
+    ("/topology", &["GET"]),
+    ("/plugins", &["GET"]),
+    ("/plugins/{name}/kv/{key}", &["GET", "PUT", "DELETE"]),
+    ("/anomalies", &["GET"]),
+    ("/drift", &["GET"]),
+    ("/api/chaos", &["GET", "POST"]),
+    ("/api/edge", &["GET"]),
+    ("/api/edge/{path}", &["GET", "POST", "PUT", "DELETE"]),
+    ("/api/shadow", &["POST"]),
+    ("/api/sql", &["POST"]),
+    ("/api/replay", &["POST"]),
+    ("/config", &["GET"]),
+    ("/version", &["GET"]),
+    ("/reload", &["POST"]),
 ];
+
+/// The dashboard: one page, no external resources (`admin/src/ui/index.html`).
+pub const DASHBOARD_HTML: &str = include_str!("ui/index.html");
+
+/// Matches `path` against a [`ROUTES`] pattern; the captured (still percent-encoded) segments.
+pub fn match_route<'a>(pattern: &str, path: &'a str) -> Option<Vec<&'a str>> {
+    if pattern == "/" {
+        return (path == "/").then(Vec::new);
+    }
+    let pat: Vec<&str> = pattern[1..].split('/').collect();
+    let mut rest = path.strip_prefix('/')?;
+    let mut caps = Vec::new();
+    for (i, p) in pat.iter().enumerate() {
+        let last = i + 1 == pat.len();
+        if last && (*p == "{key}" || *p == "{path}") {
+            if rest.is_empty() {
+                return None;
+            }
+            caps.push(rest);
+            return Some(caps);
+        }
+        let (seg, tail) = match rest.split_once('/') {
+            Some((a, b)) if !last => (a, b),
+            None if last => (rest, ""),
+            _ => return None,
+        };
+        if p.starts_with('{') {
+            if seg.is_empty() {
+                return None;
+            }
+            caps.push(seg);
+        } else if seg != *p {
+            return None;
+        }
+        rest = tail;
+    }
+    Some(caps)
+}
+
+/// A feature that is not built into this proxy yet: 503 with the feature named.
+fn not_enabled(feature: &str, detail: &str) -> Response {
+    Response::json(
+        503,
+        &json!({ "error": format!("{feature} not enabled"), "feature": feature, "detail": detail }),
+    )
+}
 
 /// The admin API: the merged state plus what it needs to answer.
 pub struct Api {
@@ -45,6 +108,9 @@ pub struct Api {
     /// presented token's length or content.
     token_digest: Option<[u8; 32]>,
     started: Instant,
+    sql: crate::sql::SqlSettings,
+    /// The shards' snapshots, taken in while a statement runs on a node (see [`Api::off_thread`]).
+    snapshots: Option<crossbeam_channel::Receiver<crate::snapshot::ShardSnapshot>>,
 }
 
 fn digest(s: &[u8]) -> [u8; 32] {
@@ -137,7 +203,50 @@ impl Api {
             commands,
             token_digest: token.map(|t| digest(t.as_bytes())),
             started: now,
+            sql: crate::sql::SqlSettings {
+                user: None,
+                password: None,
+                max_rows: 1000,
+                timeout: std::time::Duration::from_secs(5),
+            },
+            snapshots: None,
         }
+    }
+
+    /// Who `/api/sql` and `/api/shadow` log in as, and their limits (`admin.sql_*`).
+    pub fn with_sql(mut self, sql: crate::sql::SqlSettings) -> Api {
+        self.sql = sql;
+        self
+    }
+
+    /// The snapshot channel, so that a long `/api/sql` or `/api/shadow` call does not make the
+    /// shards' snapshots back up (and their latency intervals get dropped) while it runs.
+    pub fn with_snapshots(
+        mut self,
+        rx: crossbeam_channel::Receiver<crate::snapshot::ShardSnapshot>,
+    ) -> Api {
+        self.snapshots = Some(rx);
+        self
+    }
+
+    /// Runs `f` (a statement on a node: up to the connect and statement timeouts) on a
+    /// short-lived thread while this one keeps taking in the shards' snapshots.
+    fn off_thread<T: Send>(&mut self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            let h = scope.spawn(f);
+            while !h.is_finished() {
+                if let Some(rx) = &self.snapshots {
+                    while let Ok(snap) = rx.try_recv() {
+                        self.state.ingest(snap, Instant::now());
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            match h.join() {
+                Ok(v) => v,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
     }
 
     /// `Authorization: Bearer <token>`, when a token is configured.
@@ -159,11 +268,14 @@ impl Api {
 
     /// Answers one request.
     pub fn handle(&mut self, req: &Request, now: Instant) -> Response {
-        if !self.authorized(req) {
+        let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+        // The dashboard page holds no data (it asks for the token and sends it with each of
+        // its requests): a browser must be able to load it without one.
+        let public = matches!(path, "/" | "/ui") && matches!(req.method.as_str(), "GET" | "HEAD");
+        if !public && !self.authorized(req) {
             return Response::error(401, "missing or wrong bearer token")
                 .with_header("WWW-Authenticate", "Bearer");
         }
-        let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
         // HEAD is answered as GET; the server leaves the body out.
         let method = if req.method == "HEAD" {
             "GET"
@@ -171,32 +283,78 @@ impl Api {
             req.method.as_str()
         };
 
-        if is_plugin_kv(path) {
-            return self.plugin_kv(method, path, &req.body);
-        }
-        let Some(&(_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
+        let Some((pattern, allowed, caps)) = ROUTES
+            .iter()
+            .find_map(|(p, m)| match_route(p, path).map(|c| (*p, *m, c)))
+        else {
             return Response::error(404, format!("no such endpoint: {path}"));
         };
-        if method != allowed {
-            return Response::error(405, format!("{path} takes {allowed}, not {}", req.method))
-                .with_header(
-                    "Allow",
-                    if allowed == "GET" {
-                        "GET, HEAD"
-                    } else {
-                        allowed
-                    },
-                );
+        if !allowed.contains(&method) {
+            let mut allow: Vec<&str> = allowed.to_vec();
+            if allow.contains(&"GET") {
+                allow.push("HEAD");
+            }
+            return Response::error(
+                405,
+                format!("{path} takes {}, not {}", allowed.join(" or "), req.method),
+            )
+            .with_header("Allow", allow.join(", "));
         }
-        let params_allowed: &[&str] = match path {
+        let params_allowed: &[&str] = match pattern {
             "/histograms" => &["metric", "db", "format", "window"],
+            "/anomalies" => &["limit"],
             _ => &[],
         };
         let params = match parse_query(query, params_allowed) {
             Ok(p) => p,
             Err(resp) => return resp,
         };
-        match path {
+        match pattern {
+            "/" | "/ui" => Response {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                headers: vec![
+                    // Everything the page needs is in it: nothing may load from elsewhere.
+                    (
+                        "Content-Security-Policy",
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                         connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+                         frame-ancestors 'none'"
+                            .to_string(),
+                    ),
+                    ("Referrer-Policy", "no-referrer".to_string()),
+                    ("X-Content-Type-Options", "nosniff".to_string()),
+                ],
+                body: DASHBOARD_HTML.as_bytes().to_vec(),
+            },
+            "/openapi.json" => Response {
+                status: 200,
+                content_type: "application/json",
+                headers: Vec::new(),
+                body: crate::openapi::OPENAPI_JSON.as_bytes().to_vec(),
+            },
+            "/plugins/{name}/kv/{key}" => self.plugin_kv(method, caps[0], caps[1], &req.body),
+            "/plugins" => self.plugins(),
+            "/nodes/{name}/enable" => self.switch_node(caps[0], true),
+            "/nodes/{name}/disable" => self.switch_node(caps[0], false),
+            "/anomalies" | "/drift" => not_enabled(
+                "signal plane",
+                "anomaly and drift detection is not built into this proxy yet",
+            ),
+            "/api/chaos" => not_enabled(
+                "chaos",
+                "fault injection arrives with the topology work",
+            ),
+            "/api/edge" | "/api/edge/{path}" => not_enabled(
+                "edge cache",
+                "the cache/edge tier is not built into this proxy yet",
+            ),
+            "/api/replay" => not_enabled(
+                "replay",
+                "the write journal is not built into this proxy yet",
+            ),
+            "/api/sql" => self.api_sql(req),
+            "/api/shadow" => self.api_shadow(req),
             "/health" => self.health(now),
             "/ready" => self.ready(),
             "/metrics" => Response::text(
@@ -223,7 +381,7 @@ impl Api {
                     v
                 }).collect::<Vec<_>>(),
             })),
-            "/nodes" => json_ok(json!({ "nodes": self.state.nodes() })),
+            "/nodes" => self.nodes(),
             "/topology" => json_ok(to_value(self.state.topology())),
             "/config" => json_ok(
                 self.info
@@ -238,7 +396,7 @@ impl Api {
                 "shards": self.info.shards,
             })),
             "/reload" => self.reload(),
-            _ => Response::error(404, format!("no such endpoint: {path}")),
+            _ => Response::error(500, format!("{pattern} has no handler")),
         }
     }
 
@@ -386,16 +544,306 @@ impl Api {
     }
 }
 
+/// The node list and database routing of the running configuration.
+struct Routing {
+    /// (name, host, port), in configuration order.
+    nodes: Vec<(String, String, u16)>,
+    /// database alias -> (node, dbname on the server).
+    databases: BTreeMap<String, (String, String)>,
+}
+
+impl Routing {
+    fn of(config: &Value) -> Routing {
+        let nodes: Vec<(String, String, u16)> = config["nodes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|n| {
+                        (
+                            n["name"].as_str().unwrap_or_default().to_string(),
+                            n["host"].as_str().unwrap_or_default().to_string(),
+                            n["port"].as_u64().unwrap_or(5432) as u16,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let first = nodes.first().map(|n| n.0.clone()).unwrap_or_default();
+        let databases = config["databases"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(alias, d)| {
+                        let node = d["node"].as_str().unwrap_or(&first).to_string();
+                        let dbname = d["dbname"].as_str().unwrap_or(alias).to_string();
+                        (alias.clone(), (node, dbname))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Routing { nodes, databases }
+    }
+
+    /// Where a statement for `node` runs: `database` (a name on the server) or the dbname of
+    /// the first database alias routed to the node, else `postgres`.
+    fn target(&self, node: &str, database: Option<&str>) -> Option<crate::sql::Target> {
+        let (name, host, port) = self.nodes.iter().find(|n| n.0 == node)?;
+        let dbname = database.map(str::to_string).unwrap_or_else(|| {
+            self.databases
+                .values()
+                .find(|(n, _)| n == node)
+                .map(|(_, d)| d.clone())
+                .unwrap_or_else(|| "postgres".into())
+        });
+        Some(crate::sql::Target {
+            node: name.clone(),
+            host: host.clone(),
+            port: *port,
+            dbname,
+        })
+    }
+}
+
+/// A JSON object body, or 400 saying what is wrong with it.
+fn json_body(req: &Request, allowed: &[&str]) -> Result<serde_json::Map<String, Value>, Response> {
+    let v: Value = serde_json::from_slice(&req.body)
+        .map_err(|e| Response::error(400, format!("the body is not JSON: {e}")))?;
+    let Value::Object(o) = v else {
+        return Err(Response::error(400, "the body must be a JSON object"));
+    };
+    if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(Response::error(
+            400,
+            format!("unknown field '{k}' (expected: {})", allowed.join(", ")),
+        ));
+    }
+    Ok(o)
+}
+
+fn str_field<'a>(
+    o: &'a serde_json::Map<String, Value>,
+    name: &str,
+    required: bool,
+) -> Result<Option<&'a str>, Response> {
+    match o.get(name) {
+        None | Some(Value::Null) if !required => Ok(None),
+        None | Some(Value::Null) => Err(Response::error(400, format!("'{name}' is required"))),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Response::error(400, format!("'{name}' must be a string"))),
+    }
+}
+
 impl Api {
+    fn routing(&self) -> Routing {
+        Routing::of(
+            &self
+                .info
+                .config_json
+                .read()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Configured nodes, with the shards' view of their health, the operator's switch and the
+    /// pools routed to them.
+    fn nodes(&self) -> Response {
+        let routing = self.routing();
+        let seen = self.state.nodes();
+        let pools = self.state.pools_merged();
+        let nodes: Vec<Value> = routing
+            .nodes
+            .iter()
+            .map(|(name, host, port)| {
+                let m = seen.iter().find(|n| &n.name == name);
+                let node_pools: Vec<Value> = routing
+                    .databases
+                    .iter()
+                    .filter(|(_, (n, _))| n == name)
+                    .map(|(alias, (_, dbname))| {
+                        let p = pools.iter().find(|p| &p.database == alias);
+                        json!({
+                            "database": alias,
+                            "dbname": dbname,
+                            "pool_size": p.map(|p| p.pool_size),
+                            "active": p.map(|p| p.active),
+                            "idle": p.map(|p| p.idle),
+                            "waiting": p.map(|p| p.waiting),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": name,
+                    "host": host,
+                    "port": port,
+                    "role": m.map(|m| m.role).unwrap_or("primary"),
+                    "enabled": !self.info.node_switches.is_disabled(name),
+                    "healthy": m.map(|m| m.healthy).unwrap_or(true),
+                    "last_error": m.and_then(|m| m.last_error.clone()),
+                    "last_checked_at_ms": m.and_then(|m| m.last_checked_at_ms),
+                    "unhealthy_shards": m.map(|m| m.unhealthy_shards.clone()).unwrap_or_default(),
+                    "pools": node_pools,
+                })
+            })
+            .collect();
+        json_ok(json!({ "nodes": nodes }))
+    }
+
+    fn switch_node(&self, name: &str, enabled: bool) -> Response {
+        let Some(name) = percent_decode(name) else {
+            return Response::error(400, "malformed percent-encoding in the path");
+        };
+        if !self.routing().nodes.iter().any(|n| n.0 == name) {
+            return Response::error(404, format!("no node named {name:?} is configured"));
+        }
+        let changed = self.info.node_switches.set(&name, enabled);
+        if changed {
+            log::warn!(
+                "admin API: node {name} {}",
+                if enabled {
+                    "enabled"
+                } else {
+                    "disabled: no new server connections are handed out for it"
+                }
+            );
+        }
+        json_ok(json!({ "node": name, "enabled": enabled, "changed": changed }))
+    }
+
+    fn plugins(&self) -> Response {
+        let Some(kv) = &self.info.plugin_kv else {
+            return not_enabled("plugins", "set [plugins] enabled = true");
+        };
+        let merged = self.state.plugins_merged();
+        let plugins: Vec<Value> = kv
+            .catalog()
+            .into_iter()
+            .map(|meta| {
+                let m = merged.iter().find(|m| m.name == meta.name);
+                let time = m.map(|m| LatencySummary::of(&m.time_us));
+                let mut v = to_value(&meta);
+                v["state"] = json!(match m {
+                    None => "loaded",
+                    Some(m) if m.last_error.is_some() && m.errors > 0 => "failing",
+                    Some(_) => "active",
+                });
+                v["invocations"] = json!(m.map(|m| m.invocations).unwrap_or(0));
+                v["errors"] = json!(m.map(|m| m.errors).unwrap_or(0));
+                v["timeouts"] = json!(m.map(|m| m.timeouts).unwrap_or(0));
+                v["last_error"] = json!(m.and_then(|m| m.last_error.clone()));
+                v["time_p50_us"] = json!(time.as_ref().and_then(|t| t.p50_us));
+                v["time_p99_us"] = json!(time.as_ref().and_then(|t| t.p99_us));
+                v["time_us"] = to_value(&time);
+                v
+            })
+            .collect();
+        json_ok(json!({ "plugins": plugins }))
+    }
+
+    /// `POST /api/sql`: always needs the token, even where none is configured (then it is
+    /// refused outright).
+    fn api_sql(&mut self, req: &Request) -> Response {
+        if self.token_digest.is_none() {
+            return Response::error(
+                403,
+                "POST /api/sql always requires the bearer token: set admin.token",
+            );
+        }
+        let o = match json_body(req, &["sql", "node", "database", "read_only", "max_rows"]) {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        let fields = (|| {
+            let sql = str_field(&o, "sql", true)?.unwrap_or_default();
+            let node = str_field(&o, "node", false)?;
+            let database = str_field(&o, "database", false)?;
+            let read_only = match o.get("read_only") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(Response::error(400, "'read_only' must be a boolean")),
+            };
+            let max_rows = match o.get("max_rows") {
+                None | Some(Value::Null) => self.sql.max_rows,
+                Some(v) => match v.as_u64() {
+                    Some(n) if n >= 1 => (n as usize).min(self.sql.max_rows),
+                    _ => {
+                        return Err(Response::error(
+                            400,
+                            "'max_rows' must be a positive integer",
+                        ))
+                    }
+                },
+            };
+            Ok((sql, node, database, read_only, max_rows))
+        })();
+        let (sql, node, database, read_only, max_rows) = match fields {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        let routing = self.routing();
+        let node = match node {
+            Some(n) => n.to_string(),
+            None => match routing.nodes.first() {
+                Some(n) => n.0.clone(),
+                None => return Response::error(404, "no node is configured"),
+            },
+        };
+        let Some(target) = routing.target(&node, database) else {
+            return Response::error(404, format!("no node named {node:?} is configured"));
+        };
+        let settings = self.sql.clone();
+        let result = self
+            .off_thread(|| crate::sql::run(&settings, &target, sql, read_only, max_rows, false));
+        match result {
+            Ok(r) => {
+                let mut v = to_value(&r);
+                v["node"] = json!(target.node);
+                v["database"] = json!(target.dbname);
+                v["read_only"] = json!(read_only);
+                v["row_count"] = json!(r.rows.len());
+                v["max_rows"] = json!(max_rows);
+                json_ok(v)
+            }
+            Err(e) => Response::json(e.status(), &e.to_json(&target.node)),
+        }
+    }
+
+    /// `POST /api/shadow`: the same read on two nodes, compared.
+    fn api_shadow(&mut self, req: &Request) -> Response {
+        let o = match json_body(req, &["sql", "source_node", "target_node", "database"]) {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        let fields = (|| {
+            Ok((
+                str_field(&o, "sql", true)?.unwrap_or_default(),
+                str_field(&o, "source_node", true)?.unwrap_or_default(),
+                str_field(&o, "target_node", true)?.unwrap_or_default(),
+                str_field(&o, "database", false)?,
+            ))
+        })();
+        let (sql, source, target, database) = match fields {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        let routing = self.routing();
+        let Some(s) = routing.target(source, database) else {
+            return Response::error(404, format!("no node named {source:?} is configured"));
+        };
+        let Some(t) = routing.target(target, database) else {
+            return Response::error(404, format!("no node named {target:?} is configured"));
+        };
+        let settings = self.sql.clone();
+        match self.off_thread(|| crate::sql::shadow(&settings, &s, &t, sql)) {
+            Ok(r) => json_ok(to_value(&r)),
+            Err((node, e)) => Response::json(e.status(), &e.to_json(&node)),
+        }
+    }
+
     /// `GET` (the value as the body, `application/octet-stream`), `PUT` (the body is the value),
     /// `DELETE` on `/plugins/{name}/kv/{key}`; the key is percent-decoded.
-    fn plugin_kv(&self, method: &str, path: &str, body: &[u8]) -> Response {
+    fn plugin_kv(&self, method: &str, name: &str, key: &str, body: &[u8]) -> Response {
         let Some(kv) = &self.info.plugin_kv else {
-            return Response::error(503, "plugins not enabled");
-        };
-        let mut parts = path["/plugins/".len()..].splitn(3, '/');
-        let (Some(name), Some(_), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Response::error(404, "no such endpoint");
+            return not_enabled("plugins", "set [plugins] enabled = true");
         };
         let (Some(name), Some(key)) = (percent_decode(name), percent_decode(key)) else {
             return Response::error(400, "malformed percent-encoding in the path");
@@ -427,18 +875,9 @@ impl Api {
                 Ok(()) => json_ok(serde_json::json!({"plugin": name, "key": key, "deleted": true})),
                 Err(e) => fail(e),
             },
-            m => Response::error(405, format!("{path} takes GET, PUT or DELETE, not {m}"))
-                .with_header("Allow", "GET, PUT, DELETE"),
+            m => Response::error(405, format!("takes GET, PUT or DELETE, not {m}"))
+                .with_header("Allow", "GET, HEAD, PUT, DELETE"),
         }
-    }
-}
-
-/// `/plugins/{name}/kv/{key}`: the plugin KV store.
-fn is_plugin_kv(path: &str) -> bool {
-    let mut it = path.strip_prefix("/plugins/").map(|r| r.splitn(3, '/'));
-    match it.as_mut().map(|i| (i.next(), i.next(), i.next())) {
-        Some((Some(name), Some("kv"), Some(key))) => !name.is_empty() && !key.is_empty(),
-        _ => false,
     }
 }
 
@@ -453,11 +892,92 @@ mod tests {
         assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b c"));
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
-        assert!(is_plugin_kv("/plugins/p/kv/k"));
-        assert!(is_plugin_kv("/plugins/p/kv/a/b"));
-        assert!(!is_plugin_kv("/plugins/p/kv/"));
-        assert!(!is_plugin_kv("/plugins//kv/k"));
-        assert!(!is_plugin_kv("/plugins/p/xx/k"));
+        let m = |p, x| match_route(p, x);
+        assert_eq!(
+            m("/plugins/{name}/kv/{key}", "/plugins/p/kv/k"),
+            Some(vec!["p", "k"])
+        );
+        assert_eq!(
+            m("/plugins/{name}/kv/{key}", "/plugins/p/kv/a/b"),
+            Some(vec!["p", "a/b"])
+        );
+        assert_eq!(m("/plugins/{name}/kv/{key}", "/plugins/p/kv/"), None);
+        assert_eq!(m("/plugins/{name}/kv/{key}", "/plugins//kv/k"), None);
+        assert_eq!(m("/plugins/{name}/kv/{key}", "/plugins/p/xx/k"), None);
+        assert_eq!(
+            m("/nodes/{name}/enable", "/nodes/pg1/enable"),
+            Some(vec!["pg1"])
+        );
+        assert_eq!(m("/nodes/{name}/enable", "/nodes/pg1/enable/"), None);
+        assert_eq!(m("/health", "/health/"), None);
+        assert_eq!(m("/health", "/health"), Some(vec![]));
+        assert_eq!(m("/", "/"), Some(vec![]));
+        assert_eq!(m("/", "/x"), None);
+        assert_eq!(m("/api/edge/{path}", "/api/edge/a/b"), Some(vec!["a/b"]));
+        assert_eq!(m("/api/edge", "/api/edge"), Some(vec![]));
+    }
+
+    fn post(target: &str, body: &str, token: Option<&str>) -> Request {
+        Request {
+            method: "POST".into(),
+            target: target.into(),
+            headers: token
+                .map(|t| vec![("authorization".to_string(), format!("Bearer {t}"))])
+                .unwrap_or_default(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn sql_on_a_node_that_does_not_answer_is_502() {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let info = StaticInfo {
+            version: "t".into(),
+            config_json: crate::live_config(json!({
+                "nodes": [ { "name": "dead", "host": "127.0.0.1", "port": port } ],
+                "databases": { "app": {} },
+            })),
+            plugin_kv: None,
+            shards: 1,
+            node_switches: Default::default(),
+        };
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let mut api =
+            Api::new(info, tx, Some("t"), Instant::now()).with_sql(crate::sql::SqlSettings {
+                user: Some("u".into()),
+                password: None,
+                max_rows: 10,
+                timeout: std::time::Duration::from_millis(500),
+            });
+        let now = Instant::now();
+        let r = api.handle(&post("/api/sql", r#"{"sql": "select 1"}"#, Some("t")), now);
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["node"], "dead");
+        let r = api.handle(
+            &post(
+                "/api/shadow",
+                r#"{"sql": "select 1", "source_node": "dead", "target_node": "dead"}"#,
+                Some("t"),
+            ),
+            now,
+        );
+        assert_eq!(r.status, 502);
+        // Unknown nodes are 404 before anything is tried; a non-object body is 400.
+        let r = api.handle(
+            &post("/api/sql", r#"{"sql": "select 1", "node": "x"}"#, Some("t")),
+            now,
+        );
+        assert_eq!(r.status, 404);
+        let r = api.handle(&post("/api/sql", "[1]", Some("t")), now);
+        assert_eq!(r.status, 400);
+        // And without the token, 401 whatever the body.
+        assert_eq!(api.handle(&post("/api/sql", "{}", None), now).status, 401);
     }
 
     #[test]

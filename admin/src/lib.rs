@@ -13,8 +13,10 @@
 
 pub mod api;
 pub mod http;
+pub mod openapi;
 pub mod render;
 pub mod snapshot;
+pub mod sql;
 pub mod state;
 
 use std::io;
@@ -29,8 +31,8 @@ use helios_config::AdminConfig;
 pub use api::Api;
 pub use render::{hgrm, hgrm_scaled, prometheus, LatencySummary};
 pub use snapshot::{
-    new_histogram, record_us, AdminCommand, ClientInfo, Counters, Metric, NodeStatus, PoolStats,
-    ServerInfo, ShardSnapshot,
+    new_histogram, record_us, AdminCommand, ClientInfo, Counters, Metric, NodeStatus,
+    PluginShardStats, PoolStats, ServerInfo, ShardSnapshot,
 };
 pub use state::{AdminState, MergedNode, Topology, Window};
 
@@ -53,6 +55,54 @@ pub trait PluginKv: Send + Sync + std::fmt::Debug {
     fn get(&self, plugin: &str, key: &[u8]) -> Result<Option<Vec<u8>>, KvFailure>;
     fn put(&self, plugin: &str, key: &[u8], value: &[u8]) -> Result<(), KvFailure>;
     fn delete(&self, plugin: &str, key: &[u8]) -> Result<(), KvFailure>;
+    /// The plugins loaded now, in call order (`GET /plugins`).
+    fn catalog(&self) -> Vec<PluginMeta>;
+}
+
+/// What `GET /plugins` says about a loaded plugin besides its counters.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PluginMeta {
+    pub name: String,
+    pub version: Option<String>,
+    pub hooks: Vec<String>,
+    /// Trust-root label of the signer (null: unsigned, no trust root configured).
+    pub signer: Option<String>,
+    pub sha256: String,
+    pub source: String,
+}
+
+/// Nodes an operator disabled (`POST /nodes/{name}/disable`): one state for the admin thread
+/// and every shard. A shard's pool reads it at each checkout: one atomic load while no node is
+/// disabled, a mutex only while one is.
+#[derive(Debug, Default)]
+pub struct NodeSwitches {
+    any: std::sync::atomic::AtomicBool,
+    disabled: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl NodeSwitches {
+    /// Enables or disables `node`; true if that changed anything.
+    pub fn set(&self, node: &str, enabled: bool) -> bool {
+        let mut d = self.disabled.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = if enabled {
+            d.remove(node)
+        } else {
+            d.insert(node.to_string())
+        };
+        self.any
+            .store(!d.is_empty(), std::sync::atomic::Ordering::Release);
+        changed
+    }
+
+    pub fn is_disabled(&self, node: &str) -> bool {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        self.disabled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(node)
+    }
 }
 
 /// The configuration as JSON (secrets already redacted), replaced by the engine on reload.
@@ -73,6 +123,8 @@ pub struct StaticInfo {
     /// The plugin KV store, when plugins are enabled (`/plugins/{name}/kv/{key}`; 503 without).
     pub plugin_kv: Option<std::sync::Arc<dyn PluginKv>>,
     pub shards: usize,
+    /// Shared with the shards' pools: `POST /nodes/{name}/enable|disable`.
+    pub node_switches: std::sync::Arc<NodeSwitches>,
 }
 
 /// Binds `cfg.listen` and starts the admin thread.
@@ -130,7 +182,14 @@ pub fn spawn_on(
         ));
     }
     listener.set_nonblocking(true)?;
-    let api = Api::new(info, commands, cfg.token.as_deref(), Instant::now());
+    let api = Api::new(info, commands, cfg.token.as_deref(), Instant::now())
+        .with_sql(sql::SqlSettings {
+            user: cfg.sql_user.clone(),
+            password: cfg.sql_password.clone(),
+            max_rows: cfg.sql_max_rows,
+            timeout: Duration::from_millis(cfg.sql_timeout_ms),
+        })
+        .with_snapshots(snapshots.clone());
     let max_body = cfg.max_body_bytes;
     let tick = Duration::from_millis(cfg.snapshot_interval_ms.clamp(10, 100));
     std::thread::Builder::new()

@@ -190,6 +190,19 @@ pub struct NodeStatus {
     pub last_checked_at_ms: Option<u64>,
 }
 
+/// One plugin's counters on one shard (monotonic since the shard loaded it) and the time its hook
+/// calls took during the interval.
+#[derive(Clone, Debug)]
+pub struct PluginShardStats {
+    pub name: String,
+    pub invocations: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub last_error: Option<String>,
+    /// Hook call durations of this interval, microseconds ([`new_histogram`]'s bounds).
+    pub time_us: Histogram<u64>,
+}
+
 /// Everything one shard reports once per interval.
 #[derive(Clone, Debug)]
 pub struct ShardSnapshot {
@@ -202,6 +215,8 @@ pub struct ShardSnapshot {
     pub clients: Vec<ClientInfo>,
     pub servers: Vec<ServerInfo>,
     pub nodes: Vec<NodeStatus>,
+    /// Per plugin, in call order (empty without plugins).
+    pub plugins: Vec<PluginShardStats>,
 }
 
 impl ShardSnapshot {
@@ -215,6 +230,7 @@ impl ShardSnapshot {
             clients: Vec::new(),
             servers: Vec::new(),
             nodes: Vec::new(),
+            plugins: Vec::new(),
         }
     }
 }

@@ -8,8 +8,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::snapshot::{
-    ClientInfo, Counters, Metric, NodeStatus, PoolStats, ServerInfo, ShardSnapshot,
-    HISTOGRAM_HIGH_US, HISTOGRAM_LOW_US, HISTOGRAM_SIGFIG,
+    ClientInfo, Counters, Metric, NodeStatus, PluginShardStats, PoolStats, ServerInfo,
+    ShardSnapshot, HISTOGRAM_HIGH_US, HISTOGRAM_LOW_US, HISTOGRAM_SIGFIG,
 };
 
 /// Which stretch of time a merged histogram covers.
@@ -48,6 +48,19 @@ struct ShardLatest {
     clients: Vec<ClientInfo>,
     servers: Vec<ServerInfo>,
     nodes: Vec<NodeStatus>,
+    /// Counters only: each interval's call times went into `AdminState::plugin_time`.
+    plugins: Vec<PluginShardStats>,
+}
+
+/// One plugin's counters summed over the shards, and its call times since start (or reset).
+#[derive(Clone, Debug)]
+pub struct MergedPlugin {
+    pub name: String,
+    pub invocations: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub last_error: Option<String>,
+    pub time_us: Histogram<u64>,
 }
 
 /// A node merged across shards: the most recent observation wins.
@@ -86,6 +99,8 @@ pub struct AdminState {
     latest: BTreeMap<usize, ShardLatest>,
     /// Since start (or reset), keyed by (metric, database); `None` is every database together.
     total: BTreeMap<(Metric, Option<String>), Histogram<u64>>,
+    /// Plugin hook call times since start (or reset), by plugin name.
+    plugin_time: BTreeMap<String, Histogram<u64>>,
     reset_at: Option<Instant>,
 }
 
@@ -111,13 +126,26 @@ impl AdminState {
             shards,
             latest: BTreeMap::new(),
             total: BTreeMap::new(),
+            plugin_time: BTreeMap::new(),
             reset_at: None,
         }
     }
 
     /// Takes in one shard's snapshot: its interval histograms are added to the totals and kept as
     /// that shard's current interval; everything else replaces what the shard sent last.
-    pub fn ingest(&mut self, snap: ShardSnapshot, now: Instant) {
+    pub fn ingest(&mut self, mut snap: ShardSnapshot, now: Instant) {
+        for p in &mut snap.plugins {
+            if !p.time_us.is_empty() {
+                add_into(
+                    self.plugin_time
+                        .entry(p.name.clone())
+                        .or_insert_with(merge_histogram),
+                    &p.time_us,
+                );
+            }
+            // Keep the counters only: the interval's times are in the totals now.
+            p.time_us = Histogram::new(1).expect("1 significant digit is valid");
+        }
         for (metric, db, h) in &snap.histograms {
             add_into(
                 self.total
@@ -142,6 +170,7 @@ impl AdminState {
                 clients: snap.clients,
                 servers: snap.servers,
                 nodes: snap.nodes,
+                plugins: snap.plugins,
             },
         );
     }
@@ -150,6 +179,7 @@ impl AdminState {
     /// they are the shards' own and monotonic.
     pub fn reset_histograms(&mut self, now: Instant) {
         self.total.clear();
+        self.plugin_time.clear();
         for s in self.latest.values_mut() {
             s.interval.clear();
         }
@@ -262,6 +292,42 @@ impl AdminState {
             m.connect_failures += p.connect_failures;
         }
         by.into_values().collect()
+    }
+
+    /// Plugins summed over the shards (counters are each shard's totals since it loaded the
+    /// plugin), in the order the first shard lists them.
+    pub fn plugins_merged(&self) -> Vec<MergedPlugin> {
+        let mut out: Vec<MergedPlugin> = Vec::new();
+        for s in self.latest.values() {
+            for p in &s.plugins {
+                let i = match out.iter().position(|m| m.name == p.name) {
+                    Some(i) => i,
+                    None => {
+                        out.push(MergedPlugin {
+                            name: p.name.clone(),
+                            invocations: 0,
+                            errors: 0,
+                            timeouts: 0,
+                            last_error: None,
+                            time_us: self
+                                .plugin_time
+                                .get(&p.name)
+                                .cloned()
+                                .unwrap_or_else(merge_histogram),
+                        });
+                        out.len() - 1
+                    }
+                };
+                let m = &mut out[i];
+                m.invocations += p.invocations;
+                m.errors += p.errors;
+                m.timeouts += p.timeouts;
+                if p.last_error.is_some() {
+                    m.last_error.clone_from(&p.last_error);
+                }
+            }
+        }
+        out
     }
 
     /// Every client of every shard.
@@ -521,6 +587,48 @@ mod tests {
             (t.healthy_nodes, t.unhealthy_nodes, t.total_nodes),
             (0, 1, 1)
         );
+    }
+
+    #[test]
+    fn plugin_counters_sum_and_times_accumulate() {
+        let now = Instant::now();
+        let mut st = AdminState::new(2);
+        for (shard, calls, times) in [(0, 3, &[10u64, 20, 30][..]), (1, 2, &[1000, 2000][..])] {
+            let mut s = ShardSnapshot::new(shard);
+            let mut h = new_histogram();
+            for t in times {
+                record_us(&mut h, *t);
+            }
+            s.plugins.push(PluginShardStats {
+                name: "audit".into(),
+                invocations: calls,
+                errors: shard as u64,
+                timeouts: 0,
+                last_error: (shard == 1).then(|| "trapped".to_string()),
+                time_us: h,
+            });
+            st.ingest(s, now);
+        }
+        // A later snapshot of shard 0 with no calls keeps its counters and the times so far.
+        let mut s = ShardSnapshot::new(0);
+        s.plugins.push(PluginShardStats {
+            name: "audit".into(),
+            invocations: 3,
+            errors: 0,
+            timeouts: 0,
+            last_error: None,
+            time_us: new_histogram(),
+        });
+        st.ingest(s, now);
+        let p = st.plugins_merged();
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].invocations, p[0].errors), (5, 1));
+        assert_eq!(p[0].last_error.as_deref(), Some("trapped"));
+        assert_eq!(p[0].time_us.len(), 5);
+        assert!(p[0].time_us.value_at_quantile(0.99) >= 1990);
+        st.reset_histograms(now);
+        assert_eq!(st.plugins_merged()[0].time_us.len(), 0);
+        assert_eq!(st.plugins_merged()[0].invocations, 5);
     }
 
     #[test]

@@ -24,6 +24,21 @@ pub struct AdminConfig {
     /// (`SHOW POOLS`, …) to `auth.admin_users`.
     #[serde(default = "default_console")]
     pub console_database: String,
+    /// Role the admin API's `POST /api/sql` and `POST /api/shadow` log in to a node as (they
+    /// connect to the node directly, not through the pools). Unset: both answer 503.
+    #[serde(default)]
+    pub sql_user: Option<String>,
+    /// Password for `sql_user` (use `${VAR}`); never shown by `/config`.
+    #[serde(default, skip_serializing)]
+    pub sql_password: Option<String>,
+    /// Most rows `POST /api/sql` returns (more are cut off and flagged `truncated`) and
+    /// `POST /api/shadow` compares per node (more is a 422).
+    #[serde(default = "default_sql_rows")]
+    pub sql_max_rows: usize,
+    /// `statement_timeout` of the statements `/api/sql` and `/api/shadow` run, and the limit on
+    /// connecting to the node.
+    #[serde(default = "default_sql_timeout")]
+    pub sql_timeout_ms: u64,
 }
 
 fn yes() -> bool {
@@ -41,6 +56,12 @@ fn default_body() -> usize {
 fn default_console() -> String {
     "heliosproxy".into()
 }
+fn default_sql_rows() -> usize {
+    1000
+}
+fn default_sql_timeout() -> u64 {
+    5000
+}
 
 impl Default for AdminConfig {
     fn default() -> Self {
@@ -51,6 +72,10 @@ impl Default for AdminConfig {
             snapshot_interval_ms: default_interval(),
             max_body_bytes: default_body(),
             console_database: default_console(),
+            sql_user: None,
+            sql_password: None,
+            sql_max_rows: default_sql_rows(),
+            sql_timeout_ms: default_sql_timeout(),
         }
     }
 }

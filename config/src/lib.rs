@@ -633,6 +633,9 @@ impl Config {
                 Ok(_) => {}
             }
         }
+        if self.admin.sql_max_rows == 0 || self.admin.sql_timeout_ms == 0 {
+            return bad("admin.sql_max_rows and admin.sql_timeout_ms: must be above 0".into());
+        }
         if let Err(errs) = self.plugins.validate() {
             return bad(errs
                 .iter()

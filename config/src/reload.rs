@@ -64,6 +64,11 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("admin.snapshot_interval_ms", Restart),
     ("admin.max_body_bytes", Restart),
     ("admin.console_database", Reload),
+    // Read by the admin thread when it starts.
+    ("admin.sql_user", Restart),
+    ("admin.sql_password", Restart),
+    ("admin.sql_max_rows", Restart),
+    ("admin.sql_timeout_ms", Restart),
     // Pools take new targets and sizes in place; host names are resolved again.
     ("nodes.name", Reload),
     ("nodes.host", Reload),
@@ -191,6 +196,9 @@ fn flatten(c: &Config) -> BTreeMap<String, toml::Value> {
     if let Some(t) = &c.admin.token {
         out.insert("admin.token".into(), toml::Value::String(t.clone()));
     }
+    if let Some(p) = &c.admin.sql_password {
+        out.insert("admin.sql_password".into(), toml::Value::String(p.clone()));
+    }
     for (alias, db) in &c.databases {
         if let Some(p) = &db.password {
             out.insert(
@@ -242,6 +250,10 @@ impl Config {
         a.token.clone_from(&r.token);
         a.snapshot_interval_ms = r.snapshot_interval_ms;
         a.max_body_bytes = r.max_body_bytes;
+        a.sql_user.clone_from(&r.sql_user);
+        a.sql_password.clone_from(&r.sql_password);
+        a.sql_max_rows = r.sql_max_rows;
+        a.sql_timeout_ms = r.sql_timeout_ms;
         self.plugins
             .kv_persist_path
             .clone_from(&running.plugins.kv_persist_path);
@@ -292,6 +304,10 @@ mod tests {
         token = "t"
         snapshot_interval_ms = 500
         max_body_bytes = 100
+        sql_user = "ops"
+        sql_password = "pw"
+        sql_max_rows = 7
+        sql_timeout_ms = 70
         [plugins]
         kv_persist_path = "kv.json"
     "#;

@@ -82,6 +82,7 @@ fn all_keys() -> BTreeSet<String> {
     keys(&parsed, "", &mut all);
     all.insert("databases.<alias>.password".into());
     all.insert("admin.token".into());
+    all.insert("admin.sql_password".into());
     all
 }
 

@@ -16,6 +16,7 @@ impl SqlState {
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState("26000");

@@ -132,6 +132,8 @@ pub struct Shared {
     pub console_state: std::sync::Mutex<helios_admin::AdminState>,
     /// Console PAUSE/RESUME, read by every shard's pools.
     pub pauses: Arc<crate::backend::pool::Pauses>,
+    /// Nodes disabled through the admin API, read by every shard's pools at checkout.
+    pub node_switches: Arc<helios_admin::NodeSwitches>,
 }
 
 impl Shared {
@@ -335,7 +337,8 @@ impl Shard {
                             self.server_ids.clone(),
                             self.ring.borrow().clone(),
                         )
-                        .with_pauses(self.shared.pauses.clone()),
+                        .with_pauses(self.shared.pauses.clone())
+                        .with_switches(self.shared.node_switches.clone()),
                     )
                 })
                 .clone(),

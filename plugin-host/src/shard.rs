@@ -83,7 +83,15 @@ struct Slot {
     live: Option<Live>,
     replica: Rc<RefCell<Replica>>,
     stats: PluginStats,
+    /// Time each hook call took on this shard since the last [`ShardPlugins::take_stats`],
+    /// microseconds (1 µs – 60 s, 2 significant digits: 20 KiB per plugin per shard, allocated
+    /// once).
+    times: hdrhistogram::Histogram<u64>,
     last_log: Option<Instant>,
+}
+
+fn call_time_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant bounds are valid")
 }
 
 /// The plugins of one shard: one wasmtime `Store` + `Instance` per plugin, reused across calls
@@ -150,6 +158,19 @@ impl ShardPlugins {
     /// Per-plugin counters of this shard.
     pub fn stats(&self) -> Vec<PluginStats> {
         self.slots.iter().map(|s| s.stats.clone()).collect()
+    }
+
+    /// Per-plugin counters of this shard and the hook call times recorded since the previous
+    /// call (which are then reset): what the shard's statistics snapshot carries.
+    pub fn take_stats(&mut self) -> Vec<(PluginStats, hdrhistogram::Histogram<u64>)> {
+        self.slots
+            .iter_mut()
+            .map(|s| {
+                let t = s.times.clone();
+                s.times.reset();
+                (s.stats.clone(), t)
+            })
+            .collect()
     }
 
     /// Runs the `pre_query` chain in plugin order. A block stops the chain; a rewrite is seen by
@@ -386,6 +407,7 @@ impl ShardPlugins {
                         name: p.name.to_string(),
                         ..PluginStats::default()
                     },
+                    times: call_time_histogram(),
                     last_log: None,
                 },
             };
@@ -534,7 +556,11 @@ fn invoke<R: DeserializeOwned>(
         slot.live = Some(instantiate(shared, gen, slot)?);
     }
     let live = slot.live.as_mut().expect("instantiated above");
+    // Two clock reads per call (~40 ns) against a call of ~1.7 µs.
+    let started = Instant::now();
     let result = call(live, hook, input, &gen.settings);
+    slot.times
+        .saturating_record(started.elapsed().as_micros() as u64);
     if matches!(
         result,
         Err(Failure::Timeout | Failure::Fuel | Failure::Memory | Failure::Trap(_))

@@ -140,6 +140,8 @@ pub struct Pool {
     spare: RefCell<Vec<Rc<Waiter>>>,
     /// Console PAUSE: no connection is handed out until RESUME (running transactions finish).
     pauses: Arc<Pauses>,
+    /// Nodes disabled through the admin API (`POST /nodes/{name}/disable`).
+    switches: Arc<helios_admin::NodeSwitches>,
     /// LISTEN under transaction pooling: created by the first LISTEN of a client of this pool,
     /// with one server connection of its own outside `max_size` (`backend/listen.rs`).
     notify: RefCell<Option<Rc<NotifyHub>>>,
@@ -228,6 +230,7 @@ impl Pool {
             sweeping: Cell::new(false),
             spare: RefCell::new(Vec::new()),
             pauses: Arc::default(),
+            switches: Arc::default(),
             notify: RefCell::new(None),
         }
     }
@@ -236,6 +239,27 @@ impl Pool {
     pub fn with_pauses(mut self, pauses: Arc<Pauses>) -> Pool {
         self.pauses = pauses;
         self
+    }
+
+    /// Shares the process's node switches (a pool alone never has its node disabled).
+    pub fn with_switches(mut self, switches: Arc<helios_admin::NodeSwitches>) -> Pool {
+        self.switches = switches;
+        self
+    }
+
+    /// The operator disabled this pool's node: no connection is handed out or opened.
+    fn node_disabled(&self) -> Option<ProxyError> {
+        let s = self.settings.borrow();
+        self.switches.is_disabled(&s.target.node).then(|| {
+            ProxyError::error(
+                SqlState::CANNOT_CONNECT_NOW,
+                Blame::Proxy,
+                format!(
+                    "node {} is disabled by the operator (admin API POST /nodes/{}/enable)",
+                    s.target.node, s.target.node
+                ),
+            )
+        })
     }
 
     pub fn is_paused(&self) -> bool {
@@ -363,6 +387,9 @@ impl Pool {
     /// A connection to the pool's server, logged in like the pool's own, that does **not**
     /// count against its size (the notify hub's).
     pub async fn connect_outside(&self) -> Result<ServerConn, ProxyError> {
+        if let Some(e) = self.node_disabled() {
+            return Err(e);
+        }
         let (target, max_frame) = {
             let s = self.settings.borrow();
             (s.target.clone(), s.max_frame)
@@ -383,6 +410,10 @@ impl Pool {
         // is simpler than another wake-up list. The checkout timeout starts after it.
         while self.is_paused() {
             glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        // One atomic load while no node is disabled.
+        if let Some(e) = self.node_disabled() {
+            return Err(e);
         }
         // Set when the first wait starts: a checkout served at once reads no clock.
         let mut deadline = None;

@@ -7,7 +7,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use helios_admin::{
-    ClientInfo, Counters, Metric, NodeStatus, PoolStats, ServerInfo, ShardSnapshot,
+    ClientInfo, Counters, Metric, NodeStatus, PluginShardStats, PoolStats, ServerInfo,
+    ShardSnapshot,
 };
 use helios_config::PoolMode;
 
@@ -42,6 +43,18 @@ pub fn build(shard: &Shard) -> ShardSnapshot {
         snap.counters.ring_enters = r.enters;
         snap.counters.ring_waits = r.waits;
         snap.counters.ring_parks = r.parks;
+    }
+    if let Some(p) = shard.plugins.borrow_mut().as_mut() {
+        for (st, time_us) in p.take_stats() {
+            snap.plugins.push(PluginShardStats {
+                name: st.name,
+                invocations: st.calls,
+                errors: st.failures,
+                timeouts: st.timeouts,
+                last_error: st.last_error,
+                time_us,
+            });
+        }
     }
     let mut nodes: BTreeMap<String, NodeStatus> = BTreeMap::new();
     let cfg = shard.config();

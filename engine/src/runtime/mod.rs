@@ -153,6 +153,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
         snapshot_interval: Duration::from_millis(admin_cfg.snapshot_interval_ms),
         console_state: std::sync::Mutex::new(helios_admin::AdminState::new(shards)),
         pauses: Default::default(),
+        node_switches: Default::default(),
     });
     let live_config =
         helios_admin::live_config(serde_json::to_value(&rt.config).unwrap_or_default());
@@ -165,6 +166,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
                 std::sync::Arc::new(PluginKvBridge(p)) as std::sync::Arc<dyn helios_admin::PluginKv>
             }),
             shards,
+            node_switches: shared.node_switches.clone(),
         };
         helios_admin::spawn(&admin_cfg, snap_rx, cmd_tx, info).map_err(|e| anyhow!("{e}"))?;
         let shared = shared.clone();
@@ -446,6 +448,20 @@ impl helios_admin::PluginKv for PluginKvBridge {
     }
     fn delete(&self, plugin: &str, key: &[u8]) -> Result<(), helios_admin::KvFailure> {
         self.0.kv_delete(plugin, key).map_err(kv_failure)
+    }
+    fn catalog(&self) -> Vec<helios_admin::PluginMeta> {
+        self.0
+            .plugins()
+            .into_iter()
+            .map(|p| helios_admin::PluginMeta {
+                name: p.name,
+                version: p.version,
+                hooks: p.hooks.iter().map(|h| h.to_string()).collect(),
+                signer: p.signed_by,
+                sha256: p.wasm_sha256,
+                source: p.source.display().to_string(),
+            })
+            .collect()
     }
 }
 

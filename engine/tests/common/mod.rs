@@ -72,6 +72,40 @@ pub fn config(pg: &PgCluster, auth: &str, limits: &str, databases: &str) -> Stri
 
 pub const TRUST: &str = "method = \"trust\"";
 
+/// `admin.token` of [`two_node_admin_proxy`].
+pub const ADMIN_TOKEN: &str = "admin-v2-token";
+
+/// For the admin API tests: two databases with the same rows (inserted in different orders), a proxy with node `pg`
+/// serving `app` (session pooling) from the first and `pg2` serving `app2` from the second.
+pub fn two_node_admin_proxy(pg: &PgCluster, admin_extra: &str, plugins: &str) -> Proxy {
+    let d1 = fresh_db(pg, "adm_a");
+    let d2 = fresh_db(pg, "adm_b");
+    pg.psql(
+        &d1,
+        "create table t (id int, name text); insert into t select g, 'n' || g from generate_series(1, 20) g",
+    )
+    .unwrap();
+    pg.psql(
+        &d2,
+        "create table t (id int, name text); insert into t select g, 'n' || g from generate_series(20, 1, -1) g",
+    )
+    .unwrap();
+    let dbs = format!(
+        "[[nodes]]\nname = \"pg2\"\nhost = \"127.0.0.1\"\nport = {}\n\n{}{}",
+        pg.port,
+        db_section("app", &d1, "session", 4, ""),
+        db_section("app2", &d2, "session", 4, "node = \"pg2\"")
+    );
+    let cfg = config(pg, TRUST, "", &dbs).replace(
+        "[admin]\n",
+        &format!(
+            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\nsnapshot_interval_ms = 100\nsql_user = \"{SUPERUSER}\"\n\
+             sql_password = \"{PW}\"\n{admin_extra}\n"
+        ),
+    ) + plugins;
+    start_proxy(&cfg, None)
+}
+
 pub fn start_proxy(config: &str, userlist: Option<&str>) -> Proxy {
     Proxy::start(Path::new(BIN), config, userlist).expect("start heliosproxy")
 }
