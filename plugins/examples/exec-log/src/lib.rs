@@ -24,7 +24,6 @@ fn pre(ctx: &QueryContext) -> PreQueryResult {
 export_pre_query!(pre);
 
 fn post(ctx: &PostQueryContext) {
-    bump("post_count");
     let open = format!("open:{}", ctx.query_context.hook_context.request_id);
     if kv_read(&open).is_none() {
         bump("orphan_posts");
@@ -34,5 +33,7 @@ fn post(ctx: &PostQueryContext) {
     if let Ok(json) = serde_json::to_vec(&ctx.outcome) {
         let _ = kv_write("last_outcome", json);
     }
+    // Last: a reader that sees the count sees this call's outcome.
+    bump("post_count");
 }
 export_post_query!(post);
