@@ -81,6 +81,76 @@ pub struct Config {
     /// WASM plugins: hooks on every query path.
     #[serde(default)]
     pub plugins: plugins::PluginsConfig,
+    /// TLS for client connections (docs/tls.md).
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: TLS on client connections.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM), leaf first. Relative paths are relative to the config file.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// `require`: a client must negotiate TLS (a plain-text startup gets FATAL 28000);
+    /// `prefer`: TLS is offered, plain text accepted; `disable`: SSLRequest is answered `N`.
+    /// Default: `require` with a `cert`, `disable` without.
+    #[serde(default)]
+    pub mode: Option<TlsMode>,
+    /// Lowest protocol version accepted: `"1.2"` or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// CA certificates (PEM) client certificates are verified against (mTLS). Without it no
+    /// client certificate is asked for.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `require` (a client without a certificate signed by it fails the
+    /// handshake) or `optional` (a certificate, if sent, must be signed by it).
+    #[serde(default)]
+    pub client_cert: ClientCert,
+}
+
+impl TlsConfig {
+    /// The mode in effect: `mode`, or `require` with a certificate and `disable` without.
+    pub fn effective_mode(&self) -> TlsMode {
+        self.mode.unwrap_or(if self.cert.is_some() {
+            TlsMode::Require
+        } else {
+            TlsMode::Disable
+        })
+    }
+}
+
+/// `tls.mode`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Require,
+    Prefer,
+    Disable,
+}
+
+/// `tls.min_version`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// `tls.client_cert`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCert {
+    #[default]
+    Require,
+    Optional,
 }
 
 /// `[io]`
@@ -485,6 +555,15 @@ impl Config {
                 cfg.auth.userlist = Some(base.join(ul));
             }
         }
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.tls.client_ca]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -655,6 +734,19 @@ impl Config {
         }
         if let Some(path) = &self.auth.userlist {
             userlist::load_userlist(path)?;
+        }
+        let tls = &self.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            return bad("tls.cert and tls.key: give both or neither".into());
+        }
+        if tls.cert.is_none() && tls.effective_mode() != TlsMode::Disable {
+            return bad(format!(
+                "tls.mode = {:?} needs tls.cert and tls.key",
+                tls.effective_mode()
+            ));
+        }
+        if tls.client_ca.is_some() && tls.cert.is_none() {
+            return bad("tls.client_ca: needs tls.cert and tls.key".into());
         }
         Ok(())
     }

@@ -105,6 +105,14 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("plugins.plugin.hooks", Reload),
     ("plugins.plugin.on_error", Reload),
     ("plugins.plugin.config", Reload),
+    // Certificates and keys are read again on reload (a broken one fails the reload, and the
+    // running ones stay); new handshakes use them, open connections keep theirs.
+    ("tls.cert", Reload),
+    ("tls.key", Reload),
+    ("tls.mode", Reload),
+    ("tls.min_version", Reload),
+    ("tls.client_ca", Reload),
+    ("tls.client_cert", Reload),
 ];
 
 /// The free-form table under which every key is the plugin's own (its KV seed).

@@ -166,6 +166,8 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             },
             ..AdminConfig::default()
         },
+        // The quick start has no certificate: it serves plain text, and says so at start-up.
+        tls: helios_config::TlsConfig::default(),
     };
     if cli.listen.parse::<std::net::SocketAddr>().is_err() {
         bail!("--listen {:?} is not an IP:port address", cli.listen);

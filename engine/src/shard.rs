@@ -32,6 +32,8 @@ pub struct RuntimeConfig {
     /// Every node's addresses, by node name: resolved where the configuration is loaded
     /// (`runtime::runtime_config`, start-up and reload), never on a shard.
     pub addrs: HashMap<String, Vec<SocketAddr>>,
+    /// `[tls]` with its certificates loaded (start-up and reload, never on a shard).
+    pub client_tls: crate::net::tls::ClientTls,
 }
 
 impl RuntimeConfig {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use glommio::net::TcpStream;
-use helios_config::{AuthMethod, Secret};
+use helios_config::{AuthMethod, Secret, TlsMode};
 
 use crate::auth::{md5_check, md5_stored, AuthFailure, ScramKeys, ScramServer, SCRAM_ITERATIONS};
 use crate::backend::pool::Pool;
@@ -17,6 +17,7 @@ use crate::net::codec::{
     GSSENC_REQUEST, PROTOCOL_3_0, SSL_REQUEST,
 };
 use crate::net::conn::Conn;
+use crate::net::tls::ALPN_POSTGRESQL;
 use crate::pipeline::plugins::Hooks;
 use crate::shard::{Shard, ShardMsg};
 use crate::stats::Counters;
@@ -55,6 +56,37 @@ async fn read_startup(
     }
 }
 
+/// True if the client opened with a TLS record (direct TLS, PostgreSQL 17's
+/// `sslnegotiation=direct`) rather than a startup packet, whose first byte is always 0 (its
+/// length is below 16 MiB). Reads until one byte is there.
+async fn direct_tls(
+    client: &mut Conn,
+    reader: &mut FrameReader,
+) -> Result<bool, Option<ProxyError>> {
+    while reader.buf.is_empty() {
+        if client.read_into(reader).await.map_err(io_gone)? == 0 {
+            return Err(None);
+        }
+    }
+    Ok(reader.buf[0] == TLS_HANDSHAKE_RECORD)
+}
+
+/// A TLS record's content type for handshake messages: the first byte of a ClientHello.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The server side of the TLS handshake. A failure closes the connection without a word (there
+/// is no channel to send a PostgreSQL error on); it is logged.
+async fn handshake(
+    client: &mut Conn,
+    reader: &mut FrameReader,
+    config: std::sync::Arc<rustls::ServerConfig>,
+) -> Result<(), Option<ProxyError>> {
+    client.accept_tls(config, reader).await.map_err(|e| {
+        log::info!("client {:?}: TLS handshake failed: {e}", client.peer_addr());
+        None
+    })
+}
+
 /// Reads the next typed message of the authentication exchange, which must be `p`.
 async fn read_password_msg(
     client: &mut Conn,
@@ -83,15 +115,45 @@ pub async fn startup(
     reader: &mut FrameReader,
     over_limit: bool,
 ) -> Result<Startup, Option<ProxyError>> {
+    let cfg = shard.config();
+    let tls = &cfg.client_tls;
     let packet = loop {
+        if tls.server.is_some() && !client.is_tls() && direct_tls(client, reader).await? {
+            let config = tls.server.clone().expect("checked");
+            handshake(client, reader, config).await?;
+            if client.tls().and_then(|t| t.alpn_protocol()) != Some(ALPN_POSTGRESQL) {
+                return Err(Some(ProxyError::protocol(
+                    "received direct TLS connection request without ALPN protocol negotiation extension",
+                )));
+            }
+            continue;
+        }
         let Some(p) = read_startup(client, reader).await? else {
             return Ok(Startup::Done);
         };
         let mut body = &p[4..];
         let code = read_i32(&mut body).unwrap_or(0);
         match code {
-            SSL_REQUEST | GSSENC_REQUEST if p.len() == 8 => {
-                // TLS is not offered yet: the client continues in plain text or gives up.
+            SSL_REQUEST if p.len() == 8 && !client.is_tls() => match &tls.server {
+                Some(config) => {
+                    if !reader.buf.is_empty() {
+                        // Bytes sent before the handshake would pass as if they had come
+                        // encrypted (CVE-2021-23214).
+                        return Err(Some(ProxyError::protocol(
+                            "received unencrypted data after SSL request",
+                        )));
+                    }
+                    client.queue().extend_from_slice(b"S");
+                    client.flush_all().await.map_err(io_gone)?;
+                    handshake(client, reader, config.clone()).await?;
+                }
+                None => {
+                    client.queue().extend_from_slice(b"N");
+                    client.flush().await.map_err(io_gone)?;
+                }
+            },
+            GSSENC_REQUEST if p.len() == 8 && !client.is_tls() => {
+                // GSSAPI encryption is not offered: the client goes on to SSLRequest or plain.
                 client.queue().extend_from_slice(b"N");
                 client.flush().await.map_err(io_gone)?;
             }
@@ -117,6 +179,13 @@ pub async fn startup(
         }
     };
     let (packet, version) = packet;
+    if tls.mode == TlsMode::Require && !client.is_tls() {
+        return Err(Some(ProxyError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            Blame::Client,
+            "TLS is required: connect with sslmode=require (or verify-ca, verify-full)",
+        )));
+    }
     let params = parse_startup_params(&packet[8..])
         .ok_or_else(|| Some(ProxyError::protocol("malformed startup packet")))?;
     if version != PROTOCOL_3_0 {

@@ -1,0 +1,211 @@
+//! TLS: rustls configurations built from the `[tls]` table (ring provider), and the
+//! per-connection record layer [`Conn`](super::conn::Conn) runs between the socket and the frame
+//! buffers.
+//!
+//! rustls is sans-IO: `Conn` hands it the ciphertext its socket backend received (the io_uring
+//! ring or glommio's stream, alike) and sends what it writes, so the code above `Conn` reads and
+//! writes plain frames whether a connection is encrypted or not. Certificates are loaded where
+//! the configuration is loaded (start-up, reload, `--check`), never on a shard: a file that
+//! does not load fails the load, and a reload that fails keeps the running configuration.
+
+use std::io::{self, BufRead, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, BytesMut};
+use helios_config::{ClientCert, TlsConfig, TlsMode, TlsVersion};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The ALPN protocol PostgreSQL 17 clients offer (and require for direct TLS).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// Why a certificate, key or CA file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {message}")]
+pub struct TlsLoadError {
+    what: &'static str,
+    path: String,
+    message: String,
+}
+
+fn load_err(what: &'static str, path: &Path, message: impl ToString) -> TlsLoadError {
+    TlsLoadError {
+        what,
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// The client-side TLS policy in effect: the mode, and the server configuration when TLS is on.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub mode: TlsMode,
+    pub server: Option<Arc<ServerConfig>>,
+    /// mTLS with `client_cert = "require"`: every TLS client presented a verified certificate.
+    pub client_ca: bool,
+}
+
+impl ClientTls {
+    /// TLS off: SSLRequest gets `N`.
+    pub fn disabled() -> ClientTls {
+        ClientTls {
+            mode: TlsMode::Disable,
+            server: None,
+            client_ca: false,
+        }
+    }
+}
+
+/// Loads `[tls]`: with `mode = "disable"` nothing is read.
+pub fn client_tls(cfg: &TlsConfig) -> Result<ClientTls, TlsLoadError> {
+    let mode = cfg.effective_mode();
+    if mode == TlsMode::Disable {
+        return Ok(ClientTls::disabled());
+    }
+    let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) else {
+        return Err(load_err(
+            "tls.cert",
+            Path::new(""),
+            "tls.mode needs tls.cert and tls.key",
+        ));
+    };
+    let certs = load_certs("tls.cert", cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| load_err("tls.key", key, e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match cfg.min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| load_err("tls.min_version", Path::new(""), e))?;
+    let builder = match &cfg.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in load_certs("tls.client_ca", ca)? {
+                roots.add(c).map_err(|e| load_err("tls.client_ca", ca, e))?;
+            }
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let v = match cfg.client_cert {
+                ClientCert::Require => v,
+                ClientCert::Optional => v.allow_unauthenticated(),
+            };
+            builder
+                .with_client_cert_verifier(v.build().map_err(|e| load_err("tls.client_ca", ca, e))?)
+        }
+    };
+    // with_single_cert checks that the key belongs to the certificate.
+    let mut server = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| load_err("tls.cert", cert, e))?;
+    server.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    Ok(ClientTls {
+        mode,
+        server: Some(Arc::new(server)),
+        client_ca: cfg.client_ca.is_some() && cfg.client_cert == ClientCert::Require,
+    })
+}
+
+fn load_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsLoadError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| load_err(what, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| load_err(what, path, e))?;
+    if certs.is_empty() {
+        return Err(load_err(what, path, "no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// One connection's TLS state: rustls plus the ciphertext on its way in and out.
+pub struct Tls {
+    pub conn: rustls::Connection,
+    /// Ciphertext received and not yet given to rustls.
+    pub cin: BytesMut,
+    /// Ciphertext written by rustls and not yet handed to the socket.
+    pub cout: BytesMut,
+}
+
+impl Tls {
+    /// The server side of a client connection; `early` is ciphertext already read (direct TLS).
+    pub fn server(config: Arc<ServerConfig>, early: &[u8]) -> io::Result<Tls> {
+        let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        // The session queues whole batches; backpressure is `Conn::pending`, not rustls's limit.
+        conn.set_buffer_limit(None);
+        Ok(Tls {
+            conn: conn.into(),
+            cin: BytesMut::from(early),
+            cout: BytesMut::new(),
+        })
+    }
+
+    /// Decrypts the buffered ciphertext, appending plaintext to `out`. Returns the plaintext
+    /// bytes appended and whether the peer closed the TLS session (close_notify). A TLS error
+    /// leaves its alert in `cout` (sent by the caller if it can) and is returned as
+    /// `InvalidData`.
+    pub fn decrypt_into(&mut self, out: &mut BytesMut) -> io::Result<(usize, bool)> {
+        let mut got = 0;
+        loop {
+            let mut reader = self.conn.reader();
+            loop {
+                match reader.fill_buf() {
+                    Ok([]) => return Ok((got, true)),
+                    Ok(b) => {
+                        let n = b.len();
+                        out.extend_from_slice(b);
+                        reader.consume(n);
+                        got += n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.cin.is_empty() {
+                return Ok((got, false));
+            }
+            let n = self.conn.read_tls(&mut (&self.cin[..]))?;
+            self.cin.advance(n);
+            if let Err(e) = self.conn.process_new_packets() {
+                let _ = self.encrypt_pending();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            if n == 0 {
+                return Ok((got, false));
+            }
+        }
+    }
+
+    /// Encrypts `plain` and moves every record rustls has to send into `cout`.
+    pub fn encrypt(&mut self, plain: &[u8]) -> io::Result<()> {
+        if !plain.is_empty() {
+            self.conn.writer().write_all(plain)?;
+        }
+        self.encrypt_pending()
+    }
+
+    /// Moves what rustls has to send (handshake, alerts, records) into `cout`.
+    pub fn encrypt_pending(&mut self) -> io::Result<()> {
+        if self.cout.is_empty() {
+            super::codec::rewind(&mut self.cout);
+        }
+        while self.conn.wants_write() {
+            let mut w = (&mut self.cout).writer();
+            if self.conn.write_tls(&mut w)? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The handshake still runs.
+    pub fn handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+}

@@ -1,0 +1,418 @@
+//! TLS between clients and the proxy, with a CA and certificates the harness makes (openssl):
+//! psql with `sslmode=verify-full`, plain text refused when TLS is required, pgbench over TLS in
+//! both pool modes, bad bytes around the handshake, direct TLS (ALPN `postgresql`). Each test
+//! runs on both socket backends (the io_uring ring and glommio's streams).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use helios_testkit::certs::{Issued, TestCa};
+use helios_testkit::proxy::Proxy;
+use helios_testkit::{PgCluster, SUPERUSER};
+
+const BACKENDS: [&str; 2] = ["uring", "glommio"];
+
+/// `[tls]` for a server certificate (mode left to its default, or `extra` lines).
+fn tls_section(server: &Issued, extra: &str) -> String {
+    format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
+        server.cert.display(),
+        server.key.display()
+    )
+}
+
+/// A trust-auth proxy on `backend` with the `sess` / `tx` aliases and `tls`.
+fn tls_proxy(pg: &PgCluster, dbname: &str, backend: &str, tls: &str) -> Proxy {
+    let dbs = db_section("sess", dbname, "session", 4, "")
+        + &db_section("tx", dbname, "transaction", 4, "");
+    let cfg = config(pg, TRUST, "", &dbs).replace("${HELIOS_TEST_IO_BACKEND:-uring}", backend)
+        + "\n"
+        + tls;
+    start_proxy(&cfg, None)
+}
+
+/// A libpq connection string through the proxy.
+fn libpq(proxy: &Proxy, host: &str, db: &str, ssl: &str) -> String {
+    format!(
+        "host={host} port={} user={SUPERUSER} dbname={db} connect_timeout=10 {ssl}",
+        proxy.port()
+    )
+}
+
+fn run_psql(conn: &str, sql: &str) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .arg(conn)
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn verify_full(ca: &TestCa) -> String {
+    format!("sslmode=verify-full sslrootcert={}", ca.cert().display())
+}
+
+#[test]
+fn psql_verify_full_connects_and_plain_text_is_refused() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "tls_psql");
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    for backend in BACKENDS {
+        let proxy = tls_proxy(&pg, &db, backend, &tls_section(&server, ""));
+        for alias in ["sess", "tx"] {
+            let conn = libpq(&proxy, "localhost", alias, &verify_full(&ca));
+            let (ok, out, err) = run_psql(&conn, "\\conninfo");
+            assert!(ok, "{backend}/{alias}: {err}\n{}", proxy.log());
+            assert!(out.contains("SSL connection"), "{backend}: {out}");
+            let (ok, out, err) = run_psql(&conn, "select 40 + 2");
+            assert!(ok && out.trim() == "42", "{backend}/{alias}: {out} {err}");
+            // A result larger than one TLS record (16 KiB) and one receive buffer, both ways.
+            let big = "y".repeat(100_000);
+            let (ok, out, err) = run_psql(
+                &conn,
+                &format!("select length('{big}'), length(repeat('x', 1000000)), md5(repeat('x', 1000000)) = md5(string_agg(s, '')) from (select repeat('x', 1000) s from generate_series(1, 1000)) t"),
+            );
+            assert!(ok, "{backend}/{alias}: {err}");
+            assert_eq!(out.trim(), "100000|1000000|t", "{backend}/{alias}");
+        }
+        // verify-full checks the name: the certificate is not for 127.0.0.2's name.
+        let (ok, _, err) = run_psql(
+            &libpq(&proxy, "localhost", "tx", "sslmode=require"),
+            "select 1",
+        );
+        assert!(ok, "{backend}: sslmode=require: {err}");
+        // Plain text when TLS is required: FATAL 28000 saying so.
+        let (ok, _, err) = run_psql(
+            &libpq(&proxy, "127.0.0.1", "tx", "sslmode=disable"),
+            "select 1",
+        );
+        assert!(!ok && err.contains("TLS is required"), "{backend}: {err}");
+        let Err(e) = try_connect(&proxy, SUPERUSER, "", "tx") else {
+            panic!("{backend}: plain text accepted");
+        };
+        assert_eq!(sqlstate(&e), Some("28000"), "{backend}: {e}");
+    }
+}
+
+#[test]
+fn prefer_accepts_both_and_disable_answers_n() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "tls_prefer");
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    let proxy = tls_proxy(
+        &pg,
+        &db,
+        "uring",
+        &tls_section(&server, "mode = \"prefer\""),
+    );
+    let (ok, out, err) = run_psql(
+        &libpq(&proxy, "localhost", "tx", &verify_full(&ca)),
+        "\\conninfo",
+    );
+    assert!(ok && out.contains("SSL connection"), "{out} {err}");
+    let (ok, out, err) = run_psql(
+        &libpq(&proxy, "localhost", "tx", "sslmode=disable"),
+        "select 7",
+    );
+    assert!(ok && out.trim() == "7", "{out} {err}");
+    drop(proxy);
+    let proxy = tls_proxy(
+        &pg,
+        &db,
+        "uring",
+        &tls_section(&server, "mode = \"disable\""),
+    );
+    let (ok, _, err) = run_psql(
+        &libpq(&proxy, "localhost", "tx", "sslmode=require"),
+        "select 1",
+    );
+    assert!(!ok && err.contains("does not support SSL"), "{err}");
+    let (ok, out, err) = run_psql(
+        &libpq(&proxy, "localhost", "tx", "sslmode=prefer"),
+        "select 8",
+    );
+    assert!(ok && out.trim() == "8", "{out} {err}");
+    assert!(proxy.log().contains("PLAIN TEXT"), "{}", proxy.log());
+}
+
+#[test]
+fn pgbench_over_tls_in_both_pool_modes() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "tls_bench");
+    let init = Command::new("pgbench")
+        .args(["-i", "-q", "-s", "1"])
+        .arg(pg.url(&db))
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    for backend in BACKENDS {
+        let proxy = tls_proxy(&pg, &db, backend, &tls_section(&server, ""));
+        for alias in ["sess", "tx"] {
+            for mode in ["simple", "extended", "prepared"] {
+                let conn = libpq(&proxy, "127.0.0.1", alias, "sslmode=require");
+                let out = Command::new("pgbench")
+                    .args(["-n", "-S", "-c", "4", "-j", "2", "-T", "2", "-M", mode])
+                    .arg(&conn)
+                    .output()
+                    .unwrap();
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    out.status.success(),
+                    "{backend}/{alias}/{mode}: {stdout}\n{}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    proxy.log()
+                );
+                let tx: u64 = stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                assert!(tx > 100, "{backend}/{alias}/{mode}: {stdout}");
+                assert!(
+                    stdout.contains("number of failed transactions: 0"),
+                    "{backend}/{alias}/{mode}: {stdout}"
+                );
+            }
+        }
+    }
+}
+
+/// Opens a socket and sends an SSLRequest; returns the socket and the one-byte answer.
+fn ssl_request(proxy: &Proxy, code: i32, extra: &[u8]) -> (TcpStream, u8) {
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&8i32.to_be_bytes());
+    msg.extend_from_slice(&code.to_be_bytes());
+    msg.extend_from_slice(extra);
+    s.write_all(&msg).unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    (s, b[0])
+}
+
+/// Reads until the proxy closes the connection (error or EOF), within the read timeout.
+fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    for _ in 0..100 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+    }
+    false
+}
+
+#[test]
+fn bad_bytes_around_the_handshake_close_the_connection_and_the_proxy_keeps_serving() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "tls_garbage");
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    for backend in BACKENDS {
+        let proxy = tls_proxy(&pg, &db, backend, &tls_section(&server, ""));
+        // GSSAPI encryption: not offered.
+        let (_s, answer) = ssl_request(&proxy, 80_877_104, b"");
+        assert_eq!(answer, b'N');
+        // Garbage instead of a ClientHello.
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for len in [1usize, 5, 300, 20_000] {
+            let (mut s, answer) = ssl_request(&proxy, 80_877_103, b"");
+            assert_eq!(answer, b'S', "{backend}");
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng as u8
+                })
+                .collect();
+            let _ = s.write_all(&junk);
+            if len == 1 || len == 5 {
+                // A partial record header: the proxy waits for more, then the client leaves.
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            assert!(
+                closed(&mut s),
+                "{backend}: {len} junk bytes left the connection open"
+            );
+        }
+        // A plain startup packet after SSLRequest, in the same write (CVE-2021-23214): refused
+        // before any handshake, in plain text.
+        let mut startup = Vec::new();
+        startup.extend_from_slice(&[0, 0, 0, 0, 0, 3, 0, 0]);
+        startup.extend_from_slice(b"user\0postgres\0\0");
+        let n = startup.len() as i32;
+        startup[..4].copy_from_slice(&n.to_be_bytes());
+        let (mut s, answer) = ssl_request(&proxy, 80_877_103, &startup);
+        assert_eq!(answer, b'E', "{backend}");
+        assert!(closed(&mut s));
+        // Still serving.
+        let (ok, out, err) = run_psql(
+            &libpq(&proxy, "localhost", "tx", &verify_full(&ca)),
+            "select 5",
+        );
+        assert!(ok && out.trim() == "5", "{backend}: {out} {err}");
+        assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+    }
+}
+
+/// A rustls client for what psql 15 cannot do: direct TLS with ALPN.
+fn rustls_client(ca: &Path, alpn: Option<&[u8]>) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.map(|a| vec![a.to_vec()]).unwrap_or_default();
+    Arc::new(cfg)
+}
+
+fn startup_packet(user: &str, db: &str) -> Vec<u8> {
+    let mut p = vec![0, 0, 0, 0, 0, 3, 0, 0];
+    for (k, v) in [("user", user), ("database", db)] {
+        p.extend_from_slice(k.as_bytes());
+        p.push(0);
+        p.extend_from_slice(v.as_bytes());
+        p.push(0);
+    }
+    p.push(0);
+    let n = p.len() as i32;
+    p[..4].copy_from_slice(&n.to_be_bytes());
+    p
+}
+
+/// Reads server messages until ReadyForQuery or an ErrorResponse; returns their tags.
+fn tags_until_ready(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut tags = Vec::new();
+    loop {
+        let mut h = [0u8; 5];
+        r.read_exact(&mut h)?;
+        let len = i32::from_be_bytes(h[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        r.read_exact(&mut body)?;
+        tags.push(h[0]);
+        if h[0] == b'Z' || h[0] == b'E' {
+            return Ok(tags);
+        }
+    }
+}
+
+#[test]
+fn direct_tls_needs_alpn_postgresql() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "tls_direct");
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    for backend in BACKENDS {
+        let proxy = tls_proxy(&pg, &db, backend, &tls_section(&server, ""));
+        let cfg = rustls_client(&ca.cert(), Some(b"postgresql"));
+        let mut sock = TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+        tls.write_all(&startup_packet(SUPERUSER, "tx")).unwrap();
+        let tags = tags_until_ready(&mut tls).unwrap();
+        assert_eq!(
+            tags.last(),
+            Some(&b'Z'),
+            "{backend}: {tags:?}\n{}",
+            proxy.log()
+        );
+        // Without ALPN a direct TLS connection is refused (PostgreSQL 17 does the same).
+        let cfg = rustls_client(&ca.cert(), None);
+        let mut sock = TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+        let refused = match tls.write_all(&startup_packet(SUPERUSER, "tx")) {
+            Err(_) => true,
+            Ok(()) => match tags_until_ready(&mut tls) {
+                Ok(tags) => tags == [b'E'],
+                Err(_) => true,
+            },
+        };
+        assert!(refused, "{backend}: direct TLS without ALPN accepted");
+    }
+}
+
+#[test]
+fn check_fails_on_a_broken_certificate() {
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    let other = ca.server("other", &["localhost"], &[]).unwrap();
+    let dir = ca.dir.join("check");
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let base = "[auth]\nmethod = \"trust\"\n[[nodes]]\nname = \"a\"\nhost = \"127.0.0.1\"\n[databases.app]\n";
+    let check = |tls: String| {
+        let path = dir.join("proxy.toml");
+        std::fs::write(&path, format!("{base}\n{tls}")).unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = check(tls_section(&server, ""));
+    assert!(ok, "{err}");
+    // A certificate with another certificate's key.
+    let (ok, err) = check(format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        server.cert.display(),
+        other.key.display()
+    ));
+    assert!(!ok && err.contains("tls.cert"), "{err}");
+    let (ok, err) = check(format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        garbage.display(),
+        server.key.display()
+    ));
+    assert!(!ok && err.contains("tls.cert"), "{err}");
+    let (ok, err) = check(format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        dir.join("missing.crt").display(),
+        server.key.display()
+    ));
+    assert!(!ok && err.contains("missing.crt"), "{err}");
+    let (ok, err) = check("[tls]\nmode = \"require\"\n".into());
+    assert!(!ok && err.contains("tls.mode"), "{err}");
+}
