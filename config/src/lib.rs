@@ -373,7 +373,7 @@ fn default_startup_timeout_ms() -> u64 {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// How clients prove who they are: `scram-sha-256`, `md5` or `trust`.
+    /// How clients prove who they are: `scram-sha-256`, `md5`, `cert` or `trust`.
     #[serde(default)]
     pub method: AuthMethod,
     /// PgBouncer-compatible userlist: `"user" "secret"` per line, where the secret is a plain
@@ -406,6 +406,10 @@ pub enum AuthMethod {
     Md5,
     #[serde(rename = "trust")]
     Trust,
+    /// The TLS client certificate (verified against `tls.client_ca`) names the user: its
+    /// common name, or one of its DNS subject alternative names, must equal the login user.
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 /// `[[nodes]]`: one upstream PostgreSQL server.
@@ -726,7 +730,14 @@ impl Config {
                 return bad("auth.admin_users: empty user name".into());
             }
         }
-        if self.auth.method != AuthMethod::Trust && self.auth.userlist.is_none() {
+        if self.auth.method == AuthMethod::Cert && self.tls.client_ca.is_none() {
+            return bad(
+                "auth.method = \"cert\" needs tls.client_ca (and tls.cert, tls.key)".into(),
+            );
+        }
+        if !matches!(self.auth.method, AuthMethod::Trust | AuthMethod::Cert)
+            && self.auth.userlist.is_none()
+        {
             return bad(format!(
                 "auth.userlist: required with auth.method = {:?} (only \"trust\" works without users)",
                 self.auth.method
@@ -927,5 +938,35 @@ mod tests {
         let text = MIN.replace("method = \"trust\"", "method = \"md5\"");
         let e = parse(&text).unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("auth.userlist"), "{e}");
+    }
+
+    #[test]
+    fn tls_mode_defaults_and_validation() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.tls.effective_mode(), TlsMode::Disable);
+        let with = |extra: &str| parse(&format!("{MIN}\n[tls]\n{extra}\n")).unwrap();
+        let c = with("cert = \"a.crt\"\nkey = \"a.key\"");
+        assert_eq!(c.tls.effective_mode(), TlsMode::Require);
+        assert_eq!(c.tls.min_version, TlsVersion::V1_2);
+        c.validate().unwrap();
+        let e = with("cert = \"a.crt\"").validate().unwrap_err().to_string();
+        assert!(e.contains("tls.key"), "{e}");
+        let e = with("mode = \"prefer\"")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.mode"), "{e}");
+        let e = with("client_ca = \"ca.crt\"")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.client_ca"), "{e}");
+        let text = MIN.replace("method = \"trust\"", "method = \"cert\"");
+        let e = parse(&text).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("tls.client_ca"), "{e}");
+        let e = parse(&format!("{MIN}\n[tls]\nmin_version = \"1.1\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.min_version"), "{e}");
     }
 }

@@ -353,14 +353,9 @@ fn direct_tls_needs_alpn_postgresql() {
             .unwrap();
         let mut conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
         let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-        let refused = match tls.write_all(&startup_packet(SUPERUSER, "tx")) {
-            Err(_) => true,
-            Ok(()) => match tags_until_ready(&mut tls) {
-                Ok(tags) => tags == [b'E'],
-                Err(_) => true,
-            },
-        };
-        assert!(refused, "{backend}: direct TLS without ALPN accepted");
+        tls.write_all(&startup_packet(SUPERUSER, "tx")).unwrap();
+        let tags = tags_until_ready(&mut tls).unwrap();
+        assert_eq!(tags, [b'E'], "{backend}: direct TLS without ALPN accepted");
     }
 }
 
@@ -415,4 +410,181 @@ fn check_fails_on_a_broken_certificate() {
     assert!(!ok && err.contains("missing.crt"), "{err}");
     let (ok, err) = check("[tls]\nmode = \"require\"\n".into());
     assert!(!ok && err.contains("tls.mode"), "{err}");
+}
+
+fn with_client_cert(ca: &TestCa, cert: &Issued) -> String {
+    format!(
+        "{} sslcert={} sslkey={}",
+        verify_full(ca),
+        cert.cert.display(),
+        cert.key.display()
+    )
+}
+
+#[test]
+fn mtls_refuses_clients_without_a_good_certificate_and_maps_the_cn_to_the_user() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "tls_mtls");
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let other_ca = TestCa::new("someone-else").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    let alice = ca.client("alice", "alice").unwrap();
+    let forged = other_ca.client("alice", "alice").unwrap();
+    let client_ca = format!("client_ca = \"{}\"", ca.cert().display());
+    for backend in BACKENDS {
+        let dbs = db_section("tx", &db, "transaction", 4, "");
+        let cfg = config(&pg, "method = \"cert\"", "", &dbs)
+            .replace("${HELIOS_TEST_IO_BACKEND:-uring}", backend)
+            + "\n"
+            + &tls_section(&server, &client_ca);
+        let proxy = start_proxy(&cfg, None);
+        let as_user = |user: &str, ssl: &str| {
+            run_psql(
+                &format!(
+                    "host=localhost port={} user={user} dbname=tx connect_timeout=10 {ssl}",
+                    proxy.port()
+                ),
+                "select 1",
+            )
+        };
+        let (ok, out, err) = as_user("alice", &with_client_cert(&ca, &alice));
+        assert!(ok && out.trim() == "1", "{backend}: {err}\n{}", proxy.log());
+        // The certificate says alice: no one else.
+        let (ok, _, err) = as_user("bob", &with_client_cert(&ca, &alice));
+        assert!(
+            !ok && err.contains("certificate authentication failed for user \"bob\""),
+            "{backend}: {err}"
+        );
+        // No certificate: the handshake fails (client_cert = "require").
+        let (ok, _, err) = as_user("alice", &verify_full(&ca));
+        assert!(!ok, "{backend}: accepted without a certificate");
+        assert!(!err.contains("certificate authentication failed"), "{err}");
+        // A certificate from another CA, for the same name.
+        let (ok, _, err) = as_user("alice", &with_client_cert(&ca, &forged));
+        assert!(
+            !ok,
+            "{backend}: accepted a certificate of another CA: {err}"
+        );
+        assert!(
+            proxy.log().contains("TLS handshake failed"),
+            "{}",
+            proxy.log()
+        );
+    }
+    // client_cert = "optional": no certificate is fine, a bad one is not; cert auth then says
+    // which is missing.
+    let dbs = db_section("tx", &db, "transaction", 4, "");
+    let cfg = config(&pg, TRUST, "", &dbs)
+        + "\n"
+        + &tls_section(&server, &format!("{client_ca}\nclient_cert = \"optional\""));
+    let proxy = start_proxy(&cfg, None);
+    let conn = |ssl: &str| {
+        run_psql(
+            &format!(
+                "host=localhost port={} user=carol dbname=tx connect_timeout=10 {ssl}",
+                proxy.port()
+            ),
+            "select 2",
+        )
+    };
+    let (ok, out, err) = conn(&verify_full(&ca));
+    assert!(ok && out.trim() == "2", "{err}");
+    let (ok, _, _) = conn(&with_client_cert(&ca, &forged));
+    assert!(!ok, "optional still verifies a certificate that is sent");
+    let (ok, out, err) = conn(&with_client_cert(&ca, &alice));
+    assert!(ok && out.trim() == "2", "{err}");
+}
+
+/// Logs in over direct TLS and returns the open stream, ready for queries.
+fn direct_session(
+    proxy: &Proxy,
+    ca: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let cfg = rustls_client(ca, Some(b"postgresql"));
+    let sock = TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(&startup_packet(SUPERUSER, "tx")).unwrap();
+    let tags = tags_until_ready(&mut tls).unwrap();
+    assert_eq!(tags.last(), Some(&b'Z'), "{tags:?}");
+    tls
+}
+
+fn simple_query(s: &mut impl ReadWrite, sql: &str) -> Vec<u8> {
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+    q.extend_from_slice(sql.as_bytes());
+    q.push(0);
+    s.write_all(&q).unwrap();
+    tags_until_ready(s).unwrap()
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+#[test]
+fn certificates_reload_on_sighup_and_a_broken_one_keeps_the_old() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "tls_reload");
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let ca2 = TestCa::new("helios-next-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    let server2 = ca2
+        .server("server", &["localhost"], &["127.0.0.1"])
+        .unwrap();
+    let broken = ca.dir.join("broken.crt");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    for backend in BACKENDS {
+        let dbs = db_section("tx", &db, "transaction", 4, "");
+        let base =
+            config(&pg, TRUST, "", &dbs).replace("${HELIOS_TEST_IO_BACKEND:-uring}", backend);
+        let mut proxy = start_proxy(&(base.clone() + "\n" + &tls_section(&server, "")), None);
+        let mut open = direct_session(&proxy, &ca.cert());
+        let psql_with = |proxy: &Proxy, ca: &TestCa| {
+            run_psql(
+                &libpq(proxy, "localhost", "tx", &verify_full(ca)),
+                "select 3",
+            )
+        };
+        // A broken certificate: the reload fails loudly, the running one stays.
+        let broken_tls = format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            broken.display(),
+            server.key.display()
+        );
+        proxy
+            .write_config(&(base.clone() + "\n" + &broken_tls))
+            .unwrap();
+        proxy.signal(libc::SIGHUP);
+        poll(
+            Duration::from_secs(10),
+            "the failed reload's log line",
+            || {
+                let log = proxy.log();
+                (log.contains("reload failed") && log.contains("broken.crt")).then_some(())
+            },
+        );
+        let (ok, out, err) = psql_with(&proxy, &ca);
+        assert!(ok && out.trim() == "3", "{backend}: {err}");
+        // A good new certificate from another CA: new handshakes use it, open sessions go on.
+        proxy
+            .write_config(&(base.clone() + "\n" + &tls_section(&server2, "")))
+            .unwrap();
+        proxy.reload().unwrap();
+        let (ok, out, err) = psql_with(&proxy, &ca2);
+        assert!(ok && out.trim() == "3", "{backend}: {err}\n{}", proxy.log());
+        let (ok, _, _) = psql_with(&proxy, &ca);
+        assert!(!ok, "{backend}: the old certificate is still served");
+        assert_eq!(
+            simple_query(&mut open, "select 1").last(),
+            Some(&b'Z'),
+            "{backend}"
+        );
+    }
 }

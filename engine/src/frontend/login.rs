@@ -284,6 +284,30 @@ async fn authenticate(
     let entry = cfg.users.get(user).map(|u| u.secret.clone());
     match cfg.auth_method() {
         AuthMethod::Trust => {}
+        AuthMethod::Cert => {
+            // rustls verified the certificate against tls.client_ca during the handshake.
+            let names = client
+                .tls()
+                .map(crate::net::tls::peer_names)
+                .unwrap_or_default();
+            if names.is_empty() {
+                return Err(Some(ProxyError::fatal(
+                    SqlState::INVALID_AUTHORIZATION,
+                    Blame::Client,
+                    "connection requires a valid client certificate",
+                )));
+            }
+            if !names.iter().any(|n| n == user) {
+                log::info!(
+                    "certificate authentication failed: user {user:?} is not the certificate's {names:?}"
+                );
+                return Err(Some(ProxyError::fatal(
+                    SqlState::INVALID_AUTHORIZATION,
+                    Blame::Client,
+                    format!("certificate authentication failed for user \"{user}\""),
+                )));
+            }
+        }
         AuthMethod::Md5 => {
             let salt: [u8; 4] = rand::random();
             put_auth(client.queue(), 5, &salt);

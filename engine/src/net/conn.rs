@@ -266,7 +266,11 @@ impl Conn {
     /// Best-effort flush then shutdown, for closing after a final error.
     pub async fn close(mut self) {
         if let Some(tls) = self.tls.as_deref_mut() {
-            tls.conn.send_close_notify();
+            // The queued bytes (a final error) go before the close_notify.
+            if tls.encrypt(&self.wbuf).is_ok() {
+                tls.conn.send_close_notify();
+            }
+            self.wbuf.clear();
         }
         let _ = glommio::timer::timeout(std::time::Duration::from_secs(5), async {
             let _ = self.flush_all().await;

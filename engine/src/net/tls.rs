@@ -209,3 +209,29 @@ impl Tls {
         self.conn.is_handshaking()
     }
 }
+
+/// The names a verified peer certificate gives: its subject's common names, then its DNS
+/// subject alternative names. Empty without a certificate (or one that does not parse, which
+/// rustls would not have accepted).
+pub fn peer_names(conn: &rustls::Connection) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(leaf.as_ref()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_string());
+            }
+        }
+    }
+    names
+}
