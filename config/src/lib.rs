@@ -427,6 +427,33 @@ pub struct NodeConfig {
     /// Time allowed to open a TCP connection and authenticate.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// TLS to this server, as libpq's `sslmode`: `disable`, `prefer` (TLS if the server offers
+    /// it, unverified), `require` (TLS, unverified), `verify-ca` (the chain must lead to
+    /// `tls_ca`), `verify-full` (and the certificate must name `host`).
+    #[serde(default)]
+    pub tls: NodeTls,
+    /// CA certificates (PEM) the server's certificate is verified against (verify-ca,
+    /// verify-full). Relative to the config file.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) the proxy presents, for a server with `clientcert`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `nodes.tls`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeTls {
+    #[default]
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
 }
 
 fn default_pg_port() -> u16 {
@@ -560,8 +587,13 @@ impl Config {
             }
         }
         let base = path.parent().unwrap_or(Path::new("."));
+        let node_paths = cfg
+            .nodes
+            .iter_mut()
+            .flat_map(|n| [&mut n.tls_ca, &mut n.tls_cert, &mut n.tls_key]);
         for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.tls.client_ca]
             .into_iter()
+            .chain(node_paths)
             .flatten()
         {
             if p.is_relative() {
@@ -758,6 +790,20 @@ impl Config {
         }
         if tls.client_ca.is_some() && tls.cert.is_none() {
             return bad("tls.client_ca: needs tls.cert and tls.key".into());
+        }
+        for n in &self.nodes {
+            if n.tls_cert.is_some() != n.tls_key.is_some() {
+                return bad(format!(
+                    "nodes {:?}: tls_cert and tls_key: give both or neither",
+                    n.name
+                ));
+            }
+            if matches!(n.tls, NodeTls::VerifyCa | NodeTls::VerifyFull) && n.tls_ca.is_none() {
+                return bad(format!(
+                    "nodes {:?}: tls = {:?} needs tls_ca (the CA the server's certificate is checked against)",
+                    n.name, n.tls
+                ));
+            }
         }
         Ok(())
     }

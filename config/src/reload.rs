@@ -69,6 +69,12 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("nodes.host", Reload),
     ("nodes.port", Reload),
     ("nodes.connect_timeout_ms", Reload),
+    // Read again on reload (a file that does not load fails it); new server connections use
+    // them, open ones keep their session.
+    ("nodes.tls", Reload),
+    ("nodes.tls_ca", Reload),
+    ("nodes.tls_cert", Reload),
+    ("nodes.tls_key", Reload),
     ("databases.<alias>.node", Reload),
     ("databases.<alias>.dbname", Reload),
     ("databases.<alias>.user", Reload),

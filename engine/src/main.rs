@@ -131,6 +131,10 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             host: u.host,
             port: u.port,
             connect_timeout_ms: 5_000,
+            tls: helios_config::NodeTls::Disable,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }],
         databases,
         io: IoConfig {

@@ -34,6 +34,8 @@ pub struct RuntimeConfig {
     pub addrs: HashMap<String, Vec<SocketAddr>>,
     /// `[tls]` with its certificates loaded (start-up and reload, never on a shard).
     pub client_tls: crate::net::tls::ClientTls,
+    /// Each node's TLS settings, loaded (nodes with `tls = "disable"` are absent).
+    pub node_tls: HashMap<String, crate::net::tls::UpstreamTls>,
 }
 
 impl RuntimeConfig {
@@ -81,6 +83,7 @@ impl RuntimeConfig {
                 user: upstream_user,
                 password,
                 connect_timeout: Duration::from_millis(node.connect_timeout_ms),
+                tls: self.node_tls.get(&node.name).cloned(),
             },
             max_size: self.share(db.pool_size, shard),
             min_idle: if db.min_idle == 0 {

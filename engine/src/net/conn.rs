@@ -156,6 +156,17 @@ impl Conn {
         self.handshake(reader).await
     }
 
+    /// Runs a TLS handshake as the client (after the server answered an SSLRequest with `S`).
+    pub async fn connect_tls(
+        &mut self,
+        tls: &super::tls::UpstreamTls,
+        reader: &mut FrameReader,
+    ) -> io::Result<()> {
+        debug_assert!(self.tls.is_none() && reader.buf.is_empty());
+        self.tls = Some(Box::new(Tls::client(tls)?));
+        self.handshake(reader).await
+    }
+
     async fn handshake(&mut self, reader: &mut FrameReader) -> io::Result<()> {
         loop {
             let tls = self.tls.as_deref_mut().expect("handshake without TLS");

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, BytesMut};
-use helios_config::{ClientCert, TlsConfig, TlsMode, TlsVersion};
+use helios_config::{ClientCert, NodeConfig, NodeTls, TlsConfig, TlsMode, TlsVersion};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject;
@@ -134,6 +134,18 @@ pub struct Tls {
 }
 
 impl Tls {
+    /// The client side of a server connection.
+    pub fn client(tls: &UpstreamTls) -> io::Result<Tls> {
+        let mut conn = rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+            .map_err(io::Error::other)?;
+        conn.set_buffer_limit(None);
+        Ok(Tls {
+            conn: conn.into(),
+            cin: BytesMut::new(),
+            cout: BytesMut::new(),
+        })
+    }
+
     /// The server side of a client connection; `early` is ciphertext already read (direct TLS).
     pub fn server(config: Arc<ServerConfig>, early: &[u8]) -> io::Result<Tls> {
         let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
@@ -234,4 +246,160 @@ pub fn peer_names(conn: &rustls::Connection) -> Vec<String> {
         }
     }
     names
+}
+
+/// TLS to one node (`nodes.tls`, `tls_ca`, `tls_cert`, `tls_key`), loaded.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub mode: NodeTls,
+    pub config: Arc<rustls::ClientConfig>,
+    /// The node's `host`, checked against the certificate with verify-full.
+    pub server_name: rustls_pki_types::ServerName<'static>,
+    /// SHA-256 of the settings and the files' contents: a reload that changes neither leaves
+    /// the pools' targets equal.
+    digest: [u8; 32],
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+impl Eq for UpstreamTls {}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UpstreamTls({:?}, {:?})", self.mode, self.server_name)
+    }
+}
+
+/// Loads a node's TLS settings; `None` with `tls = "disable"`.
+pub fn upstream_tls(node: &NodeConfig) -> Result<Option<UpstreamTls>, TlsLoadError> {
+    use sha2::{Digest, Sha256};
+    if node.tls == NodeTls::Disable {
+        return Ok(None);
+    }
+    let what = "nodes.tls_ca";
+    let mut digest = Sha256::new();
+    digest.update(format!("{:?}\0{}\0", node.tls, node.host));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let webpki = match &node.tls_ca {
+        Some(ca) if matches!(node.tls, NodeTls::VerifyCa | NodeTls::VerifyFull) => {
+            let mut roots = RootCertStore::empty();
+            for c in load_certs(what, ca)? {
+                digest.update(c.as_ref());
+                roots.add(c).map_err(|e| load_err(what, ca, e))?;
+            }
+            Some(
+                rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| load_err(what, ca, e))?,
+            )
+        }
+        _ => None,
+    };
+    let verifier = Arc::new(PgVerifier {
+        mode: node.tls,
+        webpki,
+        provider: provider.clone(),
+    });
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| load_err("nodes.tls", Path::new(""), e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match (&node.tls_cert, &node.tls_key) {
+        (Some(cert), Some(key)) => {
+            let certs = load_certs("nodes.tls_cert", cert)?;
+            for c in &certs {
+                digest.update(c.as_ref());
+            }
+            let key_der =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| load_err("nodes.tls_key", key, e))?;
+            digest.update(key_der.secret_der());
+            builder
+                .with_client_auth_cert(certs, key_der)
+                .map_err(|e| load_err("nodes.tls_cert", cert, e))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let server_name = rustls_pki_types::ServerName::try_from(node.host.clone())
+        .map_err(|e| load_err("nodes.host", Path::new(&node.host), e))?;
+    Ok(Some(UpstreamTls {
+        mode: node.tls,
+        config: Arc::new(config),
+        server_name,
+        digest: digest.finalize().into(),
+    }))
+}
+
+/// libpq's `sslmode` semantics for a server certificate: `prefer` / `require` accept any
+/// certificate (the handshake's signature is still checked), `verify-ca` the chain to `tls_ca`
+/// whatever name it carries, `verify-full` the chain and the host name.
+#[derive(Debug)]
+struct PgVerifier {
+    mode: NodeTls,
+    webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PgVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        let Some(webpki) = &self.webpki else {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if self.mode == NodeTls::VerifyCa => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            r => r,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }

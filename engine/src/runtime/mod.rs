@@ -49,7 +49,16 @@ pub fn load_runtime(path: &Path, shards_override: Option<usize>) -> Result<Runti
 pub fn runtime_config(config: Config, users: Userlist, shards: usize) -> Result<RuntimeConfig> {
     let addrs = resolve_nodes(&config)?;
     let client_tls = crate::net::tls::client_tls(&config.tls)?;
+    let mut node_tls = HashMap::new();
+    for n in &config.nodes {
+        if let Some(t) =
+            crate::net::tls::upstream_tls(n).with_context(|| format!("node {:?}", n.name))?
+        {
+            node_tls.insert(n.name.clone(), t);
+        }
+    }
     Ok(RuntimeConfig {
+        node_tls,
         config,
         users,
         shards,
