@@ -588,3 +588,58 @@ fn certificates_reload_on_sighup_and_a_broken_one_keeps_the_old() {
         );
     }
 }
+
+#[test]
+fn scram_sha_256_plus_is_offered_on_tls_connections() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "tls_plus");
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    for backend in BACKENDS {
+        let dbs = db_section("tx", &db, "transaction", 4, "");
+        let cfg = config(
+            &pg,
+            "method = \"scram-sha-256\"\nuserlist = \"userlist.txt\"",
+            "",
+            &dbs,
+        )
+        .replace("${HELIOS_TEST_IO_BACKEND:-uring}", backend)
+            + "\n"
+            + &tls_section(&server, "mode = \"prefer\"");
+        let proxy = start_proxy(&cfg, Some("\"alice\" \"s3cret\"\n"));
+        let conn = |ssl: &str, pw: &str| {
+            run_psql(
+                &format!(
+                    "host=localhost port={} user=alice password={pw} dbname=tx connect_timeout=10 {ssl}",
+                    proxy.port()
+                ),
+                "select 6",
+            )
+        };
+        // libpq binds the exchange to the proxy's certificate.
+        let (ok, out, err) = conn(
+            &format!("{} channel_binding=require", verify_full(&ca)),
+            "s3cret",
+        );
+        assert!(ok && out.trim() == "6", "{backend}: {err}\n{}", proxy.log());
+        let (ok, _, err) = conn(
+            &format!("{} channel_binding=require", verify_full(&ca)),
+            "wrong",
+        );
+        assert!(
+            !ok && err.contains("password authentication failed"),
+            "{backend}: {err}"
+        );
+        // Plain text: no PLUS offered, so a client that requires binding gives up.
+        let (ok, _, err) = conn("sslmode=disable channel_binding=require", "s3cret");
+        assert!(!ok && err.contains("channel binding"), "{backend}: {err}");
+        let (ok, out, err) = conn("sslmode=disable", "s3cret");
+        assert!(ok && out.trim() == "6", "{backend}: {err}");
+        // TLS without binding (channel_binding=disable picks SCRAM-SHA-256): still fine.
+        let (ok, out, err) = conn(
+            &format!("{} channel_binding=disable", verify_full(&ca)),
+            "s3cret",
+        );
+        assert!(ok && out.trim() == "6", "{backend}: {err}");
+    }
+}

@@ -304,18 +304,42 @@ async fn login(
             backend::Message::AuthenticationSasl(body) => {
                 let mut mechs = body.mechanisms();
                 let mut ok = false;
+                let mut plus = false;
                 while let Ok(Some(m)) = fallible_iterator::FallibleIterator::next(&mut mechs) {
                     ok |= m == sasl::SCRAM_SHA_256;
+                    plus |= m == sasl::SCRAM_SHA_256_PLUS;
                 }
-                if !ok {
+                if !ok && !plus {
                     return Err(ProxyError::error(
                         SqlState::INVALID_AUTHORIZATION,
                         Blame::Server,
                         "server offers no SASL mechanism the proxy supports",
                     ));
                 }
-                let s = ScramSha256::new(need_password(target)?, ChannelBinding::unsupported());
-                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), conn.queue())
+                // Over TLS, bind the proof to the server's certificate when the server offers
+                // it; otherwise `n` (which PostgreSQL accepts).
+                let end_point = conn
+                    .tls()
+                    .and_then(|t| t.peer_certificates())
+                    .and_then(|c| c.first())
+                    .and_then(crate::net::tls::end_point_hash)
+                    .filter(|_| plus);
+                let (mech, binding) = match end_point {
+                    Some(h) => (
+                        sasl::SCRAM_SHA_256_PLUS,
+                        ChannelBinding::tls_server_end_point(h),
+                    ),
+                    None if ok => (sasl::SCRAM_SHA_256, ChannelBinding::unsupported()),
+                    None => {
+                        return Err(ProxyError::error(
+                            SqlState::INVALID_AUTHORIZATION,
+                            Blame::Server,
+                            "server offers only SCRAM-SHA-256-PLUS, and the connection has no channel binding",
+                        ))
+                    }
+                };
+                let s = ScramSha256::new(need_password(target)?, binding);
+                frontend::sasl_initial_response(mech, s.message(), conn.queue())
                     .map_err(encode_err)?;
                 scram = Some(s);
                 flush(conn).await?;

@@ -8,7 +8,9 @@ use bytes::BytesMut;
 use glommio::net::TcpStream;
 use helios_config::{AuthMethod, Secret, TlsMode};
 
-use crate::auth::{md5_check, md5_stored, AuthFailure, ScramKeys, ScramServer, SCRAM_ITERATIONS};
+use crate::auth::{
+    md5_check, md5_stored, AuthFailure, ChannelBinding, ScramKeys, ScramServer, SCRAM_ITERATIONS,
+};
 use crate::backend::pool::Pool;
 use crate::error::{Blame, ProxyError, SqlState};
 use crate::ids::ClientPid;
@@ -347,22 +349,42 @@ async fn authenticate(
                 stored_key: rand::random(),
                 server_key: rand::random(),
             });
-            put_auth(client.queue(), 10, b"SCRAM-SHA-256\0\0");
+            // On TLS, SCRAM-SHA-256-PLUS too: the client binds its proof to the proxy's
+            // certificate, so a man in the middle with another certificate cannot relay it.
+            let end_point = if client.is_tls() {
+                cfg.client_tls.end_point.as_deref()
+            } else {
+                None
+            };
+            put_auth(
+                client.queue(),
+                10,
+                if end_point.is_some() {
+                    b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"
+                } else {
+                    b"SCRAM-SHA-256\0\0"
+                },
+            );
             client.flush().await.map_err(io_gone)?;
             let msg = read_password_msg(client, reader).await?;
             let mut body = &msg[5..];
             let mech = read_cstr(&mut body).unwrap_or_default();
-            if mech != b"SCRAM-SHA-256" {
-                return Err(Some(ProxyError::protocol(
-                    "client selected an invalid SASL authentication mechanism",
-                )));
-            }
+            let binding = match (mech, end_point) {
+                (b"SCRAM-SHA-256", None) => ChannelBinding::Unavailable,
+                (b"SCRAM-SHA-256", Some(_)) => ChannelBinding::Declined,
+                (b"SCRAM-SHA-256-PLUS", Some(data)) => ChannelBinding::Plus(data),
+                _ => {
+                    return Err(Some(ProxyError::protocol(
+                        "client selected an invalid SASL authentication mechanism",
+                    )))
+                }
+            };
             let len = read_i32(&mut body).unwrap_or(-1);
             if len < 0 || len as usize != body.len() {
                 return Err(Some(ProxyError::protocol("malformed SASLInitialResponse")));
             }
             let nonce: [u8; 18] = rand::random();
-            let (server, first) = match ScramServer::start(keys, body, &nonce) {
+            let (server, first) = match ScramServer::start(keys, body, &nonce, binding) {
                 Ok(x) => x,
                 Err(e) => return Err(scram_failure(user, e)),
             };

@@ -46,6 +46,9 @@ pub struct ClientTls {
     pub server: Option<Arc<ServerConfig>>,
     /// mTLS with `client_cert = "require"`: every TLS client presented a verified certificate.
     pub client_ca: bool,
+    /// `tls-server-end-point` channel binding data of the proxy's certificate (RFC 5929), for
+    /// SCRAM-SHA-256-PLUS; `None` if its signature algorithm defines no hash for it.
+    pub end_point: Option<Vec<u8>>,
 }
 
 impl ClientTls {
@@ -55,6 +58,7 @@ impl ClientTls {
             mode: TlsMode::Disable,
             server: None,
             client_ca: false,
+            end_point: None,
         }
     }
 }
@@ -98,6 +102,7 @@ pub fn client_tls(cfg: &TlsConfig) -> Result<ClientTls, TlsLoadError> {
                 .with_client_cert_verifier(v.build().map_err(|e| load_err("tls.client_ca", ca, e))?)
         }
     };
+    let end_point = end_point_hash(&certs[0]);
     // with_single_cert checks that the key belongs to the certificate.
     let mut server = builder
         .with_single_cert(certs, key)
@@ -107,6 +112,7 @@ pub fn client_tls(cfg: &TlsConfig) -> Result<ClientTls, TlsLoadError> {
         mode,
         server: Some(Arc::new(server)),
         client_ca: cfg.client_ca.is_some() && cfg.client_cert == ClientCert::Require,
+        end_point,
     })
 }
 
@@ -402,4 +408,26 @@ impl rustls::client::danger::ServerCertVerifier for PgVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// RFC 5929 `tls-server-end-point`: the certificate hashed with its signature's hash (SHA-256
+/// for MD5 and SHA-1). `None` for algorithms without one (Ed25519, RSA-PSS): no channel
+/// binding is offered then.
+pub fn end_point_hash(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256, Sha384, Sha512};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let oid = parsed.signature_algorithm.algorithm.to_id_string();
+    let der = cert.as_ref();
+    Some(match oid.as_str() {
+        // md5WithRSA, sha1WithRSA, ecdsa-with-SHA1, sha256WithRSA, ecdsa-with-SHA256
+        "1.2.840.113549.1.1.4"
+        | "1.2.840.113549.1.1.5"
+        | "1.2.840.10045.4.1"
+        | "1.2.840.113549.1.1.11"
+        | "1.2.840.10045.4.3.2" => Sha256::digest(der).to_vec(),
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => Sha384::digest(der).to_vec(),
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => Sha512::digest(der).to_vec(),
+        _ => return None,
+    })
 }
