@@ -10,6 +10,7 @@
 //! ([`Config::keep_restart_only`]).
 
 pub mod admin;
+pub mod hba;
 pub mod plugins;
 pub mod reload;
 mod userlist;
@@ -47,6 +48,12 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("auth.hba {path}:{line}: {message}")]
+    Hba {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("userlist {path}:{line}: {message}")]
     Userlist {
         path: PathBuf,
@@ -385,6 +392,12 @@ pub struct AuthConfig {
     /// the userlist).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub admin_users: Vec<String>,
+    /// Host-based access rules in `pg_hba.conf` format (docs/tls.md#host-based-access-rules):
+    /// the first line matching the connection type, database, user and address decides the
+    /// method (or rejects); no match rejects. Without it, every client uses `method`. Relative
+    /// to the config file.
+    #[serde(default)]
+    pub hba: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -393,6 +406,7 @@ impl Default for AuthConfig {
             method: AuthMethod::ScramSha256,
             userlist: None,
             admin_users: Vec::new(),
+            hba: None,
         }
     }
 }
@@ -587,6 +601,11 @@ impl Config {
             }
         }
         let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(h) = &cfg.auth.hba {
+            if h.is_relative() {
+                cfg.auth.hba = Some(base.join(h));
+            }
+        }
         let node_paths = cfg
             .nodes
             .iter_mut()
@@ -762,13 +781,33 @@ impl Config {
                 return bad("auth.admin_users: empty user name".into());
             }
         }
-        if self.auth.method == AuthMethod::Cert && self.tls.client_ca.is_none() {
+        let hba = match &self.auth.hba {
+            Some(p) => Some(hba::Hba::load(p)?),
+            None => None,
+        };
+        let methods: Vec<AuthMethod> = match &hba {
+            Some(h) => h.methods().collect(),
+            None => vec![self.auth.method],
+        };
+        if methods.contains(&AuthMethod::Cert) && self.tls.client_ca.is_none() {
             return bad(
-                "auth.method = \"cert\" needs tls.client_ca (and tls.cert, tls.key)".into(),
+                "auth.method = \"cert\" (or a cert line in auth.hba) needs tls.client_ca (and tls.cert, tls.key)"
+                    .into(),
+            );
+        }
+        if methods
+            .iter()
+            .any(|m| matches!(m, AuthMethod::ScramSha256 | AuthMethod::Md5))
+            && self.auth.userlist.is_none()
+            && hba.is_some()
+        {
+            return bad(
+                "auth.userlist: required by the scram-sha-256 / md5 lines of auth.hba".into(),
             );
         }
         if !matches!(self.auth.method, AuthMethod::Trust | AuthMethod::Cert)
             && self.auth.userlist.is_none()
+            && hba.is_none()
         {
             return bad(format!(
                 "auth.userlist: required with auth.method = {:?} (only \"trust\" works without users)",

@@ -50,6 +50,8 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("auth.method", Reload),
     ("auth.userlist", Reload),
     ("auth.admin_users", Reload),
+    // Read again on reload; a file with an error fails the reload (the old rules stay).
+    ("auth.hba", Reload),
     // Each shard's io_uring ring is built at start-up.
     ("io.backend", Restart),
     ("io.recv_buffers", Restart),

@@ -36,6 +36,8 @@ pub struct RuntimeConfig {
     pub client_tls: crate::net::tls::ClientTls,
     /// Each node's TLS settings, loaded (nodes with `tls = "disable"` are absent).
     pub node_tls: HashMap<String, crate::net::tls::UpstreamTls>,
+    /// `auth.hba`, parsed (start-up and reload).
+    pub hba: Option<Arc<helios_config::hba::Hba>>,
 }
 
 impl RuntimeConfig {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use glommio::net::TcpStream;
+use helios_config::hba::HbaDecision;
 use helios_config::{AuthMethod, Secret, TlsMode};
 
 use crate::auth::{
@@ -21,7 +22,7 @@ use crate::net::codec::{
 use crate::net::conn::Conn;
 use crate::net::tls::ALPN_POSTGRESQL;
 use crate::pipeline::plugins::Hooks;
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::{RuntimeConfig, Shard, ShardMsg};
 use crate::stats::Counters;
 
 /// A client that completed startup and authentication.
@@ -242,7 +243,8 @@ pub async fn startup(
             "sorry, too many clients already",
         )));
     }
-    authenticate(shard, client, reader, &user).await?;
+    let method = access(&cfg, client, &user, &database)?;
+    authenticate(shard, client, reader, &user, method).await?;
     Ok(Startup::Login(Login {
         user,
         database,
@@ -276,15 +278,58 @@ fn password_failed(user: &str) -> Option<ProxyError> {
     ))
 }
 
+/// The authentication method for this connection: `auth.method`, or what the first matching
+/// `auth.hba` line says (a `reject` line, or no match, refuses with PostgreSQL's wording).
+fn access(
+    cfg: &RuntimeConfig,
+    client: &Conn,
+    user: &str,
+    database: &str,
+) -> Result<AuthMethod, Option<ProxyError>> {
+    let Some(hba) = &cfg.hba else {
+        return Ok(cfg.auth_method());
+    };
+    let ip = client
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let tls = client.is_tls();
+    let enc = if tls {
+        "SSL encryption"
+    } else {
+        "no encryption"
+    };
+    let refuse = |message: String| {
+        Some(ProxyError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            Blame::Client,
+            message,
+        ))
+    };
+    match hba.decide(ip, tls, user, database) {
+        HbaDecision::Allow(m, _) => Ok(m),
+        HbaDecision::Reject(line) => {
+            log::info!("auth.hba line {line} rejects {ip} for user {user:?}, database {database:?}");
+            Err(refuse(format!(
+                "pg_hba.conf rejects connection for host \"{ip}\", user \"{user}\", database \"{database}\", {enc}"
+            )))
+        }
+        HbaDecision::NoMatch => Err(refuse(format!(
+            "no pg_hba.conf entry for host \"{ip}\", user \"{user}\", database \"{database}\", {enc}"
+        ))),
+    }
+}
+
 async fn authenticate(
     shard: &Rc<Shard>,
     client: &mut Conn,
     reader: &mut FrameReader,
     user: &str,
+    method: AuthMethod,
 ) -> Result<(), Option<ProxyError>> {
     let cfg = shard.config();
     let entry = cfg.users.get(user).map(|u| u.secret.clone());
-    match cfg.auth_method() {
+    match method {
         AuthMethod::Trust => {}
         AuthMethod::Cert => {
             // rustls verified the certificate against tls.client_ca during the handshake.

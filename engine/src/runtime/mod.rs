@@ -57,7 +57,14 @@ pub fn runtime_config(config: Config, users: Userlist, shards: usize) -> Result<
             node_tls.insert(n.name.clone(), t);
         }
     }
+    let hba = match &config.auth.hba {
+        Some(p) => Some(Arc::new(
+            helios_config::hba::Hba::load(p).map_err(|e| anyhow!("{e}"))?,
+        )),
+        None => None,
+    };
     Ok(RuntimeConfig {
+        hba,
         node_tls,
         config,
         users,
