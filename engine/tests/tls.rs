@@ -643,3 +643,30 @@ fn scram_sha_256_plus_is_offered_on_tls_connections() {
         assert!(ok && out.trim() == "6", "{backend}: {err}");
     }
 }
+
+#[test]
+fn min_version_refuses_older_clients() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "tls_minver");
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    let tls12 = format!("{} ssl_max_protocol_version=TLSv1.2", verify_full(&ca));
+    // Default 1.2: a TLS 1.2 client connects.
+    let proxy = tls_proxy(&pg, &db, "uring", &tls_section(&server, ""));
+    let (ok, out, err) = run_psql(&libpq(&proxy, "localhost", "tx", &tls12), "\\conninfo");
+    assert!(ok && out.contains("TLSv1.2"), "{out} {err}");
+    drop(proxy);
+    let proxy = tls_proxy(
+        &pg,
+        &db,
+        "uring",
+        &tls_section(&server, "min_version = \"1.3\""),
+    );
+    let (ok, _, err) = run_psql(&libpq(&proxy, "localhost", "tx", &tls12), "select 1");
+    assert!(!ok, "a TLS 1.2 client got in with min_version 1.3: {err}");
+    let (ok, out, err) = run_psql(
+        &libpq(&proxy, "localhost", "tx", &verify_full(&ca)),
+        "\\conninfo",
+    );
+    assert!(ok && out.contains("TLSv1.3"), "{out} {err}");
+}
