@@ -670,3 +670,43 @@ fn min_version_refuses_older_clients() {
     );
     assert!(ok && out.contains("TLSv1.3"), "{out} {err}");
 }
+
+#[test]
+fn psycopg2_over_tls() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "tls_psycopg");
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    // Debian's python3-psycopg2 (scripts/test.sh installs it).
+    let script = r#"
+import sys, psycopg2
+conn = psycopg2.connect(sys.argv[1])
+conn.autocommit = False
+cur = conn.cursor()
+cur.execute("select %s::int + %s::int, %s::text", (40, 2, "über"))
+row = cur.fetchone()
+cur.execute("create temporary table t (i int, s text) on commit drop")
+cur.executemany("insert into t values (%s, %s)", [(i, "x" * i) for i in range(200)])
+cur.execute("select count(*), sum(length(s)) from t")
+agg = cur.fetchone()
+conn.commit()
+print(row[0], row[1], agg[0], agg[1], conn.info.ssl_in_use)
+"#;
+    for backend in BACKENDS {
+        let proxy = tls_proxy(&pg, &db, backend, &tls_section(&server, ""));
+        for alias in ["sess", "tx"] {
+            let out = Command::new("/usr/bin/python3")
+                .args(["-c", script])
+                .arg(libpq(&proxy, "localhost", alias, &verify_full(&ca)))
+                .output()
+                .expect("run python3");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{backend}/{alias}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(stdout.trim(), "42 über 200 19900 True", "{backend}/{alias}");
+        }
+    }
+}

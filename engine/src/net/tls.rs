@@ -44,8 +44,6 @@ fn load_err(what: &'static str, path: &Path, message: impl ToString) -> TlsLoadE
 pub struct ClientTls {
     pub mode: TlsMode,
     pub server: Option<Arc<ServerConfig>>,
-    /// mTLS with `client_cert = "require"`: every TLS client presented a verified certificate.
-    pub client_ca: bool,
     /// `tls-server-end-point` channel binding data of the proxy's certificate (RFC 5929), for
     /// SCRAM-SHA-256-PLUS; `None` if its signature algorithm defines no hash for it.
     pub end_point: Option<Vec<u8>>,
@@ -57,7 +55,6 @@ impl ClientTls {
         ClientTls {
             mode: TlsMode::Disable,
             server: None,
-            client_ca: false,
             end_point: None,
         }
     }
@@ -111,7 +108,6 @@ pub fn client_tls(cfg: &TlsConfig) -> Result<ClientTls, TlsLoadError> {
     Ok(ClientTls {
         mode,
         server: Some(Arc::new(server)),
-        client_ca: cfg.client_ca.is_some() && cfg.client_cert == ClientCert::Require,
         end_point,
     })
 }
