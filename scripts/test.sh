@@ -10,6 +10,7 @@ need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v promtool >/dev/null || need+=(prometheus)   # promtool checks /metrics
 command -v prlimit >/dev/null || need+=(util-linux)
+/usr/bin/python3 -c 'import psycopg2' 2>/dev/null || need+=(python3-psycopg2)   # a libpq driver over TLS (engine/tests/tls.rs)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

@@ -258,6 +258,7 @@ pub fn pool_settings(max_size: usize) -> PoolSettings {
             user: "bench".into(),
             password: None,
             connect_timeout: Duration::from_secs(1),
+            tls: None,
         },
         max_size,
         min_idle: 0,

@@ -10,6 +10,7 @@
 //! ([`Config::keep_restart_only`]).
 
 pub mod admin;
+pub mod hba;
 pub mod plugins;
 pub mod reload;
 mod userlist;
@@ -47,6 +48,12 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("auth.hba {path}:{line}: {message}")]
+    Hba {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("userlist {path}:{line}: {message}")]
     Userlist {
         path: PathBuf,
@@ -81,6 +88,76 @@ pub struct Config {
     /// WASM plugins: hooks on every query path.
     #[serde(default)]
     pub plugins: plugins::PluginsConfig,
+    /// TLS for client connections (docs/tls.md).
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: TLS on client connections.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM), leaf first. Relative paths are relative to the config file.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// `require`: a client must negotiate TLS (a plain-text startup gets FATAL 28000);
+    /// `prefer`: TLS is offered, plain text accepted; `disable`: SSLRequest is answered `N`.
+    /// Default: `require` with a `cert`, `disable` without.
+    #[serde(default)]
+    pub mode: Option<TlsMode>,
+    /// Lowest protocol version accepted: `"1.2"` or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// CA certificates (PEM) client certificates are verified against (mTLS). Without it no
+    /// client certificate is asked for.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `require` (a client without a certificate signed by it fails the
+    /// handshake) or `optional` (a certificate, if sent, must be signed by it).
+    #[serde(default)]
+    pub client_cert: ClientCert,
+}
+
+impl TlsConfig {
+    /// The mode in effect: `mode`, or `require` with a certificate and `disable` without.
+    pub fn effective_mode(&self) -> TlsMode {
+        self.mode.unwrap_or(if self.cert.is_some() {
+            TlsMode::Require
+        } else {
+            TlsMode::Disable
+        })
+    }
+}
+
+/// `tls.mode`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Require,
+    Prefer,
+    Disable,
+}
+
+/// `tls.min_version`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// `tls.client_cert`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCert {
+    #[default]
+    Require,
+    Optional,
 }
 
 /// `[io]`
@@ -303,7 +380,7 @@ fn default_startup_timeout_ms() -> u64 {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// How clients prove who they are: `scram-sha-256`, `md5` or `trust`.
+    /// How clients prove who they are: `scram-sha-256`, `md5`, `cert` or `trust`.
     #[serde(default)]
     pub method: AuthMethod,
     /// PgBouncer-compatible userlist: `"user" "secret"` per line, where the secret is a plain
@@ -315,6 +392,12 @@ pub struct AuthConfig {
     /// the userlist).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub admin_users: Vec<String>,
+    /// Host-based access rules in `pg_hba.conf` format (docs/tls.md#host-based-access-rules):
+    /// the first line matching the connection type, database, user and address decides the
+    /// method (or rejects); no match rejects. Without it, every client uses `method`. Relative
+    /// to the config file.
+    #[serde(default)]
+    pub hba: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -323,6 +406,7 @@ impl Default for AuthConfig {
             method: AuthMethod::ScramSha256,
             userlist: None,
             admin_users: Vec::new(),
+            hba: None,
         }
     }
 }
@@ -336,6 +420,10 @@ pub enum AuthMethod {
     Md5,
     #[serde(rename = "trust")]
     Trust,
+    /// The TLS client certificate (verified against `tls.client_ca`) names the user: its
+    /// common name, or one of its DNS subject alternative names, must equal the login user.
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 /// `[[nodes]]`: one upstream PostgreSQL server.
@@ -353,6 +441,33 @@ pub struct NodeConfig {
     /// Time allowed to open a TCP connection and authenticate.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// TLS to this server, as libpq's `sslmode`: `disable`, `prefer` (TLS if the server offers
+    /// it, unverified), `require` (TLS, unverified), `verify-ca` (the chain must lead to
+    /// `tls_ca`), `verify-full` (and the certificate must name `host`).
+    #[serde(default)]
+    pub tls: NodeTls,
+    /// CA certificates (PEM) the server's certificate is verified against (verify-ca,
+    /// verify-full). Relative to the config file.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) the proxy presents, for a server with `clientcert`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `nodes.tls`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeTls {
+    #[default]
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
 }
 
 fn default_pg_port() -> u16 {
@@ -492,6 +607,25 @@ impl Config {
             if ul.is_relative() {
                 let base = path.parent().unwrap_or(Path::new("."));
                 cfg.auth.userlist = Some(base.join(ul));
+            }
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(h) = &cfg.auth.hba {
+            if h.is_relative() {
+                cfg.auth.hba = Some(base.join(h));
+            }
+        }
+        let node_paths = cfg
+            .nodes
+            .iter_mut()
+            .flat_map(|n| [&mut n.tls_ca, &mut n.tls_cert, &mut n.tls_key]);
+        for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.tls.client_ca]
+            .into_iter()
+            .chain(node_paths)
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
         }
         cfg.validate()?;
@@ -659,7 +793,34 @@ impl Config {
                 return bad("auth.admin_users: empty user name".into());
             }
         }
-        if self.auth.method != AuthMethod::Trust && self.auth.userlist.is_none() {
+        let hba = match &self.auth.hba {
+            Some(p) => Some(hba::Hba::load(p)?),
+            None => None,
+        };
+        let methods: Vec<AuthMethod> = match &hba {
+            Some(h) => h.methods().collect(),
+            None => vec![self.auth.method],
+        };
+        if methods.contains(&AuthMethod::Cert) && self.tls.client_ca.is_none() {
+            return bad(
+                "auth.method = \"cert\" (or a cert line in auth.hba) needs tls.client_ca (and tls.cert, tls.key)"
+                    .into(),
+            );
+        }
+        if methods
+            .iter()
+            .any(|m| matches!(m, AuthMethod::ScramSha256 | AuthMethod::Md5))
+            && self.auth.userlist.is_none()
+            && hba.is_some()
+        {
+            return bad(
+                "auth.userlist: required by the scram-sha-256 / md5 lines of auth.hba".into(),
+            );
+        }
+        if !matches!(self.auth.method, AuthMethod::Trust | AuthMethod::Cert)
+            && self.auth.userlist.is_none()
+            && hba.is_none()
+        {
             return bad(format!(
                 "auth.userlist: required with auth.method = {:?} (only \"trust\" works without users)",
                 self.auth.method
@@ -667,6 +828,33 @@ impl Config {
         }
         if let Some(path) = &self.auth.userlist {
             userlist::load_userlist(path)?;
+        }
+        let tls = &self.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            return bad("tls.cert and tls.key: give both or neither".into());
+        }
+        if tls.cert.is_none() && tls.effective_mode() != TlsMode::Disable {
+            return bad(format!(
+                "tls.mode = {:?} needs tls.cert and tls.key",
+                tls.effective_mode()
+            ));
+        }
+        if tls.client_ca.is_some() && tls.cert.is_none() {
+            return bad("tls.client_ca: needs tls.cert and tls.key".into());
+        }
+        for n in &self.nodes {
+            if n.tls_cert.is_some() != n.tls_key.is_some() {
+                return bad(format!(
+                    "nodes {:?}: tls_cert and tls_key: give both or neither",
+                    n.name
+                ));
+            }
+            if matches!(n.tls, NodeTls::VerifyCa | NodeTls::VerifyFull) && n.tls_ca.is_none() {
+                return bad(format!(
+                    "nodes {:?}: tls = {:?} needs tls_ca (the CA the server's certificate is checked against)",
+                    n.name, n.tls
+                ));
+            }
         }
         Ok(())
     }
@@ -847,5 +1035,35 @@ mod tests {
         let text = MIN.replace("method = \"trust\"", "method = \"md5\"");
         let e = parse(&text).unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("auth.userlist"), "{e}");
+    }
+
+    #[test]
+    fn tls_mode_defaults_and_validation() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.tls.effective_mode(), TlsMode::Disable);
+        let with = |extra: &str| parse(&format!("{MIN}\n[tls]\n{extra}\n")).unwrap();
+        let c = with("cert = \"a.crt\"\nkey = \"a.key\"");
+        assert_eq!(c.tls.effective_mode(), TlsMode::Require);
+        assert_eq!(c.tls.min_version, TlsVersion::V1_2);
+        c.validate().unwrap();
+        let e = with("cert = \"a.crt\"").validate().unwrap_err().to_string();
+        assert!(e.contains("tls.key"), "{e}");
+        let e = with("mode = \"prefer\"")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.mode"), "{e}");
+        let e = with("client_ca = \"ca.crt\"")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.client_ca"), "{e}");
+        let text = MIN.replace("method = \"trust\"", "method = \"cert\"");
+        let e = parse(&text).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("tls.client_ca"), "{e}");
+        let e = parse(&format!("{MIN}\n[tls]\nmin_version = \"1.1\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.min_version"), "{e}");
     }
 }

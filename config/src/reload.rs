@@ -50,6 +50,8 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("auth.method", Reload),
     ("auth.userlist", Reload),
     ("auth.admin_users", Reload),
+    // Read again on reload; a file with an error fails the reload (the old rules stay).
+    ("auth.hba", Reload),
     // Each shard's io_uring ring is built at start-up.
     ("io.backend", Restart),
     ("io.recv_buffers", Restart),
@@ -74,6 +76,12 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("nodes.host", Reload),
     ("nodes.port", Reload),
     ("nodes.connect_timeout_ms", Reload),
+    // Read again on reload (a file that does not load fails it); new server connections use
+    // them, open ones keep their session.
+    ("nodes.tls", Reload),
+    ("nodes.tls_ca", Reload),
+    ("nodes.tls_cert", Reload),
+    ("nodes.tls_key", Reload),
     ("databases.<alias>.node", Reload),
     ("databases.<alias>.dbname", Reload),
     ("databases.<alias>.user", Reload),
@@ -112,6 +120,14 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("plugins.plugin.hooks", Reload),
     ("plugins.plugin.on_error", Reload),
     ("plugins.plugin.config", Reload),
+    // Certificates and keys are read again on reload (a broken one fails the reload, and the
+    // running ones stay); new handshakes use them, open connections keep theirs.
+    ("tls.cert", Reload),
+    ("tls.key", Reload),
+    ("tls.mode", Reload),
+    ("tls.min_version", Reload),
+    ("tls.client_ca", Reload),
+    ("tls.client_cert", Reload),
 ];
 
 /// The free-form table under which every key is the plugin's own (its KV seed).

@@ -80,7 +80,23 @@ pub struct ScramServer {
     nonce: String,
     client_first_bare: String,
     server_first: String,
-    gs2_header: String,
+    /// What the client-final-message's `c=` must decode to: the gs2 header, plus the channel
+    /// binding data with SCRAM-SHA-256-PLUS.
+    expected_cbind: Vec<u8>,
+}
+
+/// Channel binding (RFC 5802 section 6, `tls-server-end-point` of RFC 5929) as the connection
+/// and the client's mechanism choice allow it.
+#[derive(Clone, Copy, Debug)]
+pub enum ChannelBinding<'a> {
+    /// No TLS: SCRAM-SHA-256-PLUS was not advertised; the client may say `n` or `y`.
+    Unavailable,
+    /// SCRAM-SHA-256-PLUS was advertised and the client chose SCRAM-SHA-256: `n` only (a `y`
+    /// says the client saw no PLUS offer, so someone removed it).
+    Declined,
+    /// The client chose SCRAM-SHA-256-PLUS: `p=tls-server-end-point`, bound to this hash of the
+    /// proxy's certificate.
+    Plus(&'a [u8]),
 }
 
 impl ScramServer {
@@ -89,23 +105,38 @@ impl ScramServer {
         keys: ScramKeys,
         client_first: &[u8],
         server_nonce_raw: &[u8; 18],
+        binding: ChannelBinding<'_>,
     ) -> Result<(ScramServer, String), AuthFailure> {
         let msg = std::str::from_utf8(client_first).map_err(|_| AuthFailure::Malformed("utf8"))?;
         // gs2-header: channel binding flag, optional authzid, then the bare message.
         let (cbind, rest) = msg.split_once(',').ok_or(AuthFailure::Malformed("gs2"))?;
-        match cbind {
-            "n" | "y" => {}
+        let cb_data: &[u8] = match (cbind, binding) {
+            ("n", ChannelBinding::Unavailable | ChannelBinding::Declined) => &[],
+            ("y", ChannelBinding::Unavailable) => &[],
+            ("y", _) => {
+                return Err(AuthFailure::Malformed(
+                    "channel binding was offered but the client says it was not (downgrade)",
+                ))
+            }
+            ("p=tls-server-end-point", ChannelBinding::Plus(data)) => data,
+            (_, ChannelBinding::Plus(_)) => {
+                return Err(AuthFailure::Malformed(
+                    "SCRAM-SHA-256-PLUS needs channel binding type tls-server-end-point",
+                ))
+            }
             _ if cbind.starts_with("p=") => {
-                // We never advertise SCRAM-SHA-256-PLUS, so a client must not pick it.
-                return Err(AuthFailure::Malformed("channel binding not offered"));
+                return Err(AuthFailure::Malformed(
+                    "channel binding requested without SCRAM-SHA-256-PLUS",
+                ));
             }
             _ => return Err(AuthFailure::Malformed("gs2 flag")),
-        }
+        };
         let (authzid, bare) = rest.split_once(',').ok_or(AuthFailure::Malformed("gs2"))?;
         if !authzid.is_empty() {
             return Err(AuthFailure::Malformed("authzid not supported"));
         }
-        let gs2_header = format!("{cbind},{authzid},");
+        let mut expected_cbind = format!("{cbind},{authzid},").into_bytes();
+        expected_cbind.extend_from_slice(cb_data);
         let client_nonce = bare
             .split(',')
             .find_map(|a| a.strip_prefix("r="))
@@ -123,7 +154,7 @@ impl ScramServer {
                 nonce,
                 client_first_bare: bare.to_string(),
                 server_first: server_first.clone(),
-                gs2_header,
+                expected_cbind,
             },
             server_first,
         ))
@@ -147,7 +178,7 @@ impl ScramServer {
         let cbind = B64
             .decode(cbind.ok_or(AuthFailure::Malformed("channel binding"))?)
             .map_err(|_| AuthFailure::Malformed("channel binding"))?;
-        if cbind != self.gs2_header.as_bytes() {
+        if !constant_time_eq(&cbind, &self.expected_cbind) {
             return Err(AuthFailure::Malformed("channel binding mismatch"));
         }
         if nonce != Some(self.nonce.as_str()) {
@@ -217,10 +248,60 @@ mod tests {
     use super::*;
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
+    /// A SCRAM exchange with channel binding: `client` binds to `client_data`, the server
+    /// expects `server`.
+    fn run_bound(
+        client: ChannelBinding,
+        server: super::ChannelBinding<'_>,
+    ) -> Result<(), AuthFailure> {
+        let keys = ScramKeys::from_password("pw", b"0123456789abcdef".to_vec(), 4096);
+        let mut c = ScramSha256::new(b"pw", client);
+        let (s, first) = ScramServer::start(keys, c.message(), &[7u8; 18], server)?;
+        c.update(first.as_bytes())
+            .expect("client accepts server-first");
+        let fin = s.finish(c.message())?;
+        c.finish(fin.as_bytes())
+            .expect("client verifies the server");
+        Ok(())
+    }
+
+    #[test]
+    fn scram_plus_binds_to_the_certificate_hash() {
+        use super::ChannelBinding as Cb;
+        let hash = [9u8; 32];
+        run_bound(
+            ChannelBinding::tls_server_end_point(hash.to_vec()),
+            Cb::Plus(&hash),
+        )
+        .unwrap();
+        // Another certificate's hash (a man in the middle): refused.
+        assert!(run_bound(
+            ChannelBinding::tls_server_end_point(vec![8u8; 32]),
+            Cb::Plus(&hash)
+        )
+        .is_err());
+        // PLUS chosen without binding data, or binding without PLUS: refused.
+        assert!(run_bound(ChannelBinding::unsupported(), Cb::Plus(&hash)).is_err());
+        assert!(run_bound(
+            ChannelBinding::tls_server_end_point(hash.to_vec()),
+            Cb::Declined
+        )
+        .is_err());
+        // 'y' after a PLUS offer is a downgrade; without one it is fine.
+        assert!(run_bound(ChannelBinding::unrequested(), Cb::Declined).is_err());
+        run_bound(ChannelBinding::unrequested(), Cb::Unavailable).unwrap();
+        run_bound(ChannelBinding::unsupported(), Cb::Declined).unwrap();
+    }
+
     fn run(client_pw: &str, server_pw: &str) -> Result<(), AuthFailure> {
         let keys = ScramKeys::from_password(server_pw, b"0123456789abcdef".to_vec(), 4096);
         let mut client = ScramSha256::new(client_pw.as_bytes(), ChannelBinding::unsupported());
-        let (server, first) = ScramServer::start(keys, client.message(), &[7u8; 18])?;
+        let (server, first) = ScramServer::start(
+            keys,
+            client.message(),
+            &[7u8; 18],
+            super::ChannelBinding::Unavailable,
+        )?;
         client
             .update(first.as_bytes())
             .expect("client accepts server-first");
@@ -249,11 +330,23 @@ mod tests {
             b"p=tls-server-end-point,,n=,r=a",
         ] {
             assert!(
-                ScramServer::start(keys.clone(), bad, &[0; 18]).is_err(),
+                ScramServer::start(
+                    keys.clone(),
+                    bad,
+                    &[0; 18],
+                    super::ChannelBinding::Unavailable
+                )
+                .is_err(),
                 "{bad:?}"
             );
         }
-        let (s, _) = ScramServer::start(keys, b"n,,n=,r=abc", &[0; 18]).unwrap();
+        let (s, _) = ScramServer::start(
+            keys,
+            b"n,,n=,r=abc",
+            &[0; 18],
+            super::ChannelBinding::Unavailable,
+        )
+        .unwrap();
         assert!(s.finish(b"c=biws,r=abcWRONG,p=AAAA").is_err());
     }
 

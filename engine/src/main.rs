@@ -125,12 +125,17 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             method: AuthMethod::ScramSha256,
             userlist: None,
             admin_users: vec![u.user.clone()],
+            hba: None,
         },
         nodes: vec![NodeConfig {
             name: "upstream".into(),
             host: u.host,
             port: u.port,
             connect_timeout_ms: 5_000,
+            tls: helios_config::NodeTls::Disable,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }],
         databases,
         io: IoConfig {
@@ -166,6 +171,8 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             },
             ..AdminConfig::default()
         },
+        // The quick start has no certificate: it serves plain text, and says so at start-up.
+        tls: helios_config::TlsConfig::default(),
     };
     if cli.listen.parse::<std::net::SocketAddr>().is_err() {
         bail!("--listen {:?} is not an IP:port address", cli.listen);

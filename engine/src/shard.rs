@@ -32,6 +32,12 @@ pub struct RuntimeConfig {
     /// Every node's addresses, by node name: resolved where the configuration is loaded
     /// (`runtime::runtime_config`, start-up and reload), never on a shard.
     pub addrs: HashMap<String, Vec<SocketAddr>>,
+    /// `[tls]` with its certificates loaded (start-up and reload, never on a shard).
+    pub client_tls: crate::net::tls::ClientTls,
+    /// Each node's TLS settings, loaded (nodes with `tls = "disable"` are absent).
+    pub node_tls: HashMap<String, crate::net::tls::UpstreamTls>,
+    /// `auth.hba`, parsed (start-up and reload).
+    pub hba: Option<Arc<helios_config::hba::Hba>>,
 }
 
 impl RuntimeConfig {
@@ -79,6 +85,7 @@ impl RuntimeConfig {
                 user: upstream_user,
                 password,
                 connect_timeout: Duration::from_millis(node.connect_timeout_ms),
+                tls: self.node_tls.get(&node.name).cloned(),
             },
             max_size: self.share(db.pool_size, shard),
             min_idle: if db.min_idle == 0 {

@@ -11,7 +11,7 @@
 use std::sync::OnceLock;
 
 use helios_config::Secret;
-use helios_engine::auth::{AuthFailure, ScramKeys, ScramServer, SCRAM_ITERATIONS};
+use helios_engine::auth::{AuthFailure, ChannelBinding, ScramKeys, ScramServer, SCRAM_ITERATIONS};
 use libfuzzer_sys::fuzz_target;
 
 /// What the seed exchanges were recorded with: password "pencil", this salt, 4096 rounds.
@@ -49,7 +49,15 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None => (rest, None),
     };
-    let Ok((server, server_first)) = ScramServer::start(keys(flags & 1 != 0), first, &SERVER_NONCE)
+    // Bits 1-2 pick what the connection allows for channel binding.
+    const CERT_HASH: [u8; 32] = [0x5a; 32];
+    let binding = match (flags >> 1) & 3 {
+        0 => ChannelBinding::Unavailable,
+        1 => ChannelBinding::Declined,
+        _ => ChannelBinding::Plus(&CERT_HASH),
+    };
+    let Ok((server, server_first)) =
+        ScramServer::start(keys(flags & 1 != 0), first, &SERVER_NONCE, binding)
     else {
         return;
     };

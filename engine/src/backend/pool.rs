@@ -633,6 +633,7 @@ mod tests {
                 user: "u".into(),
                 password: None,
                 connect_timeout: Duration::from_secs(1),
+                tls: None,
             },
             max_size: 1,
             min_idle: 0,

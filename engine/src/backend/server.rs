@@ -13,7 +13,10 @@ use postgres_protocol::message::{backend, frontend};
 use crate::error::{Blame, ProxyError, SqlState};
 use crate::ids::BackendPid;
 use crate::net::codec::FrameReader;
+use crate::net::codec::SSL_REQUEST;
 use crate::net::conn::Conn;
+use crate::net::tls::UpstreamTls;
+use helios_config::NodeTls;
 
 pub use crate::proto::prepared::{ParamMap, PreparedSet};
 
@@ -31,6 +34,8 @@ pub struct ServerTarget {
     pub user: String,
     pub password: Option<String>,
     pub connect_timeout: Duration,
+    /// `nodes.tls` and its files, loaded; `None`: plain text.
+    pub tls: Option<crate::net::tls::UpstreamTls>,
 }
 
 /// Identifies a server connection in logs and the cancel path.
@@ -211,12 +216,62 @@ fn encode_err(e: std::io::Error) -> ProxyError {
 }
 
 /// Startup and authentication; returns the backend key and the reported parameters.
+/// SSLRequest, then a handshake if the server answers `S`; `N` is plain text for `prefer` and a
+/// failure otherwise.
+async fn negotiate_tls(
+    conn: &mut Conn,
+    reader: &mut FrameReader,
+    tls: &UpstreamTls,
+) -> Result<(), ProxyError> {
+    let failed =
+        |what: String| ProxyError::error(SqlState::CONNECTION_FAILURE, Blame::Server, what);
+    conn.queue().extend_from_slice(&8i32.to_be_bytes());
+    conn.queue().extend_from_slice(&SSL_REQUEST.to_be_bytes());
+    conn.flush_all().await.map_err(|e| failed(e.to_string()))?;
+    while reader.buf.is_empty() {
+        if conn
+            .read_into(reader)
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            == 0
+        {
+            return Err(failed(
+                "server closed the connection after SSLRequest".into(),
+            ));
+        }
+    }
+    match reader.buf[0] {
+        b'S' if reader.buf.len() == 1 => {
+            reader.buf.clear();
+            conn.connect_tls(tls, reader)
+                .await
+                .map_err(|e| failed(format!("TLS handshake ({:?}): {e}", tls.mode)))
+        }
+        // Bytes after the `S` would pass as if they had come encrypted (CVE-2021-23222).
+        b'S' => Err(failed(
+            "server sent unencrypted data after its SSL response".into(),
+        )),
+        b'N' if tls.mode == NodeTls::Prefer => {
+            reader.buf.clear();
+            Ok(())
+        }
+        b'N' => Err(failed(format!(
+            "server does not support TLS, and nodes.tls = {:?} requires it",
+            tls.mode
+        ))),
+        _ => Err(failed("unexpected answer to SSLRequest".into())),
+    }
+}
+
 async fn login(
     conn: &mut Conn,
     reader: &mut FrameReader,
     target: &ServerTarget,
     addr: SocketAddr,
 ) -> Result<(BackendKey, Vec<(String, String)>), ProxyError> {
+    if let Some(tls) = &target.tls {
+        negotiate_tls(conn, reader, tls).await?;
+    }
     frontend::startup_message(
         [
             ("user", target.user.as_str()),
@@ -249,18 +304,42 @@ async fn login(
             backend::Message::AuthenticationSasl(body) => {
                 let mut mechs = body.mechanisms();
                 let mut ok = false;
+                let mut plus = false;
                 while let Ok(Some(m)) = fallible_iterator::FallibleIterator::next(&mut mechs) {
                     ok |= m == sasl::SCRAM_SHA_256;
+                    plus |= m == sasl::SCRAM_SHA_256_PLUS;
                 }
-                if !ok {
+                if !ok && !plus {
                     return Err(ProxyError::error(
                         SqlState::INVALID_AUTHORIZATION,
                         Blame::Server,
                         "server offers no SASL mechanism the proxy supports",
                     ));
                 }
-                let s = ScramSha256::new(need_password(target)?, ChannelBinding::unsupported());
-                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), conn.queue())
+                // Over TLS, bind the proof to the server's certificate when the server offers
+                // it; otherwise `n` (which PostgreSQL accepts).
+                let end_point = conn
+                    .tls()
+                    .and_then(|t| t.peer_certificates())
+                    .and_then(|c| c.first())
+                    .and_then(crate::net::tls::end_point_hash)
+                    .filter(|_| plus);
+                let (mech, binding) = match end_point {
+                    Some(h) => (
+                        sasl::SCRAM_SHA_256_PLUS,
+                        ChannelBinding::tls_server_end_point(h),
+                    ),
+                    None if ok => (sasl::SCRAM_SHA_256, ChannelBinding::unsupported()),
+                    None => {
+                        return Err(ProxyError::error(
+                            SqlState::INVALID_AUTHORIZATION,
+                            Blame::Server,
+                            "server offers only SCRAM-SHA-256-PLUS, and the connection has no channel binding",
+                        ))
+                    }
+                };
+                let s = ScramSha256::new(need_password(target)?, binding);
+                frontend::sasl_initial_response(mech, s.message(), conn.queue())
                     .map_err(encode_err)?;
                 scram = Some(s);
                 flush(conn).await?;

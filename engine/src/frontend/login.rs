@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use glommio::net::TcpStream;
-use helios_config::{AuthMethod, Secret};
+use helios_config::hba::HbaDecision;
+use helios_config::{AuthMethod, Secret, TlsMode};
 
-use crate::auth::{md5_check, md5_stored, AuthFailure, ScramKeys, ScramServer, SCRAM_ITERATIONS};
+use crate::auth::{
+    md5_check, md5_stored, AuthFailure, ChannelBinding, ScramKeys, ScramServer, SCRAM_ITERATIONS,
+};
 use crate::backend::pool::Pool;
 use crate::error::{Blame, ProxyError, SqlState};
 use crate::ids::ClientPid;
@@ -17,8 +20,9 @@ use crate::net::codec::{
     GSSENC_REQUEST, PROTOCOL_3_0, SSL_REQUEST,
 };
 use crate::net::conn::Conn;
+use crate::net::tls::ALPN_POSTGRESQL;
 use crate::pipeline::plugins::PluginStage;
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::{RuntimeConfig, Shard, ShardMsg};
 use crate::stats::Counters;
 
 /// A client that completed startup and authentication.
@@ -55,6 +59,37 @@ async fn read_startup(
     }
 }
 
+/// True if the client opened with a TLS record (direct TLS, PostgreSQL 17's
+/// `sslnegotiation=direct`) rather than a startup packet, whose first byte is always 0 (its
+/// length is below 16 MiB). Reads until one byte is there.
+async fn direct_tls(
+    client: &mut Conn,
+    reader: &mut FrameReader,
+) -> Result<bool, Option<ProxyError>> {
+    while reader.buf.is_empty() {
+        if client.read_into(reader).await.map_err(io_gone)? == 0 {
+            return Err(None);
+        }
+    }
+    Ok(reader.buf[0] == TLS_HANDSHAKE_RECORD)
+}
+
+/// A TLS record's content type for handshake messages: the first byte of a ClientHello.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The server side of the TLS handshake. A failure closes the connection without a word (there
+/// is no channel to send a PostgreSQL error on); it is logged.
+async fn handshake(
+    client: &mut Conn,
+    reader: &mut FrameReader,
+    config: std::sync::Arc<rustls::ServerConfig>,
+) -> Result<(), Option<ProxyError>> {
+    client.accept_tls(config, reader).await.map_err(|e| {
+        log::info!("client {:?}: TLS handshake failed: {e}", client.peer_addr());
+        None
+    })
+}
+
 /// Reads the next typed message of the authentication exchange, which must be `p`.
 async fn read_password_msg(
     client: &mut Conn,
@@ -83,15 +118,45 @@ pub async fn startup(
     reader: &mut FrameReader,
     over_limit: bool,
 ) -> Result<Startup, Option<ProxyError>> {
+    let cfg = shard.config();
+    let tls = &cfg.client_tls;
     let packet = loop {
+        if tls.server.is_some() && !client.is_tls() && direct_tls(client, reader).await? {
+            let config = tls.server.clone().expect("checked");
+            handshake(client, reader, config).await?;
+            if client.tls().and_then(|t| t.alpn_protocol()) != Some(ALPN_POSTGRESQL) {
+                return Err(Some(ProxyError::protocol(
+                    "received direct TLS connection request without ALPN protocol negotiation extension",
+                )));
+            }
+            continue;
+        }
         let Some(p) = read_startup(client, reader).await? else {
             return Ok(Startup::Done);
         };
         let mut body = &p[4..];
         let code = read_i32(&mut body).unwrap_or(0);
         match code {
-            SSL_REQUEST | GSSENC_REQUEST if p.len() == 8 => {
-                // TLS is not offered yet: the client continues in plain text or gives up.
+            SSL_REQUEST if p.len() == 8 && !client.is_tls() => match &tls.server {
+                Some(config) => {
+                    if !reader.buf.is_empty() {
+                        // Bytes sent before the handshake would pass as if they had come
+                        // encrypted (CVE-2021-23214).
+                        return Err(Some(ProxyError::protocol(
+                            "received unencrypted data after SSL request",
+                        )));
+                    }
+                    client.queue().extend_from_slice(b"S");
+                    client.flush_all().await.map_err(io_gone)?;
+                    handshake(client, reader, config.clone()).await?;
+                }
+                None => {
+                    client.queue().extend_from_slice(b"N");
+                    client.flush().await.map_err(io_gone)?;
+                }
+            },
+            GSSENC_REQUEST if p.len() == 8 && !client.is_tls() => {
+                // GSSAPI encryption is not offered: the client goes on to SSLRequest or plain.
                 client.queue().extend_from_slice(b"N");
                 client.flush().await.map_err(io_gone)?;
             }
@@ -117,6 +182,13 @@ pub async fn startup(
         }
     };
     let (packet, version) = packet;
+    if tls.mode == TlsMode::Require && !client.is_tls() {
+        return Err(Some(ProxyError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            Blame::Client,
+            "TLS is required: connect with sslmode=require (or verify-ca, verify-full)",
+        )));
+    }
     let params = parse_startup_params(&packet[8..])
         .ok_or_else(|| Some(ProxyError::protocol("malformed startup packet")))?;
     if version != PROTOCOL_3_0 {
@@ -171,7 +243,8 @@ pub async fn startup(
             "sorry, too many clients already",
         )));
     }
-    authenticate(shard, client, reader, &user).await?;
+    let method = access(&cfg, client, &user, &database)?;
+    authenticate(shard, client, reader, &user, method).await?;
     Ok(Startup::Login(Login {
         user,
         database,
@@ -205,16 +278,83 @@ fn password_failed(user: &str) -> Option<ProxyError> {
     ))
 }
 
+/// The authentication method for this connection: `auth.method`, or what the first matching
+/// `auth.hba` line says (a `reject` line, or no match, refuses with PostgreSQL's wording).
+fn access(
+    cfg: &RuntimeConfig,
+    client: &Conn,
+    user: &str,
+    database: &str,
+) -> Result<AuthMethod, Option<ProxyError>> {
+    let Some(hba) = &cfg.hba else {
+        return Ok(cfg.auth_method());
+    };
+    let ip = client
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let tls = client.is_tls();
+    let enc = if tls {
+        "SSL encryption"
+    } else {
+        "no encryption"
+    };
+    let refuse = |message: String| {
+        Some(ProxyError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            Blame::Client,
+            message,
+        ))
+    };
+    match hba.decide(ip, tls, user, database) {
+        HbaDecision::Allow(m, _) => Ok(m),
+        HbaDecision::Reject(line) => {
+            log::info!("auth.hba line {line} rejects {ip} for user {user:?}, database {database:?}");
+            Err(refuse(format!(
+                "pg_hba.conf rejects connection for host \"{ip}\", user \"{user}\", database \"{database}\", {enc}"
+            )))
+        }
+        HbaDecision::NoMatch => Err(refuse(format!(
+            "no pg_hba.conf entry for host \"{ip}\", user \"{user}\", database \"{database}\", {enc}"
+        ))),
+    }
+}
+
 async fn authenticate(
     shard: &Rc<Shard>,
     client: &mut Conn,
     reader: &mut FrameReader,
     user: &str,
+    method: AuthMethod,
 ) -> Result<(), Option<ProxyError>> {
     let cfg = shard.config();
     let entry = cfg.users.get(user).map(|u| u.secret.clone());
-    match cfg.auth_method() {
+    match method {
         AuthMethod::Trust => {}
+        AuthMethod::Cert => {
+            // rustls verified the certificate against tls.client_ca during the handshake.
+            let names = client
+                .tls()
+                .map(crate::net::tls::peer_names)
+                .unwrap_or_default();
+            if names.is_empty() {
+                return Err(Some(ProxyError::fatal(
+                    SqlState::INVALID_AUTHORIZATION,
+                    Blame::Client,
+                    "connection requires a valid client certificate",
+                )));
+            }
+            if !names.iter().any(|n| n == user) {
+                log::info!(
+                    "certificate authentication failed: user {user:?} is not the certificate's {names:?}"
+                );
+                return Err(Some(ProxyError::fatal(
+                    SqlState::INVALID_AUTHORIZATION,
+                    Blame::Client,
+                    format!("certificate authentication failed for user \"{user}\""),
+                )));
+            }
+        }
         AuthMethod::Md5 => {
             let salt: [u8; 4] = rand::random();
             put_auth(client.queue(), 5, &salt);
@@ -254,22 +394,42 @@ async fn authenticate(
                 stored_key: rand::random(),
                 server_key: rand::random(),
             });
-            put_auth(client.queue(), 10, b"SCRAM-SHA-256\0\0");
+            // On TLS, SCRAM-SHA-256-PLUS too: the client binds its proof to the proxy's
+            // certificate, so a man in the middle with another certificate cannot relay it.
+            let end_point = if client.is_tls() {
+                cfg.client_tls.end_point.as_deref()
+            } else {
+                None
+            };
+            put_auth(
+                client.queue(),
+                10,
+                if end_point.is_some() {
+                    b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"
+                } else {
+                    b"SCRAM-SHA-256\0\0"
+                },
+            );
             client.flush().await.map_err(io_gone)?;
             let msg = read_password_msg(client, reader).await?;
             let mut body = &msg[5..];
             let mech = read_cstr(&mut body).unwrap_or_default();
-            if mech != b"SCRAM-SHA-256" {
-                return Err(Some(ProxyError::protocol(
-                    "client selected an invalid SASL authentication mechanism",
-                )));
-            }
+            let binding = match (mech, end_point) {
+                (b"SCRAM-SHA-256", None) => ChannelBinding::Unavailable,
+                (b"SCRAM-SHA-256", Some(_)) => ChannelBinding::Declined,
+                (b"SCRAM-SHA-256-PLUS", Some(data)) => ChannelBinding::Plus(data),
+                _ => {
+                    return Err(Some(ProxyError::protocol(
+                        "client selected an invalid SASL authentication mechanism",
+                    )))
+                }
+            };
             let len = read_i32(&mut body).unwrap_or(-1);
             if len < 0 || len as usize != body.len() {
                 return Err(Some(ProxyError::protocol("malformed SASLInitialResponse")));
             }
             let nonce: [u8; 18] = rand::random();
-            let (server, first) = match ScramServer::start(keys, body, &nonce) {
+            let (server, first) = match ScramServer::start(keys, body, &nonce, binding) {
                 Ok(x) => x,
                 Err(e) => return Err(scram_failure(user, e)),
             };

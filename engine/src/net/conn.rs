@@ -8,6 +8,11 @@
 //!   `io.max_pending_send_bytes` (backpressure without a round trip per batch).
 //! - `Glommio`: glommio's readiness-based `TcpStream`, the fallback when the kernel lacks a ring
 //!   feature, and selectable with `io.backend = "glommio"`.
+//!
+//! With TLS ([`Conn::accept_tls`]) a [`Tls`] record layer sits between the two: received
+//! ciphertext is decrypted into the frame buffer, and a flush encrypts the queued batch into one
+//! ciphertext buffer that goes to the socket the same way plain bytes do. Nothing above `Conn`
+//! changes; a plain connection pays one `Option` check per read and flush.
 
 use std::future::Future;
 use std::io;
@@ -23,6 +28,7 @@ use glommio::net::TcpStream;
 use helios_uring::{Ring, UringStream};
 
 use super::codec::{rewind, FrameReader, FrameRef, READ_CHUNK};
+use super::tls::Tls;
 
 enum Io {
     Glommio(TcpStream),
@@ -39,6 +45,8 @@ pub struct Conn {
     read_hint: usize,
     /// Uring: the peer may be this far behind before a flush waits.
     max_pending: usize,
+    /// The TLS record layer, once negotiated.
+    tls: Option<Box<Tls>>,
 }
 
 const MIN_READ: usize = 2048;
@@ -68,6 +76,7 @@ impl Conn {
             peer,
             read_hint: MIN_READ,
             max_pending: usize::MAX,
+            tls: None,
         }
     }
 
@@ -84,6 +93,7 @@ impl Conn {
             peer: self.peer,
             read_hint: MIN_READ,
             max_pending: ring.config().max_pending_send_bytes,
+            tls: self.tls,
         })
     }
 
@@ -104,33 +114,90 @@ impl Conn {
         cx: &mut Context<'_>,
         reader: &mut FrameReader,
     ) -> Poll<io::Result<usize>> {
-        match &mut self.io {
-            // Copied out of the ring buffer, which goes back to the kernel at the next turn.
-            Io::Uring(s) => s.poll_recv_into(cx, &mut reader.buf),
-            Io::Glommio(stream) => {
-                let buf = &mut reader.buf;
-                let len = buf.len();
-                let room = self.read_hint;
-                buf.resize(len + room, 0);
-                match Pin::new(stream).poll_read(cx, &mut buf[len..]) {
-                    Poll::Ready(Ok(n)) => {
-                        buf.truncate(len + n);
-                        self.read_hint = if n == room {
-                            (room * 2).min(MAX_READ)
-                        } else if n < room / 4 {
-                            (room / 2).max(MIN_READ)
-                        } else {
-                            room
-                        };
-                        Poll::Ready(Ok(n))
-                    }
-                    other => {
-                        buf.truncate(len);
-                        other
-                    }
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return poll_raw_read(&mut self.io, &mut self.read_hint, cx, &mut reader.buf);
+        };
+        loop {
+            let (n, closed) = match tls.decrypt_into(&mut reader.buf) {
+                Ok(x) => x,
+                Err(e) => {
+                    send_now(&mut self.io, &mut tls.cout);
+                    return Poll::Ready(Err(e));
                 }
+            };
+            if tls.conn.wants_write() {
+                // A post-handshake message (key update, alert) to answer: with the next flush,
+                // or now on the ring.
+                tls.encrypt_pending()?;
+                send_now(&mut self.io, &mut tls.cout);
+            }
+            if n > 0 || closed {
+                return Poll::Ready(Ok(n));
+            }
+            match poll_raw_read(&mut self.io, &mut self.read_hint, cx, &mut tls.cin) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(_)) => {}
+                other => return other,
             }
         }
+    }
+
+    /// Runs a TLS handshake as the server (after `S` was sent, or for a direct TLS connection
+    /// whose first bytes are in `reader`). Plaintext that arrives with the client's last
+    /// handshake flight lands in `reader`. On failure the alert is sent, best effort.
+    pub async fn accept_tls(
+        &mut self,
+        config: std::sync::Arc<rustls::ServerConfig>,
+        reader: &mut FrameReader,
+    ) -> io::Result<()> {
+        debug_assert!(self.tls.is_none());
+        let early = reader.buf.split();
+        self.tls = Some(Box::new(Tls::server(config, &early)?));
+        self.handshake(reader).await
+    }
+
+    /// Runs a TLS handshake as the client (after the server answered an SSLRequest with `S`).
+    pub async fn connect_tls(
+        &mut self,
+        tls: &super::tls::UpstreamTls,
+        reader: &mut FrameReader,
+    ) -> io::Result<()> {
+        debug_assert!(self.tls.is_none() && reader.buf.is_empty());
+        self.tls = Some(Box::new(Tls::client(tls)?));
+        self.handshake(reader).await
+    }
+
+    async fn handshake(&mut self, reader: &mut FrameReader) -> io::Result<()> {
+        loop {
+            let tls = self.tls.as_deref_mut().expect("handshake without TLS");
+            let res = tls.decrypt_into(&mut reader.buf);
+            let _ = tls.encrypt_pending();
+            let handshaking = tls.handshaking();
+            let flushed = self.flush_all().await;
+            res?;
+            flushed?;
+            if !handshaking {
+                return Ok(());
+            }
+            let tls = self.tls.as_deref_mut().expect("handshake without TLS");
+            let n = std::future::poll_fn(|cx| {
+                poll_raw_read(&mut self.io, &mut self.read_hint, cx, &mut tls.cin)
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// The TLS session, once negotiated (peer certificate, ALPN).
+    pub fn tls(&self) -> Option<&rustls::Connection> {
+        self.tls.as_deref().map(|t| &t.conn)
+    }
+
+    /// True once TLS is negotiated.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     pub async fn read_into(&mut self, reader: &mut FrameReader) -> io::Result<usize> {
@@ -158,7 +225,8 @@ impl Conn {
 
     fn queue_bytes(&mut self, bytes: &[u8], shared: Option<&Bytes>) {
         match (&mut self.io, shared) {
-            (Io::Uring(s), Some(b)) if b.len() >= ZERO_COPY_MIN => {
+            // Encrypted frames are copied anyway: no by-reference path under TLS.
+            (Io::Uring(s), Some(b)) if b.len() >= ZERO_COPY_MIN && self.tls.is_none() => {
                 if !self.wbuf.is_empty() {
                     s.queue_send(self.wbuf.split().freeze());
                 }
@@ -171,6 +239,7 @@ impl Conn {
     /// Bytes queued and not yet handed to the kernel.
     pub fn pending(&self) -> usize {
         self.wbuf.len()
+            + self.tls.as_ref().map_or(0, |t| t.cout.len())
             + match &self.io {
                 Io::Uring(s) => s.pending_send_bytes(),
                 Io::Glommio(_) => 0,
@@ -184,36 +253,16 @@ impl Conn {
     }
 
     fn poll_flush_inner(&mut self, cx: &mut Context<'_>, all: bool) -> Poll<io::Result<()>> {
-        match &mut self.io {
-            Io::Uring(s) => {
-                if !self.wbuf.is_empty() {
-                    s.queue_send(self.wbuf.split().freeze());
-                }
-                if all || s.pending_send_bytes() > self.max_pending {
-                    return s.poll_flush(cx);
-                }
-                Poll::Ready(Ok(()))
-            }
-            Io::Glommio(stream) => {
-                while !self.wbuf.is_empty() {
-                    match Pin::new(&mut *stream).poll_write(cx, &self.wbuf) {
-                        Poll::Ready(Ok(0)) => {
-                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                        }
-                        Poll::Ready(Ok(n)) => {
-                            let _ = self.wbuf.split_to(n);
-                        }
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-                if self.wbuf.capacity() > 4 * READ_CHUNK {
-                    // A large result went through: give the memory back.
-                    self.wbuf = BytesMut::with_capacity(READ_CHUNK);
-                }
-                Poll::Ready(Ok(()))
-            }
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return poll_raw_flush(&mut self.io, cx, &mut self.wbuf, all, self.max_pending);
+        };
+        if !self.wbuf.is_empty() {
+            tls.encrypt(&self.wbuf)?;
+            self.wbuf.clear();
+        } else {
+            tls.encrypt_pending()?;
         }
+        poll_raw_flush(&mut self.io, cx, &mut tls.cout, all, self.max_pending)
     }
 
     pub fn flush(&mut self) -> impl Future<Output = io::Result<()>> + '_ {
@@ -227,6 +276,13 @@ impl Conn {
 
     /// Best-effort flush then shutdown, for closing after a final error.
     pub async fn close(mut self) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            // The queued bytes (a final error) go before the close_notify.
+            if tls.encrypt(&self.wbuf).is_ok() {
+                tls.conn.send_close_notify();
+            }
+            self.wbuf.clear();
+        }
         let _ = glommio::timer::timeout(std::time::Duration::from_secs(5), async {
             let _ = self.flush_all().await;
             Ok(())
@@ -265,6 +321,92 @@ impl Conn {
                 }
                 true
             }
+        }
+    }
+}
+
+/// Reads what the socket has into `buf` (plain bytes, or ciphertext under TLS).
+fn poll_raw_read(
+    io: &mut Io,
+    read_hint: &mut usize,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    match io {
+        // Copied out of the ring buffer, which goes back to the kernel at the next turn.
+        Io::Uring(s) => s.poll_recv_into(cx, buf),
+        Io::Glommio(stream) => {
+            let len = buf.len();
+            let room = *read_hint;
+            buf.resize(len + room, 0);
+            match Pin::new(stream).poll_read(cx, &mut buf[len..]) {
+                Poll::Ready(Ok(n)) => {
+                    buf.truncate(len + n);
+                    *read_hint = if n == room {
+                        (room * 2).min(MAX_READ)
+                    } else if n < room / 4 {
+                        (room / 2).max(MIN_READ)
+                    } else {
+                        room
+                    };
+                    Poll::Ready(Ok(n))
+                }
+                other => {
+                    buf.truncate(len);
+                    other
+                }
+            }
+        }
+    }
+}
+
+/// Glommio: writes all of `buf`. Uring: hands it to the ring; waits only while the peer is more
+/// than `max_pending` bytes behind (or for everything, with `all`).
+fn poll_raw_flush(
+    io: &mut Io,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    all: bool,
+    max_pending: usize,
+) -> Poll<io::Result<()>> {
+    match io {
+        Io::Uring(s) => {
+            if !buf.is_empty() {
+                s.queue_send(buf.split().freeze());
+            }
+            if all || s.pending_send_bytes() > max_pending {
+                return s.poll_flush(cx);
+            }
+            Poll::Ready(Ok(()))
+        }
+        Io::Glommio(stream) => {
+            while !buf.is_empty() {
+                match Pin::new(&mut *stream).poll_write(cx, buf) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        let _ = buf.split_to(n);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if buf.capacity() > 4 * READ_CHUNK {
+                // A large result went through: give the memory back.
+                *buf = BytesMut::with_capacity(READ_CHUNK);
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
+/// On the ring, queues `buf` for the next submission (no waiting); glommio sends it with the
+/// next flush.
+fn send_now(io: &mut Io, buf: &mut BytesMut) {
+    if let Io::Uring(s) = io {
+        if !buf.is_empty() {
+            s.queue_send(buf.split().freeze());
         }
     }
 }

@@ -48,11 +48,29 @@ pub fn load_runtime(path: &Path, shards_override: Option<usize>) -> Result<Runti
 /// connection never blocks on DNS. A name that does not resolve is an error naming the node.
 pub fn runtime_config(config: Config, users: Userlist, shards: usize) -> Result<RuntimeConfig> {
     let addrs = resolve_nodes(&config)?;
+    let client_tls = crate::net::tls::client_tls(&config.tls)?;
+    let mut node_tls = HashMap::new();
+    for n in &config.nodes {
+        if let Some(t) =
+            crate::net::tls::upstream_tls(n).with_context(|| format!("node {:?}", n.name))?
+        {
+            node_tls.insert(n.name.clone(), t);
+        }
+    }
+    let hba = match &config.auth.hba {
+        Some(p) => Some(Arc::new(
+            helios_config::hba::Hba::load(p).map_err(|e| anyhow!("{e}"))?,
+        )),
+        None => None,
+    };
     Ok(RuntimeConfig {
+        hba,
+        node_tls,
         config,
         users,
         shards,
         addrs,
+        client_tls,
     })
 }
 
@@ -131,6 +149,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
     let shards = rt.shards;
     check_memlock(shards)?;
     log_budget(&rt);
+    log_tls(&rt);
     let plugins = start_plugins(&rt)?;
     let mut inboxes = Vec::new();
     let mut receivers = Vec::new();
@@ -322,6 +341,29 @@ fn log_plugin_report(report: &helios_plugin_host::LoadReport) {
     }
 }
 
+/// Says loudly when clients may connect in plain text.
+fn log_tls(rt: &RuntimeConfig) {
+    use helios_config::TlsMode;
+    match rt.client_tls.mode {
+        TlsMode::Disable => log::warn!(
+            "TLS is off: clients connect in PLAIN TEXT (passwords and data unencrypted); \
+             set [tls] cert and key to require TLS (docs/tls.md)"
+        ),
+        TlsMode::Prefer => {
+            log::warn!("tls.mode = prefer: clients that do not ask for TLS connect in plain text")
+        }
+        TlsMode::Require => log::info!(
+            "TLS required for clients (min {:?}{})",
+            rt.config.tls.min_version,
+            if rt.config.tls.client_ca.is_some() {
+                format!(", client certificates {:?}", rt.config.tls.client_cert)
+            } else {
+                String::new()
+            }
+        ),
+    }
+}
+
 fn signal_loop(
     shared: &Arc<Shared>,
     rt: &Arc<RuntimeConfig>,
@@ -345,6 +387,7 @@ fn signal_loop(
                         new.config.keep_restart_only(&current.config);
                         let new = Arc::new(new);
                         log_budget(&new);
+                        log_tls(&new);
                         *live_config.write().unwrap_or_else(|e| e.into_inner()) =
                             serde_json::to_value(&new.config).unwrap_or_default();
                         shared.broadcast(|| ShardMsg::Reload(new.clone()));

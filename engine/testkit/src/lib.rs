@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+pub mod certs;
 pub mod proxy;
 
 /// The superuser every cluster is created with, and its password.

@@ -1,0 +1,206 @@
+//! Host-based access rules (`auth.hba`): a `reject` line for one source address while another
+//! passes (127.0.0.2 as a second loopback source), `hostssl` refusing plain text, reload
+//! swapping rules and refusing a broken file whole, `--check` naming the line.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::FromRawFd;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use helios_testkit::certs::TestCa;
+use helios_testkit::proxy::Proxy;
+use helios_testkit::SUPERUSER;
+
+/// A TCP connection to the proxy from the local address `src` (any of 127/8 is ours).
+fn connect_from(src: [u8; 4], port: u16) -> TcpStream {
+    // SAFETY: plain socket calls on a descriptor we own; std takes it over on success.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let sa = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = sa(src, 0);
+        assert_eq!(
+            libc::bind(fd, &local as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        let remote = sa([127, 0, 0, 1], port);
+        assert_eq!(
+            libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// A trust login in plain text from `src`: `Ok` at ReadyForQuery, `Err(message)` on an
+/// ErrorResponse.
+fn login_from(src: [u8; 4], proxy: &Proxy, db: &str) -> Result<(), String> {
+    let mut s = connect_from(src, proxy.port());
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut p = vec![0, 0, 0, 0, 0, 3, 0, 0];
+    for (k, v) in [("user", SUPERUSER), ("database", db)] {
+        p.extend_from_slice(k.as_bytes());
+        p.push(0);
+        p.extend_from_slice(v.as_bytes());
+        p.push(0);
+    }
+    p.push(0);
+    let n = p.len() as i32;
+    p[..4].copy_from_slice(&n.to_be_bytes());
+    s.write_all(&p).unwrap();
+    loop {
+        let mut h = [0u8; 5];
+        s.read_exact(&mut h).map_err(|e| e.to_string())?;
+        let len = i32::from_be_bytes(h[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).map_err(|e| e.to_string())?;
+        let m = Msg { tag: h[0], body };
+        match m.tag {
+            b'Z' => return Ok(()),
+            b'E' => {
+                return Err(format!(
+                    "{} {}",
+                    m.code().unwrap_or_default(),
+                    m.field(b'M').unwrap_or_default()
+                ))
+            }
+            _ => {}
+        }
+    }
+}
+
+fn hba_config(pg: &helios_testkit::PgCluster, db: &str, extra: &str) -> String {
+    config(
+        pg,
+        "method = \"trust\"\nhba = \"hba.conf\"",
+        "",
+        &db_section("tx", db, "transaction", 4, ""),
+    ) + "\n"
+        + extra
+}
+
+#[test]
+fn reject_line_for_one_address_while_another_passes_and_reload_swaps_rules() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "hba_addr");
+    let dir = std::env::temp_dir().join(format!("helios-hba-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hba_path = dir.join("hba.conf");
+    std::fs::write(
+        &hba_path,
+        "host all all 127.0.0.2/32 reject\nhost all all 127.0.0.0/8 trust\n",
+    )
+    .unwrap();
+    let cfg = hba_config(&pg, &db, "").replace(
+        "hba = \"hba.conf\"",
+        &format!("hba = \"{}\"", hba_path.display()),
+    );
+    let mut proxy = start_proxy(&cfg, None);
+    login_from([127, 0, 0, 1], &proxy, "tx").unwrap();
+    let e = login_from([127, 0, 0, 2], &proxy, "tx").unwrap_err();
+    assert_eq!(
+        e,
+        format!("28000 pg_hba.conf rejects connection for host \"127.0.0.2\", user \"{SUPERUSER}\", database \"tx\", no encryption")
+    );
+    login_from([127, 0, 0, 3], &proxy, "tx").unwrap();
+    // Reload: now only 127.0.0.2 may come in, and only to tx.
+    std::fs::write(&hba_path, "host tx all 127.0.0.2/32 trust\n").unwrap();
+    proxy.reload().unwrap();
+    login_from([127, 0, 0, 2], &proxy, "tx").unwrap();
+    let e = login_from([127, 0, 0, 1], &proxy, "tx").unwrap_err();
+    assert_eq!(
+        e,
+        format!("28000 no pg_hba.conf entry for host \"127.0.0.1\", user \"{SUPERUSER}\", database \"tx\", no encryption")
+    );
+    // A broken file: the reload fails naming the line, the rules in force stay.
+    std::fs::write(
+        &hba_path,
+        "host all all all trust\nhost all all 127.0.0.1/40 trust\n",
+    )
+    .unwrap();
+    proxy.signal(libc::SIGHUP);
+    poll(Duration::from_secs(10), "the failed reload", || {
+        let log = proxy.log();
+        (log.contains("reload failed") && log.contains("hba.conf:2:")).then_some(())
+    });
+    login_from([127, 0, 0, 2], &proxy, "tx").unwrap();
+    assert!(login_from([127, 0, 0, 1], &proxy, "tx").is_err());
+    // --check names the line too.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(proxy.dir().join("proxy.toml"))
+        .arg("--check")
+        .env("HELIOS_TEST_PORT", "1")
+        .env("HELIOS_TEST_ADMIN_PORT", "2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("hba.conf:2:") && err.contains("mask"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn hostssl_lines_refuse_plain_text() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "hba_ssl");
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    for backend in ["uring", "glommio"] {
+        let tls = format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\nmode = \"prefer\"\n",
+            server.cert.display(),
+            server.key.display()
+        );
+        let hba_path = ca.dir.join(format!("hba-{backend}.conf"));
+        std::fs::write(
+            &hba_path,
+            "hostnossl tx all 127.0.0.9/32 trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        let cfg = hba_config(&pg, &db, &tls)
+            .replace("${HELIOS_TEST_IO_BACKEND:-uring}", backend)
+            .replace(
+                "hba = \"hba.conf\"",
+                &format!("hba = \"{}\"", hba_path.display()),
+            );
+        let proxy = start_proxy(&cfg, None);
+        let e = login_from([127, 0, 0, 1], &proxy, "tx").unwrap_err();
+        assert!(
+            e.contains("no pg_hba.conf entry") && e.contains("no encryption"),
+            "{backend}: {e}"
+        );
+        let out = Command::new("psql")
+            .arg(format!(
+                "host=localhost port={} user={SUPERUSER} dbname=tx sslmode=verify-full sslrootcert={}",
+                proxy.port(),
+                ca.cert().display()
+            ))
+            .args(["-X", "-At", "-c", "select 11"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "11",
+            "{backend}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        login_from([127, 0, 0, 9], &proxy, "tx").unwrap();
+    }
+}
