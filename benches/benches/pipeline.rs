@@ -16,7 +16,7 @@ use helios_engine::net::codec::Frame;
 use helios_engine::pipeline::plugins::PluginStage;
 use helios_engine::pipeline::Pipeline;
 use helios_engine::proto::exchange::Then;
-use helios_engine::shard::{RuntimeConfig, Shard};
+use helios_engine::shard::Shard;
 
 fn frame(tag: u8, body: &[u8]) -> Frame {
     let mut b = vec![tag];
@@ -37,12 +37,8 @@ fn pipeline(c: &mut Criterion) {
         &|_| None,
     )
     .expect("a minimal configuration");
-    let rt = RuntimeConfig {
-        config,
-        users: Default::default(),
-        shards: 1,
-        addrs: Default::default(),
-    };
+    let rt = helios_engine::runtime::runtime_config(config, Default::default(), 1)
+        .expect("a runtime configuration");
     let shard = Shard::new(0, shared, std::sync::Arc::new(rt));
     let mut p = Pipeline::new(PluginStage::new("u", "db", "bench", None), None);
     assert!(!p.active(&shard), "no stage is configured");
