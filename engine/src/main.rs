@@ -131,6 +131,9 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             host: u.host,
             port: u.port,
             connect_timeout_ms: 5_000,
+            role: Default::default(),
+            weight: 1,
+            tags: Default::default(),
         }],
         databases,
         io: IoConfig {
@@ -166,6 +169,7 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             },
             ..AdminConfig::default()
         },
+        health: Default::default(),
     };
     if cli.listen.parse::<std::net::SocketAddr>().is_err() {
         bail!("--listen {:?} is not an IP:port address", cli.listen);
