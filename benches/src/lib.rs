@@ -222,6 +222,7 @@ pub fn shared_with_inboxes(n: usize) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
         snapshot_interval: Duration::from_secs(1),
         console_state: Mutex::new(helios_admin::AdminState::new(n)),
         pauses: Default::default(),
+        topology: Arc::new(helios_engine::backend::topology::TopologyHub::empty()),
     };
     (Arc::new(shared), receivers)
 }

@@ -22,6 +22,7 @@ use helios_config::{AuthMethod, Config, Secret, Userlist};
 use crate::auth::ScramKeys;
 use crate::backend::pool::{Pool, PoolSettings};
 use crate::backend::server::{BackendKey, ServerTarget};
+use crate::backend::topology::{Topology, TopologyHub};
 use crate::ids::{BackendPid, ClientPid};
 
 /// What every shard reads: the configuration as loaded (replaced whole on reload).
@@ -114,6 +115,8 @@ pub enum ShardMsg {
     /// A client connection another shard accepted while it had more clients than this one
     /// (already counted in `Shared::sessions` for this shard).
     Adopt(std::net::TcpStream),
+    /// The nodes' roles and health changed (health checker, chaos): route by this from now on.
+    Topology(Arc<Topology>),
 }
 
 /// The process-wide part: channels to every shard and the global client count.
@@ -132,6 +135,9 @@ pub struct Shared {
     pub console_state: std::sync::Mutex<helios_admin::AdminState>,
     /// Console PAUSE/RESUME, read by every shard's pools.
     pub pauses: Arc<crate::backend::pool::Pauses>,
+    /// The health checker's results and the chaos overrides (never read on the query path:
+    /// shards route by their own copy, `Shard::topology`).
+    pub topology: Arc<TopologyHub>,
 }
 
 impl Shared {
@@ -261,6 +267,10 @@ pub struct Shard {
     /// Clients' start-up session settings, shared between clients that sent the same ones:
     /// a server connection last used by any of them then matches with a pointer comparison.
     param_sets: RefCell<Vec<Rc<ParamMap>>>,
+    /// This shard's copy of the topology (`ShardMsg::Topology`): what the route stage reads.
+    pub topology: RefCell<Arc<Topology>>,
+    /// The shard's turn counter for spreading reads over replicas.
+    pub route_seq: Cell<u64>,
 }
 
 /// Session parameters by name, values quoted as SQL literals.
@@ -273,7 +283,6 @@ impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>, config: Arc<RuntimeConfig>) -> Rc<Shard> {
         Rc::new(Shard {
             id,
-            shared,
             config: RefCell::new(config),
             pools: RefCell::new(HashMap::new()),
             server_ids: Rc::new(Cell::new((id as u64) << 48)),
@@ -289,6 +298,9 @@ impl Shard {
             analysis: RefCell::new(Default::default()),
             request_seq: Cell::new(0),
             param_sets: RefCell::new(Vec::new()),
+            topology: RefCell::new(shared.topology.snapshot()),
+            route_seq: Cell::new(0),
+            shared,
         })
     }
 
@@ -400,6 +412,33 @@ impl Shard {
                 }
             })
             .detach();
+        }
+    }
+
+    /// A new topology snapshot: routing uses it from the next statement on; pools to nodes
+    /// that stopped being usable lose their idle connections.
+    pub fn set_topology(&self, t: Arc<Topology>) {
+        let old = std::mem::replace(&mut *self.topology.borrow_mut(), t.clone());
+        for n in t.nodes.iter().filter(|n| !n.usable()) {
+            let was_up = old
+                .nodes
+                .iter()
+                .find(|o| o.name == n.name)
+                .is_none_or(|o| o.usable());
+            if !was_up {
+                continue;
+            }
+            for ((_, _, node), pool) in self.pools.borrow().iter() {
+                if node == &n.name {
+                    let closed = pool.drain_idle();
+                    if closed > 0 {
+                        log::info!(
+                            "shard {}: node {node} is down: closed {closed} idle connections",
+                            self.id
+                        );
+                    }
+                }
+            }
         }
     }
 

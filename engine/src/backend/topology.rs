@@ -1,0 +1,421 @@
+//! The nodes' roles and health as every shard routes by them: immutable snapshots
+//! ([`Topology`], shared by `Arc`) built by the health checker (backend/health.rs) and the chaos
+//! overrides, handed to each shard over its inbox (`ShardMsg::Topology`). A shard reads its own
+//! copy (`Shard::topology`, a `RefCell` on that thread): no lock on the query path.
+//!
+//! [`TopologyHub`] is the one place where the checker's results and the operator's overrides
+//! meet; it lives in `Shared` so the admin thread, the psql console and the checker reach it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use helios_config::{Config, NodeRole, TagValue};
+
+/// A node's role as last seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+    /// `role = "auto"` and no probe has answered yet: it serves nothing.
+    Unknown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// One node in a snapshot.
+#[derive(Clone, Debug)]
+pub struct NodeState {
+    pub name: String,
+    pub configured: NodeRole,
+    pub role: Role,
+    /// By the health checker's thresholds.
+    pub healthy: bool,
+    /// Chaos: forced unhealthy by the operator (`TopologyHub::force_unhealthy`).
+    pub forced_down: bool,
+    /// Bytes the replica's replay position is behind the primary's current WAL position.
+    pub lag_bytes: Option<u64>,
+    pub weight: u32,
+    pub tags: BTreeMap<String, TagValue>,
+    /// Why the last probe failed, if it did.
+    pub last_error: Option<String>,
+    /// Unix milliseconds of the last probe (0: none yet).
+    pub checked_at_ms: u64,
+}
+
+impl NodeState {
+    /// Whether new transactions may go to it.
+    pub fn usable(&self) -> bool {
+        self.healthy && !self.forced_down
+    }
+}
+
+/// What every shard routes by.
+#[derive(Clone, Debug, Default)]
+pub struct Topology {
+    /// In configuration order.
+    pub nodes: Vec<NodeState>,
+    /// Bumped by every publication.
+    pub version: u64,
+    /// Unix milliseconds of the last change of the current primary (none yet).
+    pub last_failover_at_ms: Option<u64>,
+}
+
+impl Topology {
+    /// The configured view before any probe: static roles healthy, `auto` nodes unknown.
+    pub fn from_config(cfg: &Config) -> Topology {
+        Topology {
+            nodes: cfg
+                .nodes
+                .iter()
+                .map(|n| NodeState {
+                    name: n.name.clone(),
+                    configured: n.role,
+                    role: match n.role {
+                        NodeRole::Primary => Role::Primary,
+                        NodeRole::Replica => Role::Replica,
+                        NodeRole::Auto => Role::Unknown,
+                    },
+                    healthy: n.role != NodeRole::Auto,
+                    forced_down: false,
+                    lag_bytes: None,
+                    weight: n.weight,
+                    tags: n.tags.clone(),
+                    last_error: None,
+                    checked_at_ms: 0,
+                })
+                .collect(),
+            version: 0,
+            last_failover_at_ms: None,
+        }
+    }
+
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// The first usable primary, in configuration order.
+    pub fn current_primary(&self) -> Option<&NodeState> {
+        self.nodes
+            .iter()
+            .find(|n| n.role == Role::Primary && n.usable())
+    }
+
+    /// The first usable node whose tag `tag` is set (`vector = true`).
+    pub fn tagged(&self, tag: &str) -> Option<&NodeState> {
+        self.nodes
+            .iter()
+            .find(|n| n.usable() && n.tags.get(tag).is_some_and(TagValue::is_set))
+    }
+}
+
+/// Chaos on a node the configuration does not name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no node is named {0:?}")]
+pub struct UnknownNode(pub String);
+
+/// What the health checker reads before each round.
+pub struct HealthInput {
+    pub config: Config,
+    /// Every node's addresses, resolved where the configuration was loaded.
+    pub addrs: HashMap<String, Vec<SocketAddr>>,
+}
+
+type Publish = Box<dyn Fn(Arc<Topology>) + Send + Sync>;
+
+struct HubState {
+    /// The checker's last view (no overrides).
+    probed: Topology,
+    /// Nodes the operator forced unhealthy.
+    forced: BTreeSet<String>,
+    /// What the shards have: `probed` with the overrides.
+    published: Arc<Topology>,
+}
+
+/// Where the checker's results and the operator's overrides meet (thread-safe; never touched
+/// by the query path).
+pub struct TopologyHub {
+    state: Mutex<HubState>,
+    input: Mutex<Option<Arc<HealthInput>>>,
+    publish: Mutex<Option<Publish>>,
+    /// The process is stopping: the checker ends.
+    pub stopping: AtomicBool,
+    /// The checker thread was started.
+    pub running: AtomicBool,
+}
+
+impl TopologyHub {
+    pub fn new(input: HealthInput) -> TopologyHub {
+        let probed = Topology::from_config(&input.config);
+        TopologyHub {
+            state: Mutex::new(HubState {
+                published: Arc::new(probed.clone()),
+                probed,
+                forced: BTreeSet::new(),
+            }),
+            input: Mutex::new(Some(Arc::new(input))),
+            publish: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+        }
+    }
+
+    /// How snapshots reach the shards (the runtime sends each over every shard's inbox).
+    pub fn set_publisher(&self, f: impl Fn(Arc<Topology>) + Send + Sync + 'static) {
+        *self.publish.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    }
+
+    /// The snapshot the shards route by now.
+    pub fn snapshot(&self) -> Arc<Topology> {
+        self.lock().published.clone()
+    }
+
+    /// A hub with no nodes (benchmarks, tests that build a `Shared` by hand).
+    pub fn empty() -> TopologyHub {
+        TopologyHub {
+            state: Mutex::new(HubState {
+                probed: Topology::default(),
+                forced: BTreeSet::new(),
+                published: Arc::new(Topology::default()),
+            }),
+            input: Mutex::new(None),
+            publish: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+        }
+    }
+
+    pub fn input(&self) -> Option<Arc<HealthInput>> {
+        self.input.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A reload: nodes that stay keep their state, new ones start from their configuration,
+    /// removed ones go (and their overrides with them).
+    pub fn reconfigure(&self, input: HealthInput) {
+        let mut fresh = Topology::from_config(&input.config);
+        {
+            let mut st = self.lock();
+            for n in fresh.nodes.iter_mut() {
+                if let Some(old) = st.probed.nodes.iter().find(|o| o.name == n.name) {
+                    if old.configured == n.configured {
+                        n.role = old.role;
+                        n.healthy = old.healthy;
+                        n.lag_bytes = old.lag_bytes;
+                        n.last_error.clone_from(&old.last_error);
+                        n.checked_at_ms = old.checked_at_ms;
+                    }
+                }
+            }
+            fresh.last_failover_at_ms = st.probed.last_failover_at_ms;
+            let names: BTreeSet<String> = fresh.nodes.iter().map(|n| n.name.clone()).collect();
+            st.forced.retain(|n| names.contains(n));
+        }
+        *self.input.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(input));
+        self.update(fresh);
+    }
+
+    /// The checker's new view; published if anything routing depends on changed.
+    pub fn update(&self, mut probed: Topology) {
+        let mut st = self.lock();
+        let old_primary = st
+            .probed
+            .current_primary()
+            .map(|n| n.name.clone())
+            .or_else(|| st.published.current_primary().map(|n| n.name.clone()));
+        let new_primary = probed.current_primary().map(|n| n.name.clone());
+        if old_primary.is_some() && new_primary.is_some() && old_primary != new_primary {
+            log::warn!(
+                "topology: the primary is now {} (was {})",
+                new_primary.as_deref().unwrap_or("none"),
+                old_primary.as_deref().unwrap_or("none")
+            );
+            probed.last_failover_at_ms = Some(crate::backend::pool::unix_ms());
+        } else if probed.last_failover_at_ms.is_none() {
+            probed.last_failover_at_ms = st.probed.last_failover_at_ms;
+        }
+        st.probed = probed;
+        self.republish(&mut st, false);
+    }
+
+    /// Chaos: the node gets no new transactions on any shard until restored (or reset).
+    pub fn force_unhealthy(&self, node: &str) -> Result<(), UnknownNode> {
+        self.override_node(node, true)
+    }
+
+    /// Chaos: undoes [`TopologyHub::force_unhealthy`]; the checker's view applies again.
+    pub fn restore(&self, node: &str) -> Result<(), UnknownNode> {
+        self.override_node(node, false)
+    }
+
+    /// Chaos: every override removed.
+    pub fn reset(&self) {
+        let mut st = self.lock();
+        st.forced.clear();
+        self.republish(&mut st, true);
+    }
+
+    /// The nodes forced unhealthy.
+    pub fn overrides(&self) -> Vec<String> {
+        self.lock().forced.iter().cloned().collect()
+    }
+
+    fn override_node(&self, node: &str, down: bool) -> Result<(), UnknownNode> {
+        let mut st = self.lock();
+        if st.probed.index(node).is_none() {
+            return Err(UnknownNode(node.to_string()));
+        }
+        if down {
+            st.forced.insert(node.to_string());
+        } else {
+            st.forced.remove(node);
+        }
+        log::warn!(
+            "chaos: node {node} {}",
+            if down { "forced unhealthy" } else { "restored" }
+        );
+        self.republish(&mut st, true);
+        Ok(())
+    }
+
+    fn republish(&self, st: &mut HubState, always: bool) {
+        let mut next = st.probed.clone();
+        for n in next.nodes.iter_mut() {
+            n.forced_down = st.forced.contains(&n.name);
+        }
+        if !always && same_routing(&next, &st.published) {
+            // Only probe times or errors changed: keep what the shards have, refresh the copy
+            // the console and the admin API show.
+            next.version = st.published.version;
+            st.published = Arc::new(next);
+            return;
+        }
+        next.version = st.published.version + 1;
+        let snap = Arc::new(next);
+        st.published = snap.clone();
+        if let Some(p) = self
+            .publish
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            p(snap);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether two snapshots route the same (lag counts: replicas over a limit are skipped).
+fn same_routing(a: &Topology, b: &Topology) -> bool {
+    a.nodes.len() == b.nodes.len()
+        && a.last_failover_at_ms == b.last_failover_at_ms
+        && a.nodes.iter().zip(&b.nodes).all(|(x, y)| {
+            x.name == y.name
+                && x.role == y.role
+                && x.healthy == y.healthy
+                && x.forced_down == y.forced_down
+                && x.lag_bytes == y.lag_bytes
+                && x.weight == y.weight
+                && x.tags == y.tags
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::sync::atomic::AtomicUsize;
+
+    fn cfg() -> Config {
+        Config::parse(
+            r#"
+            [auth]
+            method = "trust"
+            [[nodes]]
+            name = "p"
+            host = "127.0.0.1"
+            [[nodes]]
+            name = "r"
+            host = "127.0.0.1"
+            role = "replica"
+            tags = { vector = true }
+            [[nodes]]
+            name = "a"
+            host = "127.0.0.1"
+            role = "auto"
+            [databases.app]
+            nodes = ["p", "r", "a"]
+            "#,
+            Path::new("t.toml"),
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn overrides_publish_at_once_and_survive_probes() {
+        let hub = TopologyHub::new(HealthInput {
+            config: cfg(),
+            addrs: HashMap::new(),
+        });
+        let sent = Arc::new(AtomicUsize::new(0));
+        let s = sent.clone();
+        hub.set_publisher(move |_| {
+            s.fetch_add(1, Ordering::Relaxed);
+        });
+        let t = hub.snapshot();
+        assert_eq!(t.current_primary().unwrap().name, "p");
+        assert_eq!(t.nodes[2].role, Role::Unknown);
+        assert_eq!(t.tagged("vector").unwrap().name, "r");
+        hub.force_unhealthy("r").unwrap();
+        assert_eq!(sent.load(Ordering::Relaxed), 1);
+        assert!(!hub.snapshot().nodes[1].usable());
+        assert!(hub.snapshot().tagged("vector").is_none());
+        assert_eq!(
+            hub.force_unhealthy("ghost"),
+            Err(UnknownNode("ghost".into()))
+        );
+        // A probe round that changes nothing keeps the override and sends nothing.
+        hub.update(Topology::from_config(&cfg()));
+        assert_eq!(sent.load(Ordering::Relaxed), 1);
+        assert!(hub.snapshot().nodes[1].forced_down);
+        hub.restore("r").unwrap();
+        assert!(hub.snapshot().nodes[1].usable());
+        hub.force_unhealthy("p").unwrap();
+        hub.reset();
+        assert!(hub.overrides().is_empty());
+        assert!(hub.snapshot().nodes[0].usable());
+        assert_eq!(sent.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn a_new_primary_is_a_failover() {
+        let hub = TopologyHub::new(HealthInput {
+            config: cfg(),
+            addrs: HashMap::new(),
+        });
+        let mut t = Topology::from_config(&cfg());
+        t.nodes[0].healthy = false;
+        t.nodes[2].role = Role::Primary;
+        t.nodes[2].healthy = true;
+        hub.update(t);
+        let s = hub.snapshot();
+        assert_eq!(s.current_primary().unwrap().name, "a");
+        assert!(s.last_failover_at_ms.is_some());
+    }
+}
