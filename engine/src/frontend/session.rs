@@ -29,6 +29,7 @@ use crate::net::codec::{
 use crate::net::conn::{Conn, ZERO_COPY_MIN};
 use crate::pipeline::guard::ResultGuard;
 use crate::pipeline::plugins::PluginStage;
+use crate::pipeline::route::RouteStage;
 use crate::pipeline::Pipeline;
 use crate::proto::exchange::{Ended, Exchange, Io, Observer, RowAction, Server, Step, Then, Tx};
 use crate::shard::{ClientMeta, ParamMap, Shard};
@@ -293,7 +294,11 @@ impl Session {
             meta,
             default_pool,
             route_node: None,
-            pipeline: Pipeline::new(hooks, guard),
+            pipeline: Pipeline::new(
+                hooks,
+                RouteStage::configured(&shard.config().config, &login.database, &login.user),
+                guard,
+            ),
             replay: Vec::new(),
             replay_armed: false,
             request_start: None,

@@ -4,7 +4,10 @@
 //!   classify      proto::Exchange + sql::classify: session-state effects (tracked, dirty,
 //!                 pinned, refused), LISTEN, DEALLOCATE answered locally
 //!   pre_query     plugins::PluginStage: the WASM pre_query chain (may rewrite or refuse)
-//!   route         plugins::PluginStage: the WASM route chain (may pick a node or refuse)
+//!   route         plugins::PluginStage: the WASM route chain (may pick a node, say primary or
+//!                 replica, or refuse); then route::RouteStage (databases with a topology):
+//!                 hints, SET helios.route, read/write split → the node, from the shard's
+//!                 topology copy
 //!   forward       the session attaches a server connection (the chosen node's pool) and
 //!                 proto::Exchange::send writes the statement
 //!   observe rows  guard::ResultGuard (max_result_rows, max_result_bytes): each RowDescription
@@ -31,6 +34,7 @@
 
 pub mod guard;
 pub mod plugins;
+pub mod route;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -86,6 +90,8 @@ pub struct Execution {
     pub rewritten: bool,
     /// The node a stage chose (`None`: the database's own).
     pub node: Option<String>,
+    /// A plugin's `primary` / `replica` verdict, for the route stage.
+    pub route: Option<crate::sql::read::Hint>,
     /// When the request's first byte arrived.
     pub started: Instant,
     /// Rows returned or affected, from CommandComplete.
@@ -143,12 +149,20 @@ impl Pipeline {
     /// The stages, in the order they run. The plugin stage is always there (plugins enabled by
     /// a reload reach open sessions; it is inert while the shard has none); the others only
     /// when configured.
-    pub fn new(plugins: Box<plugins::PluginStage>, guard: Option<guard::ResultGuard>) -> Pipeline {
-        let mut stages: Vec<Box<dyn Stage>> = Vec::with_capacity(1 + guard.is_some() as usize);
+    pub fn new(
+        plugins: Box<plugins::PluginStage>,
+        route: Option<route::RouteStage>,
+        guard: Option<guard::ResultGuard>,
+    ) -> Pipeline {
+        let mut stages: Vec<Box<dyn Stage>> =
+            Vec::with_capacity(1 + route.is_some() as usize + guard.is_some() as usize);
         // classify: the protocol core, before any stage.
         // (anomaly, access guards: here)
         stages.push(plugins); // pre_query, route … post_query
-                              // (result cache: here)
+        if let Some(r) = route {
+            stages.push(Box::new(r)); // the node, after the plugins' say
+        }
+        // (result cache: here)
         if let Some(g) = guard {
             stages.push(Box::new(g)); // observes rows
         }
@@ -263,6 +277,7 @@ impl Pipeline {
             sql,
             rewritten: false,
             node: None,
+            route: None,
             started,
             rows: 0,
             rows_seen: 0,

@@ -205,7 +205,9 @@ pub enum RouteResult {
     Default,
     /// Send to the primary.
     Primary,
-    /// Send to a replica chosen by the proxy.
+    /// Send to a replica chosen by the proxy (`"standby"` is accepted too, as the earlier
+    /// product's ABI spelled it).
+    #[serde(alias = "standby")]
     Replica,
     /// Send to the named node; an unknown name refuses the query with a clear error.
     Node {
