@@ -664,6 +664,9 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<RouteResult>(r#"{"kind":"primary"}"#).is_err());
+        // The earlier product's ABI said "standby".
+        let r: RouteResult = serde_json::from_str(r#"{"action":"standby"}"#).unwrap();
+        assert_eq!(r, RouteResult::Replica);
     }
 
     #[test]
