@@ -123,6 +123,17 @@ impl Topology {
 #[error("no node is named {0:?}")]
 pub struct UnknownNode(pub String);
 
+/// Why a chaos request was refused: the admin API answers 400 or 404 with the message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChaosError {
+    /// HTTP 400.
+    #[error("{0}")]
+    Malformed(String),
+    /// HTTP 404.
+    #[error(transparent)]
+    UnknownNode(#[from] UnknownNode),
+}
+
 /// What the health checker reads before each round.
 pub struct HealthInput {
     pub config: Config,
@@ -268,6 +279,71 @@ impl TopologyHub {
         self.lock().forced.iter().cloned().collect()
     }
 
+    /// `POST /api/chaos` for the admin thread: `{"action":"force_unhealthy"|"restore",
+    /// "target_node":"…"}` or `{"action":"reset"}`. Effective on every shard once each has
+    /// read its inbox (microseconds). `Ok` carries the overrides now in force.
+    pub fn chaos(&self, body: &[u8]) -> Result<serde_json::Value, ChaosError> {
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| ChaosError::Malformed(format!("body is not JSON: {e}")))?;
+        let action = v
+            .get("action")
+            .and_then(|a| a.as_str())
+            .ok_or_else(|| ChaosError::Malformed("\"action\" (a string) is required".into()))?;
+        let node = || {
+            v.get("target_node")
+                .and_then(|n| n.as_str())
+                .ok_or_else(|| {
+                    ChaosError::Malformed(format!(
+                        "{action}: \"target_node\" (a string) is required"
+                    ))
+                })
+        };
+        match action {
+            "force_unhealthy" => self.force_unhealthy(node()?)?,
+            "restore" => self.restore(node()?)?,
+            "reset" => self.reset(),
+            a => {
+                return Err(ChaosError::Malformed(format!(
+                    "unknown action {a:?}: force_unhealthy, restore or reset"
+                )))
+            }
+        }
+        Ok(serde_json::json!({ "overrides": self.overrides() }))
+    }
+
+    /// `GET /api/chaos`: the overrides in force.
+    pub fn chaos_state(&self) -> serde_json::Value {
+        serde_json::json!({ "overrides": self.overrides() })
+    }
+
+    /// `GET /topology` for the admin thread: the current primary, counts, the last failover
+    /// (unix milliseconds), and each node's role, health, lag and tags.
+    pub fn topology_json(&self) -> serde_json::Value {
+        let t = self.snapshot();
+        let healthy = t.nodes.iter().filter(|n| n.usable()).count();
+        serde_json::json!({
+            "currentPrimary": t.current_primary().map(|n| n.name.clone()),
+            "healthyNodes": healthy,
+            "unhealthyNodes": t.nodes.len() - healthy,
+            "totalNodes": t.nodes.len(),
+            "lastFailoverAt": t.last_failover_at_ms,
+            "version": t.version,
+            "nodes": t.nodes.iter().map(|n| serde_json::json!({
+                "name": n.name,
+                "role": n.role.as_str(),
+                "configuredRole": format!("{:?}", n.configured).to_lowercase(),
+                "healthy": n.usable(),
+                "probeHealthy": n.healthy,
+                "forcedDown": n.forced_down,
+                "lagBytes": n.lag_bytes,
+                "weight": n.weight,
+                "tags": n.tags.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
+                "lastError": n.last_error,
+                "checkedAt": n.checked_at_ms,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
     fn override_node(&self, node: &str, down: bool) -> Result<(), UnknownNode> {
         let mut st = self.lock();
         if st.probed.index(node).is_none() {
@@ -401,6 +477,43 @@ mod tests {
         assert!(hub.overrides().is_empty());
         assert!(hub.snapshot().nodes[0].usable());
         assert_eq!(sent.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn the_admin_surface_answers_in_json() {
+        let hub = TopologyHub::new(HealthInput {
+            config: cfg(),
+            addrs: HashMap::new(),
+        });
+        assert_eq!(
+            hub.chaos(br#"{"action":"force_unhealthy","target_node":"r"}"#)
+                .unwrap()["overrides"][0],
+            "r"
+        );
+        let t = hub.topology_json();
+        assert_eq!(t["currentPrimary"], "p");
+        assert_eq!(t["totalNodes"], 3);
+        // r forced down, a unknown until probed.
+        assert_eq!(t["healthyNodes"], 1);
+        assert_eq!(t["nodes"][1]["tags"]["vector"], "true");
+        assert_eq!(t["nodes"][1]["forcedDown"], true);
+        assert!(matches!(
+            hub.chaos(br#"{"action":"restore","target_node":"ghost"}"#),
+            Err(ChaosError::UnknownNode(_))
+        ));
+        for bad in [
+            &b"nope"[..],
+            br#"{"action":"restore"}"#,
+            br#"{"action":"boom"}"#,
+            br#"{}"#,
+        ] {
+            assert!(
+                matches!(hub.chaos(bad), Err(ChaosError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        hub.chaos(br#"{"action":"reset"}"#).unwrap();
+        assert_eq!(hub.chaos_state()["overrides"], serde_json::json!([]));
     }
 
     #[test]
