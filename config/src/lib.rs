@@ -84,6 +84,36 @@ pub struct Config {
     /// The health checker of a multi-node topology (docs/topology.md).
     #[serde(default)]
     pub health: HealthConfig,
+    /// What happens when a database's primary is lost (docs/topology.md).
+    #[serde(default)]
+    pub failover: FailoverConfig,
+}
+
+/// `[failover]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// A statement that needs the primary while the database has none waits this long for one
+    /// (then SQLSTATE 08006); 0: fails at once.
+    #[serde(default = "default_failover_timeout_ms")]
+    pub timeout_ms: u64,
+    /// When the primary fails its health checks and answers nothing, the proxy promotes the
+    /// healthy replica with the most WAL replayed (`pg_promote()`), once per outage.
+    #[serde(default)]
+    pub auto_promote: bool,
+}
+
+fn default_failover_timeout_ms() -> u64 {
+    5_000
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            timeout_ms: default_failover_timeout_ms(),
+            auto_promote: false,
+        }
+    }
 }
 
 /// `[health]`: the checker that probes every node while a topology is configured (a node with

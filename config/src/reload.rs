@@ -87,6 +87,9 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("health.user", Reload),
     ("health.password", Reload),
     ("health.dbname", Reload),
+    // Read by the checker each round and by sessions when they wait for a primary.
+    ("failover.timeout_ms", Reload),
+    ("failover.auto_promote", Reload),
     ("databases.<alias>.node", Reload),
     ("databases.<alias>.dbname", Reload),
     ("databases.<alias>.user", Reload),

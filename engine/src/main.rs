@@ -170,6 +170,7 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             ..AdminConfig::default()
         },
         health: Default::default(),
+        failover: Default::default(),
     };
     if cli.listen.parse::<std::net::SocketAddr>().is_err() {
         bail!("--listen {:?} is not an IP:port address", cli.listen);

@@ -36,6 +36,19 @@ struct Track {
     oks: u32,
     healthy: Option<bool>,
     role: Option<Role>,
+    /// The WAL position of its last good probe.
+    lsn: Option<u64>,
+    /// Its last probe answered.
+    answered: bool,
+}
+
+/// What `auto_promote` remembers between rounds.
+#[derive(Default)]
+struct Failover {
+    /// Some node answered as a primary since start-up (or since the last promotion).
+    seen_primary: bool,
+    /// A promotion was done for the current outage.
+    promoted: bool,
 }
 
 /// Starts the checker thread. It runs until [`TopologyHub::stop`].
@@ -51,12 +64,16 @@ pub fn spawn(hub: Arc<TopologyHub>, io_memory: usize) -> std::io::Result<()> {
 async fn run(hub: Arc<TopologyHub>) {
     let mut tracks: HashMap<String, Track> = HashMap::new();
     let mut seq = 0u64;
+    let mut failover = Failover::default();
     while !hub.stopping.load(std::sync::atomic::Ordering::Relaxed) {
         let Some(input) = hub.input() else { return };
         let h = &input.config.health;
         let interval = Duration::from_millis(h.interval_ms);
         let round = round(&input, &mut tracks, &mut seq).await;
         hub.update(round);
+        if input.config.failover.auto_promote {
+            promote_if_needed(&mut tracks, &mut failover).await;
+        }
         // Sleep in short steps so a stop is noticed.
         let mut left = interval;
         while !left.is_zero() && !hub.stopping.load(std::sync::atomic::Ordering::Relaxed) {
@@ -110,8 +127,8 @@ async fn round(
         results.push((name, track, r));
     }
     let mut topo = Topology::from_config(cfg);
-    let primary_lsn = results.iter().find_map(|(name, _, r)| match r {
-        Ok(p) if !p.in_recovery && configured(cfg, name) != Some(NodeRole::Replica) => p.lsn,
+    let primary_lsn = results.iter().find_map(|(_, _, r)| match r {
+        Ok(p) if !p.in_recovery => p.lsn,
         _ => None,
     });
     let (need_fail, need_ok) = (cfg.health.failures, cfg.health.successes);
@@ -129,22 +146,27 @@ async fn round(
                     }
                     track.healthy = Some(true);
                 }
-                let role = match (node.configured, p.in_recovery) {
-                    (NodeRole::Replica, false) => {
-                        if track.role != Some(Role::Replica) {
-                            log::warn!("health: node {name} is configured replica but is not in recovery; it gets no writes");
-                        }
-                        Role::Replica
-                    }
-                    (NodeRole::Primary, true) => {
-                        if track.role != Some(Role::Replica) {
-                            log::warn!("health: node {name} is configured primary but is in recovery; it gets no writes");
-                        }
-                        Role::Replica
-                    }
-                    (_, true) => Role::Replica,
-                    (_, false) => Role::Primary,
+                // The answer decides; the hub keeps one primary per database and fences any
+                // other node that claims to be one.
+                let role = if p.in_recovery {
+                    Role::Replica
+                } else {
+                    Role::Primary
                 };
+                let expected = match node.configured {
+                    NodeRole::Primary => Some(Role::Primary),
+                    NodeRole::Replica => Some(Role::Replica),
+                    NodeRole::Auto => None,
+                };
+                if expected.is_some_and(|e| e != role) && track.role != Some(role) {
+                    log::warn!(
+                        "health: node {name} is configured {} but answers as a {}",
+                        expected.map_or("auto", Role::as_str),
+                        role.as_str()
+                    );
+                }
+                track.lsn = p.lsn;
+                track.answered = true;
                 track.role = Some(role);
                 node.role = role;
                 node.lag_bytes = match (role, primary_lsn, p.lsn) {
@@ -156,6 +178,7 @@ async fn round(
                 node.last_error = None;
             }
             Err(e) => {
+                track.answered = false;
                 track.oks = 0;
                 track.fails = track.fails.saturating_add(1);
                 if track.fails >= need_fail && track.healthy != Some(false) {
@@ -178,8 +201,50 @@ async fn round(
     topo
 }
 
-fn configured(cfg: &Config, name: &str) -> Option<NodeRole> {
-    cfg.nodes.iter().find(|n| n.name == name).map(|n| n.role)
+/// `failover.auto_promote`: once no node answers as a primary, the last known primary has
+/// failed its checks (it answers nothing), and no promotion was done for this outage, the
+/// healthy replica with the most WAL replayed is promoted with `pg_promote()`.
+async fn promote_if_needed(tracks: &mut HashMap<String, Track>, f: &mut Failover) {
+    let alive = tracks
+        .values()
+        .any(|t| t.answered && t.role == Some(Role::Primary));
+    if alive {
+        f.seen_primary = true;
+        f.promoted = false;
+        return;
+    }
+    let old_down = tracks
+        .values()
+        .any(|t| t.role == Some(Role::Primary) && t.healthy == Some(false) && !t.answered);
+    if !f.seen_primary || f.promoted || !old_down {
+        return;
+    }
+    let Some((name, track)) = tracks
+        .iter_mut()
+        .filter(|(_, t)| {
+            t.answered
+                && t.healthy == Some(true)
+                && t.role == Some(Role::Replica)
+                && t.conn.is_some()
+        })
+        .max_by_key(|(_, t)| t.lsn)
+    else {
+        log::error!("failover: the primary is down and no healthy replica can be promoted");
+        return;
+    };
+    f.promoted = true;
+    log::warn!("failover: the primary is down; promoting {name} (pg_promote)");
+    let conn = track.conn.as_mut().expect("filtered on a connection");
+    let r = glommio::timer::timeout(Duration::from_secs(60), async {
+        Ok(simple_query(conn, "SELECT pg_promote(true, 55)").await)
+    })
+    .await;
+    match r {
+        Ok(Ok(Some(v))) if v == "t" => log::warn!("failover: {name} promoted"),
+        Ok(Ok(v)) => log::error!("failover: pg_promote() on {name} answered {v:?}"),
+        Ok(Err(e)) => log::error!("failover: promoting {name}: {e}"),
+        Err(_) => log::error!("failover: promoting {name}: no answer within 60 s"),
+    }
 }
 
 /// Where and as whom the checker logs in: `[health] user` / `password`, else the first

@@ -42,6 +42,9 @@ pub struct NodeState {
     pub healthy: bool,
     /// Chaos: forced unhealthy by the operator (`TopologyHub::force_unhealthy`).
     pub forced_down: bool,
+    /// It says it is a primary while another node of one of its databases is that database's
+    /// primary (an old primary back after a failover): nothing is routed to it.
+    pub fenced: bool,
     /// Bytes the replica's replay position is behind the primary's current WAL position.
     pub lag_bytes: Option<u64>,
     pub weight: u32,
@@ -55,7 +58,7 @@ pub struct NodeState {
 impl NodeState {
     /// Whether new transactions may go to it.
     pub fn usable(&self) -> bool {
-        self.healthy && !self.forced_down
+        self.healthy && !self.forced_down && !self.fenced
     }
 }
 
@@ -68,6 +71,9 @@ pub struct Topology {
     pub version: u64,
     /// Unix milliseconds of the last change of the current primary (none yet).
     pub last_failover_at_ms: Option<u64>,
+    /// Each database's primary (alias, node index): sticky — it stays while it answers as a
+    /// primary, so a second node claiming to be one is fenced, never written to.
+    pub db_primary: Vec<(String, Option<usize>)>,
 }
 
 impl Topology {
@@ -87,6 +93,7 @@ impl Topology {
                     },
                     healthy: n.role != NodeRole::Auto,
                     forced_down: false,
+                    fenced: false,
                     lag_bytes: None,
                     weight: n.weight,
                     tags: n.tags.clone(),
@@ -96,7 +103,14 @@ impl Topology {
                 .collect(),
             version: 0,
             last_failover_at_ms: None,
+            db_primary: Vec::new(),
         }
+    }
+
+    /// The usable primary of database `alias`.
+    pub fn primary_of(&self, alias: &str) -> Option<&NodeState> {
+        let (_, i) = self.db_primary.iter().find(|(a, _)| a == alias)?;
+        self.nodes.get((*i)?).filter(|n| n.usable())
     }
 
     pub fn index(&self, name: &str) -> Option<usize> {
@@ -148,6 +162,8 @@ struct HubState {
     probed: Topology,
     /// Nodes the operator forced unhealthy.
     forced: BTreeSet<String>,
+    /// Each database's current (or last) primary, by node name.
+    sticky: BTreeMap<String, String>,
     /// What the shards have: `probed` with the overrides.
     published: Arc<Topology>,
 }
@@ -167,17 +183,22 @@ pub struct TopologyHub {
 impl TopologyHub {
     pub fn new(input: HealthInput) -> TopologyHub {
         let probed = Topology::from_config(&input.config);
-        TopologyHub {
+        let hub = TopologyHub {
             state: Mutex::new(HubState {
                 published: Arc::new(probed.clone()),
                 probed,
                 forced: BTreeSet::new(),
+                sticky: BTreeMap::new(),
             }),
             input: Mutex::new(Some(Arc::new(input))),
             publish: Mutex::new(None),
             stopping: AtomicBool::new(false),
             running: AtomicBool::new(false),
-        }
+        };
+        // Each database's primary as configured, until the checker says otherwise.
+        let first = hub.lock().probed.clone();
+        hub.update(first);
+        hub
     }
 
     /// How snapshots reach the shards (the runtime sends each over every shard's inbox).
@@ -196,6 +217,7 @@ impl TopologyHub {
             state: Mutex::new(HubState {
                 probed: Topology::default(),
                 forced: BTreeSet::new(),
+                sticky: BTreeMap::new(),
                 published: Arc::new(Topology::default()),
             }),
             input: Mutex::new(None),
@@ -234,25 +256,72 @@ impl TopologyHub {
         self.update(fresh);
     }
 
-    /// The checker's new view; published if anything routing depends on changed.
+    /// The checker's new view; published if anything routing depends on changed. Each
+    /// database keeps its primary while that node answers as a primary; when it stops, the
+    /// first of its nodes that answers as a primary takes over (a failover, timed); any other
+    /// node claiming to be a primary is fenced.
     pub fn update(&self, mut probed: Topology) {
+        let input = self.input();
         let mut st = self.lock();
-        let old_primary = st
-            .probed
-            .current_primary()
-            .map(|n| n.name.clone())
-            .or_else(|| st.published.current_primary().map(|n| n.name.clone()));
-        let new_primary = probed.current_primary().map(|n| n.name.clone());
-        if old_primary.is_some() && new_primary.is_some() && old_primary != new_primary {
-            log::warn!(
-                "topology: the primary is now {} (was {})",
-                new_primary.as_deref().unwrap_or("none"),
-                old_primary.as_deref().unwrap_or("none")
-            );
-            probed.last_failover_at_ms = Some(crate::backend::pool::unix_ms());
-        } else if probed.last_failover_at_ms.is_none() {
-            probed.last_failover_at_ms = st.probed.last_failover_at_ms;
+        probed.last_failover_at_ms = st.probed.last_failover_at_ms;
+        let mut primaries = Vec::new();
+        if let Some(input) = &input {
+            let cfg = &input.config;
+            for (alias, db) in &cfg.databases {
+                let members: Vec<usize> = cfg
+                    .nodes_of(db)
+                    .iter()
+                    .filter_map(|n| probed.index(&n.name))
+                    .collect();
+                let claims = |i: &usize| {
+                    let n = &probed.nodes[*i];
+                    n.role == Role::Primary && n.healthy
+                };
+                let before = st.sticky.get(alias).and_then(|n| probed.index(n));
+                let now = before
+                    .filter(|i| members.contains(i) && claims(i))
+                    .or_else(|| members.iter().copied().find(claims));
+                let claimants: Vec<usize> = members.iter().copied().filter(claims).collect();
+                for i in claimants {
+                    if Some(i) != now {
+                        let name = &probed.nodes[i].name;
+                        let was = st.probed.nodes.iter().any(|o| &o.name == name && o.fenced);
+                        if !was {
+                            log::error!(
+                                "topology: node {} answers as a primary while {} is database {alias}'s primary: fenced, nothing is routed to it",
+                                probed.nodes[i].name,
+                                now.map_or("none", |p| probed.nodes[p].name.as_str())
+                            );
+                        }
+                        probed.nodes[i].fenced = true;
+                    }
+                }
+                if let (Some(b), Some(n)) = (before, now) {
+                    if b != n {
+                        log::warn!(
+                            "topology: database {alias}'s primary is now {} (was {})",
+                            probed.nodes[n].name,
+                            probed.nodes[b].name
+                        );
+                        probed.last_failover_at_ms = Some(crate::backend::pool::unix_ms());
+                    }
+                }
+                match now {
+                    Some(n) => {
+                        st.sticky
+                            .insert(alias.clone(), probed.nodes[n].name.clone());
+                    }
+                    // No primary now: the last one stays remembered, so the one that answers
+                    // next is a failover (or the same node back).
+                    None if before.is_none() => {
+                        st.sticky.remove(alias);
+                    }
+                    None => {}
+                }
+                primaries.push((alias.clone(), now));
+            }
         }
+        probed.db_primary = primaries;
         st.probed = probed;
         self.republish(&mut st, false);
     }
@@ -335,6 +404,7 @@ impl TopologyHub {
                 "healthy": n.usable(),
                 "probeHealthy": n.healthy,
                 "forcedDown": n.forced_down,
+                "fenced": n.fenced,
                 "lagBytes": n.lag_bytes,
                 "weight": n.weight,
                 "tags": n.tags.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
@@ -400,11 +470,13 @@ impl TopologyHub {
 fn same_routing(a: &Topology, b: &Topology) -> bool {
     a.nodes.len() == b.nodes.len()
         && a.last_failover_at_ms == b.last_failover_at_ms
+        && a.db_primary == b.db_primary
         && a.nodes.iter().zip(&b.nodes).all(|(x, y)| {
             x.name == y.name
                 && x.role == y.role
                 && x.healthy == y.healthy
                 && x.forced_down == y.forced_down
+                && x.fenced == y.fenced
                 && x.lag_bytes == y.lag_bytes
                 && x.weight == y.weight
                 && x.tags == y.tags
@@ -529,6 +601,22 @@ mod tests {
         hub.update(t);
         let s = hub.snapshot();
         assert_eq!(s.current_primary().unwrap().name, "a");
-        assert!(s.last_failover_at_ms.is_some());
+        assert_eq!(s.primary_of("app").unwrap().name, "a");
+        let failed_over_at = s.last_failover_at_ms;
+        assert!(failed_over_at.is_some());
+        // The old primary comes back, still a primary: it is fenced, never written to.
+        let mut t = Topology::from_config(&cfg());
+        t.nodes[2].role = Role::Primary;
+        t.nodes[2].healthy = true;
+        hub.update(t);
+        let s = hub.snapshot();
+        assert!(s.nodes[0].fenced && !s.nodes[0].usable());
+        assert_eq!(s.primary_of("app").unwrap().name, "a");
+        assert_eq!(s.last_failover_at_ms, failed_over_at);
+        // No primary answers: none, and the next that does is the new one.
+        let mut t = Topology::from_config(&cfg());
+        t.nodes[0].healthy = false;
+        hub.update(t);
+        assert!(hub.snapshot().primary_of("app").is_none());
     }
 }

@@ -92,6 +92,8 @@ pub struct Execution {
     pub node: Option<String>,
     /// A plugin's `primary` / `replica` verdict, for the route stage.
     pub route: Option<crate::sql::read::Hint>,
+    /// The route stage wants the database's primary and it has none now: wait for one.
+    pub await_primary: bool,
     /// When the request's first byte arrived.
     pub started: Instant,
     /// Rows returned or affected, from CommandComplete.
@@ -114,6 +116,15 @@ impl Execution {
     pub fn success(&self) -> bool {
         self.error.is_none()
     }
+}
+
+/// Where a stage sends the transaction an execution starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// This configured node.
+    Node(String),
+    /// The database's primary, once it has one (up to `failover.timeout_ms`).
+    Primary,
 }
 
 /// Where a staged execution goes once its message is sent.
@@ -201,13 +212,13 @@ impl Pipeline {
 
     /// Runs the stages' `before` for a message on its way to a server: a Query, a Bind (an
     /// execution begins), a FunctionCall; an Execute picks up its portal's execution. `Ok` with
-    /// the node a stage chose; `Err`: refused (the stages' `after` has run; tell the client).
+    /// where a stage sends it; `Err`: refused (the stages' `after` has run; tell the client).
     pub fn before(
         &mut self,
         shard: &Shard,
         then: &mut Then,
         started: Instant,
-    ) -> Result<Option<String>, ProxyError> {
+    ) -> Result<Option<Target>, ProxyError> {
         self.staged = None;
         let (kind, sql, portal) = match then {
             Then::Execute { frame, req } => {
@@ -278,6 +289,7 @@ impl Pipeline {
             rewritten: false,
             node: None,
             route: None,
+            await_primary: false,
             started,
             rows: 0,
             rows_seen: 0,
@@ -301,7 +313,11 @@ impl Pipeline {
         if ex.rewritten {
             self.apply_rewrite(then, &ex)?;
         }
-        let node = ex.node.clone();
+        let node = match (&ex.node, ex.await_primary) {
+            (Some(n), _) => Some(Target::Node(n.clone())),
+            (None, true) => Some(Target::Primary),
+            (None, false) => None,
+        };
         let going = match then {
             Then::Query { req, .. } | Then::FunctionCall { req, .. } => {
                 *req = true;

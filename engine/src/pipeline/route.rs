@@ -14,14 +14,15 @@
 //!
 //! "A replica" is a usable (healthy, not forced down) node of the database whose role is
 //! replica and whose lag is within `max_replica_lag_bytes`, picked by `load_balance`; with none,
-//! the primary. "The primary" is the database's first usable node whose role is primary; with
-//! none, its first node not configured as a replica (the connection error then reaches the
-//! client as SQLSTATE 08xxx). The decision reads only the shard's own topology copy.
+//! the primary. "The primary" is the database's primary in the topology (sticky: see
+//! `TopologyHub::update`); with none usable, the session waits for one when it attaches, up to
+//! `failover.timeout_ms`, then SQLSTATE 08006. The decision reads only the shard's own
+//! topology copy.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
-use helios_config::{Config, LoadBalance, NodeRole, PoolMode};
+use helios_config::{Config, LoadBalance, PoolMode};
 
 use super::{Execution, Stage};
 use crate::backend::pool::Pool;
@@ -48,6 +49,8 @@ pub struct RouteStage {
     members: Vec<usize>,
     /// least_connections: this shard's pool per member (opened lazily).
     pools: Vec<Option<Rc<Pool>>>,
+    /// The database's primary in `seen`.
+    primary: Option<usize>,
 }
 
 impl RouteStage {
@@ -73,6 +76,7 @@ impl RouteStage {
             seen: None,
             members: Vec::new(),
             pools: Vec::new(),
+            primary: None,
         })
     }
 
@@ -98,16 +102,9 @@ impl RouteStage {
         self.primary(t)
     }
 
+    /// The database's primary (the hub's sticky choice), if usable now.
     fn primary(&self, t: &Topology) -> Option<usize> {
-        let m = &self.members;
-        m.iter()
-            .copied()
-            .find(|&i| t.nodes[i].role == Role::Primary && t.nodes[i].usable())
-            .or_else(|| {
-                m.iter()
-                    .copied()
-                    .find(|&i| t.nodes[i].configured != NodeRole::Replica)
-            })
+        self.primary.filter(|&i| t.nodes[i].usable())
     }
 
     fn eligible(&self, t: &Topology, i: usize) -> bool {
@@ -202,6 +199,11 @@ impl RouteStage {
             self.members = self.nodes.iter().filter_map(|n| t.index(n)).collect();
             self.pools = vec![None; self.members.len()];
         }
+        self.primary = t
+            .db_primary
+            .iter()
+            .find(|(a, _)| *a == self.alias)
+            .and_then(|(_, i)| *i);
         self.seen = Some(t.clone());
     }
 }
@@ -227,8 +229,11 @@ impl Stage for RouteStage {
         let t = shard.topology.borrow();
         self.resolve(&t);
         let want = self.want(&ex.sql, ex.route);
-        if let Some(i) = self.pick(shard, &t, want) {
-            ex.node = Some(t.nodes[i].name.clone());
+        match self.pick(shard, &t, want) {
+            Some(i) => ex.node = Some(t.nodes[i].name.clone()),
+            // No usable primary (and, for a read, no replica): the session waits for one at
+            // attach, up to failover.timeout_ms.
+            None => ex.await_primary = true,
         }
         Ok(())
     }
