@@ -322,9 +322,27 @@ impl Shard {
         self.config.borrow().clone()
     }
 
-    /// The pool for (alias, user), created on first use.
+    /// The pool for (alias, user), created on first use: on the database's node, or — for a
+    /// database with a topology — its current primary, else its first usable node (a client
+    /// logging in during a failover is not refused for the node that went down).
     pub fn pool(&self, alias: &str, user: &str) -> Option<Rc<Pool>> {
-        self.pool_on(alias, user, None)
+        let node = {
+            let t = self.topology.borrow();
+            let cfg = self.config();
+            let db = cfg.config.databases.get(alias)?;
+            if db.nodes.len() > 1 || db.read_write_split {
+                t.primary_of(alias).map(|n| n.name.clone()).or_else(|| {
+                    cfg.config
+                        .nodes_of(db)
+                        .iter()
+                        .find(|n| t.index(&n.name).is_some_and(|i| t.nodes[i].usable()))
+                        .map(|n| n.name.clone())
+                })
+            } else {
+                None
+            }
+        };
+        self.pool_on(alias, user, node.as_deref())
     }
 
     /// The pool for (alias, user) on `node` instead of the database's own node.

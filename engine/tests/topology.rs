@@ -403,3 +403,117 @@ fn a_stopped_replica_leaves_the_rotation() {
     );
     assert!(console(&proxy, "SHOW NODES").contains("|false|false|false|"));
 }
+
+/// A primary with one standby of its own (the test kills the primary), a proxy in front with
+/// `[failover]` settings, and a writer through the proxy: SIGKILL the primary, let `promote`
+/// make the standby the primary, and measure until writes through the proxy succeed again.
+fn failover_after_kill(auto_promote: bool) -> Duration {
+    // One at a time: each crashes a primary and waits on timings; two at once on a 2-CPU host
+    // only make both slower.
+    static ONE: Mutex<()> = Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let primary = PgCluster::start().expect("primary");
+    let db = fresh_db(&primary, "fo");
+    primary
+        .psql(
+            &db,
+            "create table h(id serial primary key, at timestamptz default now())",
+        )
+        .unwrap();
+    let standby = PgCluster::standby_of(&primary, PgOptions::default()).expect("standby");
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:${{HELIOS_TEST_PORT}}\"]\ncores = 2\nshutdown_timeout_ms = 5000\n\n\
+         [admin]\nlisten = \"127.0.0.1:${{HELIOS_TEST_ADMIN_PORT}}\"\n\n\
+         [io]\nbackend = \"${{HELIOS_TEST_IO_BACKEND:-uring}}\"\n\n\
+         [auth]\nmethod = \"trust\"\nadmin_users = [\"{SUPERUSER}\"]\n\n\
+         [[nodes]]\nname = \"a\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"auto\"\nconnect_timeout_ms = 1000\n\n\
+         [[nodes]]\nname = \"b\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"auto\"\nconnect_timeout_ms = 1000\n\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 500\nfailures = 3\nsuccesses = 1\nuser = \"{SUPERUSER}\"\npassword = \"{PW}\"\n\n\
+         [failover]\ntimeout_ms = 15000\nauto_promote = {auto_promote}\n\n{}",
+        primary.port,
+        standby.port,
+        db_section("app", &db, "transaction", 4, "nodes = [\"a\", \"b\"]\nread_write_split = true")
+    );
+    let proxy = start_proxy(&cfg, None);
+    let mut cl = connect(&proxy, SUPERUSER, "", "app");
+    poll(Duration::from_secs(15), "the standby serves reads", || {
+        (one(&mut cl, "SELECT pg_is_in_recovery()") == "t").then_some(())
+    });
+    for _ in 0..20 {
+        one(&mut cl, "INSERT INTO h DEFAULT VALUES RETURNING id");
+    }
+    assert_eq!(
+        primary.psql(&db, "select count(*) from h").unwrap(),
+        "20",
+        "the writes went to the primary"
+    );
+    standby
+        .wait_replayed(&primary, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(standby.psql(&db, "select count(*) from h").unwrap(), "20");
+    primary.crash().unwrap();
+    let killed = Instant::now();
+    if !auto_promote {
+        standby.promote().unwrap();
+    }
+    // Writes through the proxy until one succeeds: an error of class 08 (or a closed
+    // connection, reopened) meanwhile, never a hang past the failover timeout.
+    let took = loop {
+        let started = Instant::now();
+        match cl.simple_query("INSERT INTO h DEFAULT VALUES") {
+            Ok(_) => break killed.elapsed(),
+            Err(e) => {
+                assert!(
+                    e.is_closed()
+                        || sqlstate(&e).is_some_and(|s| s.starts_with("08") || s == "57P01"),
+                    "{e:?}"
+                );
+                assert!(started.elapsed() < Duration::from_secs(16), "a write hung");
+            }
+        }
+        if cl.is_closed() {
+            match try_connect(&proxy, SUPERUSER, "", "app") {
+                Ok(c) => cl = c,
+                // During the failover a login may be refused (08006), never held.
+                Err(e) => assert!(sqlstate(&e).is_some_and(|s| s.starts_with("08")), "{e:?}"),
+            }
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "no failover");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        standby.psql(&db, "select pg_is_in_recovery()").unwrap(),
+        "f"
+    );
+    let n: u64 = standby
+        .psql(&db, "select count(*) from h")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        n >= 21,
+        "the writes before the crash (replicated) and the one after it are on the new primary: {n}"
+    );
+    let nodes = console(&proxy, "SHOW NODES");
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("b|") && l.contains("|primary|auto|true|false|true|")),
+        "{nodes}"
+    );
+    took
+}
+
+#[test]
+fn failover_by_an_external_promotion() {
+    let took = failover_after_kill(false);
+    println!("pg_ctl promote: writes through the proxy succeeded again {took:?} after SIGKILL of the primary");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn failover_by_auto_promote() {
+    let took = failover_after_kill(true);
+    println!("auto_promote: writes through the proxy succeeded again {took:?} after SIGKILL of the primary");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}

@@ -341,6 +341,34 @@ impl PgCluster {
         Ok(())
     }
 
+    /// A crash: SIGKILL to the postmaster and to every process it started (backends, WAL
+    /// writer, …), as when the host dies — killing the postmaster alone leaves its backends
+    /// serving the connections they have.
+    pub fn crash(&self) -> Result<()> {
+        let pid = self.postmaster_pid().context("no postmaster.pid")?;
+        let mut children = Vec::new();
+        for e in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(child) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid …: the comm may hold spaces; read after its last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(pid) {
+                children.push(child);
+            }
+        }
+        self.signal(libc::SIGKILL)?;
+        for c in children {
+            // SAFETY: kill with pids of this server's own processes.
+            unsafe { libc::kill(c, libc::SIGKILL) };
+        }
+        Ok(())
+    }
+
     /// `pg_ctl promote -w`: a standby leaves recovery and takes writes.
     pub fn promote(&self) -> Result<()> {
         run_checked(
