@@ -151,9 +151,11 @@ fn reads_go_to_replicas_writes_and_transactions_to_the_primary() {
         .psql(&c.db, "select count(*) from t where v = 'w1'")
         .unwrap();
     assert_eq!(direct_p, "1");
-    poll(Duration::from_secs(10), "the write replicated", || {
-        (one(&mut cl, "SELECT count(*) FROM t WHERE v = 'w1'") == "1").then_some(())
-    });
+    for r in [&c.r1, &c.r2] {
+        r.wait_replayed(&c.primary, Duration::from_secs(10))
+            .unwrap();
+    }
+    assert_eq!(one(&mut cl, "SELECT count(*) FROM t WHERE v = 'w1'"), "1");
     assert_eq!(
         one(&mut cl, "SELECT pg_is_in_recovery() FROM t WHERE v = 'w1'"),
         "t"
@@ -494,6 +496,9 @@ fn failover_after_kill(auto_promote: bool) -> Duration {
         n >= 21,
         "the writes before the crash (replicated) and the one after it are on the new primary: {n}"
     );
+    if took > Duration::from_secs(2) {
+        eprintln!("slow failover ({took:?}); the proxy log:\n{}", proxy.log());
+    }
     let nodes = console(&proxy, "SHOW NODES");
     assert!(
         nodes

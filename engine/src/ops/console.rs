@@ -424,6 +424,7 @@ fn nodes(shard: &Shard) -> Rows {
         "tags",
         "last_error",
         "checked_at_ms",
+        "fenced",
     ]);
     for n in &t.nodes {
         let c = cfg.config.nodes.iter().find(|c| c.name == n.name);
@@ -442,6 +443,7 @@ fn nodes(shard: &Shard) -> Rows {
             s(tags.join(",")),
             n.last_error.clone(),
             s(n.checked_at_ms),
+            s(n.fenced),
         ]);
     }
     r

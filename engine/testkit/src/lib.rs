@@ -399,7 +399,9 @@ impl PgCluster {
 
     /// Polls (up to `timeout`) until this standby has replayed what `primary` has written so far.
     pub fn wait_replayed(&self, primary: &PgCluster, timeout: Duration) -> Result<()> {
-        let target = primary.psql("postgres", "select pg_current_wal_lsn()")?;
+        // The insert position: with synchronous_commit = off (this harness's default) a commit
+        // record may still be in the WAL buffers, past pg_current_wal_lsn().
+        let target = primary.psql("postgres", "select pg_current_wal_insert_lsn()")?;
         let deadline = Instant::now() + timeout;
         loop {
             let caught = self.psql(
