@@ -453,6 +453,9 @@ fn failover_after_kill(auto_promote: bool) -> Duration {
         .wait_replayed(&primary, Duration::from_secs(10))
         .unwrap();
     assert_eq!(standby.psql(&db, "select count(*) from h").unwrap(), "20");
+    // A client that started before the crash and stays idle through it.
+    let mut before = connect(&proxy, SUPERUSER, "", "app");
+    assert_eq!(one(&mut before, "SELECT 1"), "1");
     primary.crash().unwrap();
     let killed = Instant::now();
     if !auto_promote {
@@ -496,6 +499,18 @@ fn failover_after_kill(auto_promote: bool) -> Duration {
         n >= 21,
         "the writes before the crash (replicated) and the one after it are on the new primary: {n}"
     );
+    // Its next transactions work, extended protocol included (a prepared statement's Describe
+    // takes a connection before any Bind: from the new primary, not the dead one).
+    poll(
+        Duration::from_secs(10),
+        "the idle client writes again",
+        || before.execute("INSERT INTO h DEFAULT VALUES", &[]).ok(),
+    );
+    let id: i32 = before
+        .query_one("INSERT INTO h DEFAULT VALUES RETURNING id", &[])
+        .unwrap()
+        .get(0);
+    assert!(id > 0);
     if took > Duration::from_secs(2) {
         eprintln!("slow failover ({took:?}); the proxy log:\n{}", proxy.log());
     }

@@ -740,6 +740,13 @@ impl Session {
                     }
                 }
             }
+            // A topology's primary may have moved since the session began (failover).
+            None if self.pipeline.routes() => {
+                let (alias, user) = (self.meta.database.clone(), self.meta.user.clone());
+                self.shard
+                    .pool(&alias, &user)
+                    .unwrap_or_else(|| self.default_pool.clone())
+            }
             None => self.default_pool.clone(),
         };
         let t0 = helios_uring::turn_time();

@@ -154,6 +154,8 @@ pub struct Pipeline {
     portals: Vec<Execution>,
     /// Sent; completed in order by [`Pipeline::executed`].
     inflight: VecDeque<Execution>,
+    /// A route stage is configured (the database has a topology).
+    routes: bool,
 }
 
 impl Pipeline {
@@ -167,6 +169,7 @@ impl Pipeline {
     ) -> Pipeline {
         let mut stages: Vec<Box<dyn Stage>> =
             Vec::with_capacity(1 + route.is_some() as usize + guard.is_some() as usize);
+        let routes = route.is_some();
         // classify: the protocol core, before any stage.
         // (anomaly, access guards: here)
         stages.push(plugins); // pre_query, route … post_query
@@ -185,7 +188,15 @@ impl Pipeline {
             unnamed: None,
             portals: Vec::new(),
             inflight: VecDeque::new(),
+            routes,
         }
+    }
+
+    /// Whether the database has a topology: a server connection taken without a stage's
+    /// choice (a Describe before any Bind, a lone Sync) then goes to its current primary (or
+    /// first usable node), not to the node the session started on.
+    pub fn routes(&self) -> bool {
+        self.routes
     }
 
     /// Whether any stage acts on statements now.
