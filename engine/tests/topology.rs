@@ -406,13 +406,14 @@ fn a_stopped_replica_leaves_the_rotation() {
     assert!(console(&proxy, "SHOW NODES").contains("|false|false|false|"));
 }
 
+/// The failover tests one at a time: each crashes a primary and waits on timings; two at once
+/// on a 2-CPU host only make both slower.
+static ONE: Mutex<()> = Mutex::new(());
+
 /// A primary with one standby of its own (the test kills the primary), a proxy in front with
 /// `[failover]` settings, and a writer through the proxy: SIGKILL the primary, let `promote`
 /// make the standby the primary, and measure until writes through the proxy succeed again.
 fn failover_after_kill(auto_promote: bool) -> Duration {
-    // One at a time: each crashes a primary and waits on timings; two at once on a 2-CPU host
-    // only make both slower.
-    static ONE: Mutex<()> = Mutex::new(());
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let primary = PgCluster::start().expect("primary");
     let db = fresh_db(&primary, "fo");
@@ -535,5 +536,130 @@ fn failover_by_an_external_promotion() {
 fn failover_by_auto_promote() {
     let took = failover_after_kill(true);
     println!("auto_promote: writes through the proxy succeeded again {took:?} after SIGKILL of the primary");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// pgbench (tpcb-like, 8 clients, `--log`) through the proxy; the primary crashes mid-run and
+/// `auto_promote` promotes the standby. Returns (transactions pgbench logged as committed,
+/// rows in pgbench_history on the new primary, time until a write through the proxy worked).
+fn pgbench_failover(sync: bool) -> (u64, u64, Duration) {
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let primary = PgCluster::start().expect("primary");
+    let db = fresh_db(&primary, "pgfo");
+    let init = std::process::Command::new("pgbench")
+        .args(["-i", "-s", "1", "-q", &primary.url(&db)])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    primary.psql(&db, "create table probe(x int)").unwrap();
+    let standby = PgCluster::standby_of(&primary, PgOptions::default()).expect("standby");
+    if sync {
+        for sql in [
+            "alter system set synchronous_standby_names = '*'",
+            "alter system set synchronous_commit = on",
+        ] {
+            primary.psql("postgres", sql).unwrap();
+        }
+        primary.psql("postgres", "select pg_reload_conf()").unwrap();
+        poll(Duration::from_secs(15), "a synchronous standby", || {
+            (primary
+                .psql(
+                    "postgres",
+                    "select count(*) from pg_stat_replication where sync_state = 'sync'",
+                )
+                .ok()?
+                == "1")
+                .then_some(())
+        });
+    }
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:${{HELIOS_TEST_PORT}}\"]\ncores = 2\nshutdown_timeout_ms = 5000\n\n\
+         [admin]\nlisten = \"127.0.0.1:${{HELIOS_TEST_ADMIN_PORT}}\"\n\n\
+         [io]\nbackend = \"${{HELIOS_TEST_IO_BACKEND:-uring}}\"\n\n\
+         [auth]\nmethod = \"trust\"\nadmin_users = [\"{SUPERUSER}\"]\n\n\
+         [[nodes]]\nname = \"a\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"auto\"\nconnect_timeout_ms = 1000\n\n\
+         [[nodes]]\nname = \"b\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"auto\"\nconnect_timeout_ms = 1000\n\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 500\nfailures = 3\nsuccesses = 1\nuser = \"{SUPERUSER}\"\npassword = \"{PW}\"\n\n\
+         [failover]\ntimeout_ms = 15000\nauto_promote = true\n\n{}",
+        primary.port,
+        standby.port,
+        db_section("app", &db, "transaction", 8, "nodes = [\"a\", \"b\"]\nread_write_split = true")
+    );
+    let proxy = start_proxy(&cfg, None);
+    let dir = std::env::temp_dir().join(format!("helios-pgfo-{}-{sync}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut bench = std::process::Command::new("pgbench")
+        .args(["-n", "-c", "8", "-j", "2", "-T", "12", "--log"])
+        .arg(format!("--log-prefix={}", dir.join("pgl").display()))
+        .arg(proxy.url(SUPERUSER, "", "app"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pgbench");
+    std::thread::sleep(Duration::from_secs(4));
+    primary.crash().unwrap();
+    let killed = Instant::now();
+    let mut cl: Option<Client> = None;
+    let took = loop {
+        if cl.as_ref().is_none_or(|c| c.is_closed()) {
+            cl = try_connect(&proxy, SUPERUSER, "", "app").ok();
+        }
+        if let Some(c) = cl.as_mut() {
+            if c.simple_query("INSERT INTO probe VALUES (1)").is_ok() {
+                break killed.elapsed();
+            }
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "no failover");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bench.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "pgbench hangs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut logged = 0u64;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        logged += text
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|t| t.parse::<u64>().is_ok())
+            })
+            .count() as u64;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let history: u64 = standby
+        .psql(&db, "select count(*) from pgbench_history")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(logged > 0, "pgbench logged no transaction before the crash");
+    (logged, history, took)
+}
+
+#[test]
+fn failover_under_pgbench_with_a_synchronous_standby_loses_nothing() {
+    let (logged, history, took) = pgbench_failover(true);
+    println!(
+        "synchronous standby: pgbench logged {logged} committed transactions, {history} in the history on the new primary; writes worked again after {took:?}"
+    );
+    assert!(history >= logged, "{logged} logged, {history} kept");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn failover_under_pgbench_with_an_asynchronous_standby_reports_its_loss() {
+    let (logged, history, took) = pgbench_failover(false);
+    println!(
+        "asynchronous standby: pgbench logged {logged} committed transactions, {history} in the history on the new primary: {} lost; writes worked again after {took:?}",
+        logged.saturating_sub(history)
+    );
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
