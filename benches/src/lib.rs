@@ -288,6 +288,7 @@ pub async fn pool_with_one_idle() -> (Rc<Pool>, glommio::net::TcpStream) {
             addr,
             pid: helios_engine::ids::BackendPid(4242),
             secret: 7,
+            fd: -1,
         },
         startup_params: Rc::new(Vec::new()),
         applied: Default::default(),

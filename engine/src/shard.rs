@@ -437,6 +437,38 @@ impl Shard {
     /// that stopped being usable lose their idle connections.
     pub fn set_topology(&self, t: Arc<Topology>) {
         let old = std::mem::replace(&mut *self.topology.borrow_mut(), t.clone());
+        // A node that failed its health checks (not one forced down by chaos): statements
+        // waiting on its connections end now (their sessions see the socket close and tell
+        // their clients 08006), instead of hanging on a server that does not answer.
+        let cfg = self.config();
+        for n in t.nodes.iter().filter(|n| !n.healthy) {
+            let was_healthy = old
+                .nodes
+                .iter()
+                .find(|o| o.name == n.name)
+                .is_some_and(|o| o.healthy);
+            let Some(addrs) = cfg.addrs.get(&n.name).filter(|_| was_healthy) else {
+                continue;
+            };
+            let mut cut = 0;
+            for e in self.cancels.borrow().values() {
+                if let Some(k) = e.target.get() {
+                    if k.fd >= 0 && addrs.contains(&k.addr) {
+                        // SAFETY: the session holds this connection while its cancel target
+                        // is set (both change together, on this thread).
+                        unsafe { libc::shutdown(k.fd, libc::SHUT_RDWR) };
+                        cut += 1;
+                    }
+                }
+            }
+            if cut > 0 {
+                log::warn!(
+                    "shard {}: node {} failed its health checks: ended {cut} statements waiting on it",
+                    self.id,
+                    n.name
+                );
+            }
+        }
         for n in t.nodes.iter().filter(|n| !n.usable()) {
             let was_up = old
                 .nodes

@@ -663,3 +663,66 @@ fn failover_under_pgbench_with_an_asynchronous_standby_reports_its_loss() {
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
+
+#[test]
+fn a_hung_replica_is_cut_off_within_the_health_settings() {
+    // Its own standby: a hung one would disturb the other tests.
+    let c = three();
+    let r3 = PgCluster::standby_of(&c.primary, PgOptions::default()).expect("standby r3");
+    let cfg = topo_config(&c, "", "", "").replace(
+        &format!("port = {}\nrole = \"auto\"\nweight = 3", c.r2.port),
+        &format!(
+            "port = {}\nrole = \"auto\"\nweight = 3\nconnect_timeout_ms = 1000",
+            r3.port
+        ),
+    );
+    let cfg = format!("{cfg}\n{}", split_db(&c, "app", ""));
+    let proxy = start_proxy(&cfg, None);
+    let mut cl = connect(&proxy, SUPERUSER, "", "app");
+    poll(Duration::from_secs(15), "r3 serves", || {
+        ports(&mut cl, "", 6).contains(&r3.port).then_some(())
+    });
+    // Health: failures = 2, interval 100 ms, timeout 1000 ms: about 2.2 s to be declared
+    // unhealthy; a new connection to it gives up after its connect_timeout_ms (1 s); 1.8 s
+    // for a loaded 2-CPU host.
+    let bound = Duration::from_secs(5);
+    let frozen = r3.freeze().unwrap();
+    let t0 = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut on_r1_since: Option<Instant> = None;
+    while t0.elapsed() < Duration::from_secs(8) {
+        let q = Instant::now();
+        let r = cl.simple_query("SELECT inet_server_port()");
+        longest = longest.max(q.elapsed());
+        match r {
+            Ok(m) => {
+                let port = m.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                });
+                if port == Some(c.r1.port.to_string()) {
+                    on_r1_since.get_or_insert_with(Instant::now);
+                } else {
+                    on_r1_since = None;
+                }
+            }
+            Err(e) => assert!(
+                e.is_closed() || sqlstate(&e).is_some_and(|s| s.starts_with("08")),
+                "{e:?}"
+            ),
+        }
+        if cl.is_closed() {
+            cl = connect(&proxy, SUPERUSER, "", "app");
+        }
+    }
+    println!("a frozen replica: the longest read took {longest:?}");
+    assert!(longest < bound, "a read hung for {longest:?}");
+    assert!(
+        on_r1_since.is_some_and(|s| t0.elapsed() - s.elapsed() < Duration::from_secs(5)),
+        "reads settled on r1"
+    );
+    drop(frozen);
+    poll(Duration::from_secs(15), "r3 back", || {
+        ports(&mut cl, "", 6).contains(&r3.port).then_some(())
+    });
+}

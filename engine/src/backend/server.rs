@@ -43,6 +43,9 @@ pub struct BackendKey {
     pub addr: SocketAddr,
     pub pid: BackendPid,
     pub secret: i32,
+    /// The connection's socket (-1 until known): a shard shuts it down when the node's health
+    /// checks fail, so a statement waiting on a hung server ends with 08006 instead of hanging.
+    pub fd: std::os::fd::RawFd,
 }
 
 pub struct ServerConn {
@@ -126,6 +129,10 @@ impl ServerConn {
             None => conn,
         };
         let now = Instant::now();
+        let key = BackendKey {
+            fd: conn.raw_fd(),
+            ..key
+        };
         Ok(ServerConn {
             id,
             conn,
@@ -297,6 +304,7 @@ async fn login(
                     addr,
                     pid: BackendPid(k.process_id()),
                     secret: k.secret_key(),
+                    fd: -1,
                 });
             }
             backend::Message::NoticeResponse(_) => {}

@@ -341,10 +341,8 @@ impl PgCluster {
         Ok(())
     }
 
-    /// A crash: SIGKILL to the postmaster and to every process it started (backends, WAL
-    /// writer, …), as when the host dies — killing the postmaster alone leaves its backends
-    /// serving the connections they have.
-    pub fn crash(&self) -> Result<()> {
+    /// `sig` to the postmaster and to every process it started (backends, WAL writer, …).
+    pub fn signal_all(&self, sig: i32) -> Result<()> {
         let pid = self.postmaster_pid().context("no postmaster.pid")?;
         let mut children = Vec::new();
         for e in std::fs::read_dir("/proc")?.flatten() {
@@ -361,12 +359,25 @@ impl PgCluster {
                 children.push(child);
             }
         }
-        self.signal(libc::SIGKILL)?;
+        self.signal(sig)?;
         for c in children {
             // SAFETY: kill with pids of this server's own processes.
-            unsafe { libc::kill(c, libc::SIGKILL) };
+            unsafe { libc::kill(c, sig) };
         }
         Ok(())
+    }
+
+    /// A crash, as when the host dies: SIGKILL to every process of the server (killing the
+    /// postmaster alone leaves its backends serving the connections they have).
+    pub fn crash(&self) -> Result<()> {
+        self.signal_all(libc::SIGKILL)
+    }
+
+    /// A hang: every process of the server stopped (SIGSTOP) until the guard is dropped
+    /// (SIGCONT), so a failing test does not leave a stopped server behind.
+    pub fn freeze(&self) -> Result<Frozen<'_>> {
+        self.signal_all(libc::SIGSTOP)?;
+        Ok(Frozen(self))
     }
 
     /// `pg_ctl promote -w`: a standby leaves recovery and takes writes.
@@ -419,6 +430,15 @@ impl PgCluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// A server stopped by [`PgCluster::freeze`]; continued when dropped.
+pub struct Frozen<'a>(&'a PgCluster);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.signal_all(libc::SIGCONT);
     }
 }
 
