@@ -161,7 +161,9 @@ impl PgCluster {
         Self::launch(dir, bindir, &opts, "")
     }
 
-    /// A streaming standby of `primary`: `pg_basebackup -R` over loopback (WAL streamed), then
+    /// A streaming standby of `primary`: `pg_basebackup -R` over loopback (WAL streamed; every
+    /// cluster keeps 256 MB of WAL, so a primary busy with other tests' writes does not recycle
+    /// a segment the copy still needs), then
     /// started on its own port; `pg_ctl start -w` returns once it accepts read-only connections.
     pub fn standby_of(primary: &PgCluster, opts: PgOptions) -> Result<PgCluster> {
         let bindir = primary.bindir.clone();
@@ -220,7 +222,8 @@ impl PgCluster {
             let mut conf = format!(
                 "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
                  max_connections = 300\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-                 shared_buffers = 128MB\npassword_encryption = 'scram-sha-256'\nlog_min_messages = warning\n",
+                 shared_buffers = 128MB\npassword_encryption = 'scram-sha-256'\nlog_min_messages = warning\n\
+                 wal_keep_size = '256MB'\n",
                 dir.display()
             );
             conf.push_str(extra);
