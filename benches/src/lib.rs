@@ -223,6 +223,7 @@ pub fn shared_with_inboxes(n: usize) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
         console_state: Mutex::new(helios_admin::AdminState::new(n)),
         pauses: Default::default(),
         node_switches: Default::default(),
+        topology: Arc::new(helios_engine::backend::topology::TopologyHub::empty()),
     };
     (Arc::new(shared), receivers)
 }
@@ -289,6 +290,7 @@ pub async fn pool_with_one_idle() -> (Rc<Pool>, glommio::net::TcpStream) {
             addr,
             pid: helios_engine::ids::BackendPid(4242),
             secret: 7,
+            fd: -1,
         },
         startup_params: Rc::new(Vec::new()),
         applied: Default::default(),

@@ -91,6 +91,12 @@ pub struct Config {
     /// TLS for client connections (docs/tls.md).
     #[serde(default)]
     pub tls: TlsConfig,
+    /// The health checker of a multi-node topology (docs/topology.md).
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// What happens when a database's primary is lost (docs/topology.md).
+    #[serde(default)]
+    pub failover: FailoverConfig,
 }
 
 /// `[tls]`: TLS on client connections.
@@ -158,6 +164,155 @@ pub enum ClientCert {
     #[default]
     Require,
     Optional,
+}
+
+/// `[failover]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// A statement that needs the primary while the database has none waits this long for one
+    /// (then SQLSTATE 08006); 0: fails at once.
+    #[serde(default = "default_failover_timeout_ms")]
+    pub timeout_ms: u64,
+    /// When the primary fails its health checks and answers nothing, the proxy promotes the
+    /// healthy replica with the most WAL replayed (`pg_promote()`), once per outage.
+    #[serde(default)]
+    pub auto_promote: bool,
+}
+
+fn default_failover_timeout_ms() -> u64 {
+    5_000
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            timeout_ms: default_failover_timeout_ms(),
+            auto_promote: false,
+        }
+    }
+}
+
+/// `[health]`: the checker that probes every node while a topology is configured (a node with
+/// `role` other than `primary`, a database with `nodes` or `read_write_split`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between two probes of a node.
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    /// A probe (connect, log in, run `query`) that takes longer fails.
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive failed probes that mark a healthy node unhealthy.
+    #[serde(default = "default_health_failures")]
+    pub failures: u32,
+    /// Consecutive good probes that mark an unhealthy node healthy again.
+    #[serde(default = "default_health_successes")]
+    pub successes: u32,
+    /// The probe; its first column of its first row, if a boolean, says whether the node is in
+    /// recovery (a replica) — what `auto` nodes take their role from.
+    #[serde(default = "default_health_query")]
+    pub query: String,
+    /// The user the checker logs in as (default: the `user` of the first database that has one).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Its password (default: that database's `password`); use `${VAR}`.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// The database the checker connects to.
+    #[serde(default = "default_health_dbname")]
+    pub dbname: String,
+}
+
+fn default_health_interval_ms() -> u64 {
+    1_000
+}
+fn default_health_timeout_ms() -> u64 {
+    1_000
+}
+fn default_health_failures() -> u32 {
+    3
+}
+fn default_health_successes() -> u32 {
+    2
+}
+fn default_health_query() -> String {
+    "SELECT pg_is_in_recovery()".into()
+}
+fn default_health_dbname() -> String {
+    "postgres".into()
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: default_health_interval_ms(),
+            timeout_ms: default_health_timeout_ms(),
+            failures: default_health_failures(),
+            successes: default_health_successes(),
+            query: default_health_query(),
+            user: None,
+            password: None,
+            dbname: default_health_dbname(),
+        }
+    }
+}
+
+/// What a node is, as configured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// Takes writes.
+    #[default]
+    Primary,
+    /// A streaming standby: reads only.
+    Replica,
+    /// Discovered by the health checker (`pg_is_in_recovery()`).
+    Auto,
+}
+
+/// A node tag's value (`tags = { region = "eu", vector = true, rack = 3 }`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum TagValue {
+    Bool(bool),
+    Int(i64),
+    Str(String),
+}
+
+impl std::fmt::Display for TagValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TagValue::Bool(b) => write!(f, "{b}"),
+            TagValue::Int(i) => write!(f, "{i}"),
+            TagValue::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+impl TagValue {
+    /// `true`, a non-zero number, or a string other than "", "false", "0".
+    pub fn is_set(&self) -> bool {
+        match self {
+            TagValue::Bool(b) => *b,
+            TagValue::Int(i) => *i != 0,
+            TagValue::Str(s) => !matches!(s.as_str(), "" | "false" | "0"),
+        }
+    }
+}
+
+/// How reads are spread over a database's healthy replicas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalance {
+    /// In turn (one counter per shard).
+    #[default]
+    RoundRobin,
+    /// The replica with the fewest server connections in use on this shard.
+    LeastConnections,
+    /// In turn, each replica `weight` times per cycle.
+    Weighted,
 }
 
 /// `[io]`
@@ -456,6 +611,16 @@ pub struct NodeConfig {
     /// Private key (PEM) of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// `primary`, `replica`, or `auto` (the health checker asks `pg_is_in_recovery()`).
+    #[serde(default)]
+    pub role: NodeRole,
+    /// Share of reads under `load_balance = "weighted"` (1..=1000).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Free labels (`region = "eu"`, `vector = true`): shown by `SHOW NODES` and given to
+    /// plugins (`helios.node.<name>.<tag>`, `helios.<tag>_node`).
+    #[serde(default)]
+    pub tags: BTreeMap<String, TagValue>,
 }
 
 /// `nodes.tls`
@@ -468,6 +633,10 @@ pub enum NodeTls {
     Require,
     VerifyCa,
     VerifyFull,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 fn default_pg_port() -> u16 {
@@ -484,6 +653,24 @@ pub struct DatabaseConfig {
     /// The node serving this database (default: the first `[[nodes]]` entry).
     #[serde(default)]
     pub node: Option<String>,
+    /// The nodes this database may use (instead of `node`): the first healthy primary among
+    /// them takes writes, its healthy replicas serve reads under `read_write_split`.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Transaction mode: plain reads go to a healthy replica, everything else to the primary.
+    #[serde(default)]
+    pub read_write_split: bool,
+    /// How reads are spread over the replicas.
+    #[serde(default)]
+    pub load_balance: LoadBalance,
+    /// A replica whose replay position is more than this many bytes behind the primary's WAL
+    /// gets no reads (0: no limit).
+    #[serde(default)]
+    pub max_replica_lag_bytes: u64,
+    /// Functions (lowercase names, schema-qualified or not) a SELECT may call and still count
+    /// as a read, beyond the built-in list of side-effect-free functions.
+    #[serde(default)]
+    pub read_only_functions: Vec<String>,
     /// Database name on the server (default: the alias).
     #[serde(default)]
     pub dbname: Option<String>,
@@ -570,6 +757,11 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             node: None,
+            nodes: Vec::new(),
+            read_write_split: false,
+            load_balance: LoadBalance::default(),
+            max_replica_lag_bytes: 0,
+            read_only_functions: Vec::new(),
             dbname: None,
             user: None,
             password: None,
@@ -694,6 +886,12 @@ impl Config {
             if n.host.is_empty() {
                 return bad(format!("nodes.{}.host: empty", n.name));
             }
+            if !(1..=1000).contains(&n.weight) {
+                return bad(format!(
+                    "nodes.{}.weight: {} is outside 1..=1000",
+                    n.name, n.weight
+                ));
+            }
         }
         if self.databases.is_empty() {
             return bad("databases: at least one [databases.<name>] table is needed".into());
@@ -705,6 +903,27 @@ impl Config {
                         "databases.{alias}.node: no [[nodes]] entry is named {node:?}"
                     ));
                 }
+            }
+            if db.node.is_some() && !db.nodes.is_empty() {
+                return bad(format!(
+                    "databases.{alias}: set either node or nodes, not both"
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for node in &db.nodes {
+                if !names.contains(node.as_str()) {
+                    return bad(format!(
+                        "databases.{alias}.nodes: no [[nodes]] entry is named {node:?}"
+                    ));
+                }
+                if !seen.insert(node.as_str()) {
+                    return bad(format!("databases.{alias}.nodes: {node:?} is listed twice"));
+                }
+            }
+            if db.read_write_split && db.pool_mode == PoolMode::Session {
+                return bad(format!(
+                    "databases.{alias}.read_write_split: needs pool_mode = \"transaction\" (a session cannot move between nodes)"
+                ));
             }
             if db.pool_size == 0 {
                 return bad(format!("databases.{alias}.pool_size: must be at least 1"));
@@ -856,13 +1075,45 @@ impl Config {
                 ));
             }
         }
+        let h = &self.health;
+        if h.interval_ms < 10 || h.timeout_ms < 10 {
+            return bad("health.interval_ms, health.timeout_ms: must be at least 10".into());
+        }
+        if h.failures == 0 || h.successes == 0 {
+            return bad("health.failures, health.successes: must be at least 1".into());
+        }
+        if h.query.trim().is_empty() {
+            return bad("health.query: empty".into());
+        }
         Ok(())
+    }
+
+    /// The nodes a database may use, in its order: `nodes`, else `node`, else the first node.
+    pub fn nodes_of<'a>(&'a self, db: &'a DatabaseConfig) -> Vec<&'a NodeConfig> {
+        if db.nodes.is_empty() {
+            return vec![self.node_for(db)];
+        }
+        db.nodes
+            .iter()
+            .filter_map(|n| self.nodes.iter().find(|x| &x.name == n))
+            .collect()
+    }
+
+    /// Whether the health checker runs: some node's role is not a static `primary`, or some
+    /// database lists several nodes or splits reads.
+    pub fn has_topology(&self) -> bool {
+        self.nodes.iter().any(|n| n.role != NodeRole::Primary)
+            || self
+                .databases
+                .values()
+                .any(|d| d.nodes.len() > 1 || d.read_write_split)
     }
 
     /// The node a database's connections go to.
     pub fn node_for(&self, db: &DatabaseConfig) -> &NodeConfig {
         db.node
             .as_deref()
+            .or(db.nodes.first().map(String::as_str))
             .and_then(|n| self.nodes.iter().find(|x| x.name == n))
             .unwrap_or(&self.nodes[0])
     }
@@ -1065,5 +1316,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("tls.min_version"), "{e}");
+    }
+
+    #[test]
+    fn topology_keys_parse_and_are_checked() {
+        let topo = MIN
+            .replace(
+                "host = \"127.0.0.1\"",
+                "host = \"127.0.0.1\"\nrole = \"auto\"\nweight = 3\ntags = { region = \"eu\", vector = true }\n[[nodes]]\nname = \"r1\"\nhost = \"127.0.0.1\"\nrole = \"replica\"",
+            )
+            .replace(
+                "user = \"app\"",
+                "user = \"app\"\nnodes = [\"pg\", \"r1\"]\nread_write_split = true\nload_balance = \"weighted\"\nmax_replica_lag_bytes = 1024\nread_only_functions = [\"f\"]",
+            );
+        let c = parse(&topo).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.nodes[0].role, NodeRole::Auto);
+        assert_eq!(c.nodes[0].weight, 3);
+        assert_eq!(c.nodes[0].tags["vector"], TagValue::Bool(true));
+        assert!(c.has_topology());
+        let db = &c.databases["app"];
+        assert_eq!(db.load_balance, LoadBalance::Weighted);
+        assert_eq!(c.node_for(db).name, "pg");
+        assert_eq!(c.nodes_of(db).len(), 2);
+        assert!(!parse(MIN).unwrap().has_topology());
+        for (from, to, want) in [
+            (
+                "nodes = [\"pg\", \"r1\"]",
+                "nodes = [\"pg\", \"x\"]",
+                "databases.app.nodes",
+            ),
+            (
+                "nodes = [\"pg\", \"r1\"]",
+                "nodes = [\"pg\"]\nnode = \"pg\"",
+                "not both",
+            ),
+            ("weight = 3", "weight = 0", "nodes.pg.weight"),
+            (
+                "read_write_split = true",
+                "read_write_split = true\npool_mode = \"session\"",
+                "read_write_split",
+            ),
+        ] {
+            let e = parse(&topo.replace(from, to))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let e = parse(&format!("{MIN}\n[health]\nfailures = 0\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("health.failures"), "{e}");
     }
 }

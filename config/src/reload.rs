@@ -82,6 +82,27 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("nodes.tls_ca", Reload),
     ("nodes.tls_cert", Reload),
     ("nodes.tls_key", Reload),
+    // The health checker and every shard's topology take the new roles, weights and tags.
+    ("nodes.role", Reload),
+    ("nodes.weight", Reload),
+    ("nodes.tags", Reload),
+    ("databases.<alias>.nodes", Reload),
+    ("databases.<alias>.read_write_split", Reload),
+    ("databases.<alias>.load_balance", Reload),
+    ("databases.<alias>.max_replica_lag_bytes", Reload),
+    ("databases.<alias>.read_only_functions", Reload),
+    // The checker reads its settings before each round.
+    ("health.interval_ms", Reload),
+    ("health.timeout_ms", Reload),
+    ("health.failures", Reload),
+    ("health.successes", Reload),
+    ("health.query", Reload),
+    ("health.user", Reload),
+    ("health.password", Reload),
+    ("health.dbname", Reload),
+    // Read by the checker each round and by sessions when they wait for a primary.
+    ("failover.timeout_ms", Reload),
+    ("failover.auto_promote", Reload),
     ("databases.<alias>.node", Reload),
     ("databases.<alias>.dbname", Reload),
     ("databases.<alias>.user", Reload),
@@ -132,6 +153,8 @@ pub const APPLY: &[(&str, Apply)] = &[
 
 /// The free-form table under which every key is the plugin's own (its KV seed).
 const FREE_FORM: &str = "plugins.plugin.config";
+/// A node's free labels.
+const TAGS: &str = "nodes.tags";
 
 /// The table's form of a concrete key path: array indices dropped (`nodes[1].host` →
 /// `nodes.host`), the database alias as `<alias>`, and keys inside a plugin's free-form
@@ -155,8 +178,10 @@ pub fn key_of(path: &str) -> String {
             out = format!("databases.<alias>.{key}");
         }
     }
-    if out.starts_with(FREE_FORM) && out[FREE_FORM.len()..].starts_with('.') {
-        out.truncate(FREE_FORM.len());
+    for table in [FREE_FORM, TAGS] {
+        if out.starts_with(table) && out[table.len()..].starts_with('.') {
+            out.truncate(table.len());
+        }
     }
     out
 }
@@ -215,6 +240,9 @@ fn flatten(c: &Config) -> BTreeMap<String, toml::Value> {
     if let Some(p) = &c.admin.sql_password {
         out.insert("admin.sql_password".into(), toml::Value::String(p.clone()));
     }
+    if let Some(p) = &c.health.password {
+        out.insert("health.password".into(), toml::Value::String(p.clone()));
+    }
     for (alias, db) in &c.databases {
         if let Some(p) = &db.password {
             out.insert(
@@ -228,7 +256,7 @@ fn flatten(c: &Config) -> BTreeMap<String, toml::Value> {
 
 fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
     match v {
-        toml::Value::Table(t) if key_of(prefix) != FREE_FORM => {
+        toml::Value::Table(t) if key_of(prefix) != FREE_FORM && key_of(prefix) != TAGS => {
             for (k, x) in t {
                 let p = if prefix.is_empty() {
                     k.clone()

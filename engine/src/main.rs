@@ -136,6 +136,9 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            role: Default::default(),
+            weight: 1,
+            tags: Default::default(),
         }],
         databases,
         io: IoConfig {
@@ -173,6 +176,8 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
         },
         // The quick start has no certificate: it serves plain text, and says so at start-up.
         tls: helios_config::TlsConfig::default(),
+        health: Default::default(),
+        failover: Default::default(),
     };
     if cli.listen.parse::<std::net::SocketAddr>().is_err() {
         bail!("--listen {:?} is not an IP:port address", cli.listen);

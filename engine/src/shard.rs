@@ -22,6 +22,7 @@ use helios_config::{AuthMethod, Config, Secret, Userlist};
 use crate::auth::ScramKeys;
 use crate::backend::pool::{Pool, PoolSettings};
 use crate::backend::server::{BackendKey, ServerTarget};
+use crate::backend::topology::{Topology, TopologyHub};
 use crate::ids::{BackendPid, ClientPid};
 
 /// What every shard reads: the configuration as loaded (replaced whole on reload).
@@ -121,6 +122,8 @@ pub enum ShardMsg {
     /// A client connection another shard accepted while it had more clients than this one
     /// (already counted in `Shared::sessions` for this shard).
     Adopt(std::net::TcpStream),
+    /// The nodes' roles and health changed (health checker, chaos): route by this from now on.
+    Topology(Arc<Topology>),
 }
 
 /// The process-wide part: channels to every shard and the global client count.
@@ -141,6 +144,9 @@ pub struct Shared {
     pub pauses: Arc<crate::backend::pool::Pauses>,
     /// Nodes disabled through the admin API, read by every shard's pools at checkout.
     pub node_switches: Arc<helios_admin::NodeSwitches>,
+    /// The health checker's results and the chaos overrides (never read on the query path:
+    /// shards route by their own copy, `Shard::topology`).
+    pub topology: Arc<TopologyHub>,
 }
 
 impl Shared {
@@ -270,6 +276,10 @@ pub struct Shard {
     /// Clients' start-up session settings, shared between clients that sent the same ones:
     /// a server connection last used by any of them then matches with a pointer comparison.
     param_sets: RefCell<Vec<Rc<ParamMap>>>,
+    /// This shard's copy of the topology (`ShardMsg::Topology`): what the route stage reads.
+    pub topology: RefCell<Arc<Topology>>,
+    /// The shard's turn counter for spreading reads over replicas.
+    pub route_seq: Cell<u64>,
 }
 
 /// Session parameters by name, values quoted as SQL literals.
@@ -282,7 +292,6 @@ impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>, config: Arc<RuntimeConfig>) -> Rc<Shard> {
         Rc::new(Shard {
             id,
-            shared,
             config: RefCell::new(config),
             pools: RefCell::new(HashMap::new()),
             server_ids: Rc::new(Cell::new((id as u64) << 48)),
@@ -298,6 +307,9 @@ impl Shard {
             analysis: RefCell::new(Default::default()),
             request_seq: Cell::new(0),
             param_sets: RefCell::new(Vec::new()),
+            topology: RefCell::new(shared.topology.snapshot()),
+            route_seq: Cell::new(0),
+            shared,
         })
     }
 
@@ -319,9 +331,27 @@ impl Shard {
         self.config.borrow().clone()
     }
 
-    /// The pool for (alias, user), created on first use.
+    /// The pool for (alias, user), created on first use: on the database's node, or — for a
+    /// database with a topology — its current primary, else its first usable node (a client
+    /// logging in during a failover is not refused for the node that went down).
     pub fn pool(&self, alias: &str, user: &str) -> Option<Rc<Pool>> {
-        self.pool_on(alias, user, None)
+        let node = {
+            let t = self.topology.borrow();
+            let cfg = self.config();
+            let db = cfg.config.databases.get(alias)?;
+            if db.nodes.len() > 1 || db.read_write_split {
+                t.primary_of(alias).map(|n| n.name.clone()).or_else(|| {
+                    cfg.config
+                        .nodes_of(db)
+                        .iter()
+                        .find(|n| t.index(&n.name).is_some_and(|i| t.nodes[i].usable()))
+                        .map(|n| n.name.clone())
+                })
+            } else {
+                None
+            }
+        };
+        self.pool_on(alias, user, node.as_deref())
     }
 
     /// The pool for (alias, user) on `node` instead of the database's own node.
@@ -410,6 +440,65 @@ impl Shard {
                 }
             })
             .detach();
+        }
+    }
+
+    /// A new topology snapshot: routing uses it from the next statement on; pools to nodes
+    /// that stopped being usable lose their idle connections.
+    pub fn set_topology(&self, t: Arc<Topology>) {
+        let old = std::mem::replace(&mut *self.topology.borrow_mut(), t.clone());
+        // A node that failed its health checks (not one forced down by chaos): statements
+        // waiting on its connections end now (their sessions see the socket close and tell
+        // their clients 08006), instead of hanging on a server that does not answer.
+        let cfg = self.config();
+        for n in t.nodes.iter().filter(|n| !n.healthy) {
+            let was_healthy = old
+                .nodes
+                .iter()
+                .find(|o| o.name == n.name)
+                .is_some_and(|o| o.healthy);
+            let Some(addrs) = cfg.addrs.get(&n.name).filter(|_| was_healthy) else {
+                continue;
+            };
+            let mut cut = 0;
+            for e in self.cancels.borrow().values() {
+                if let Some(k) = e.target.get() {
+                    if k.fd >= 0 && addrs.contains(&k.addr) {
+                        // SAFETY: the session holds this connection while its cancel target
+                        // is set (both change together, on this thread).
+                        unsafe { libc::shutdown(k.fd, libc::SHUT_RDWR) };
+                        cut += 1;
+                    }
+                }
+            }
+            if cut > 0 {
+                log::warn!(
+                    "shard {}: node {} failed its health checks: ended {cut} statements waiting on it",
+                    self.id,
+                    n.name
+                );
+            }
+        }
+        for n in t.nodes.iter().filter(|n| !n.usable()) {
+            let was_up = old
+                .nodes
+                .iter()
+                .find(|o| o.name == n.name)
+                .is_none_or(|o| o.usable());
+            if !was_up {
+                continue;
+            }
+            for ((_, _, node), pool) in self.pools.borrow().iter() {
+                if node == &n.name {
+                    let closed = pool.drain_idle();
+                    if closed > 0 {
+                        log::info!(
+                            "shard {}: node {node} is down: closed {closed} idle connections",
+                            self.id
+                        );
+                    }
+                }
+            }
         }
     }
 

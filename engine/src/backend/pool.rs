@@ -552,6 +552,19 @@ impl Pool {
         self.forget(c);
     }
 
+    /// The node went down (health checker, chaos): its idle connections are closed, so the
+    /// pool is rebuilt with fresh connections when the node serves again. Connections in use
+    /// finish their transactions.
+    pub fn drain_idle(&self) -> usize {
+        let idle = std::mem::take(&mut *self.idle.borrow_mut());
+        let n = idle.len();
+        for c in idle {
+            self.count(|c| c.closed_broken += 1);
+            self.forget(c);
+        }
+        n
+    }
+
     /// Once a second: close idle connections past the idle timeout (down to min_idle) or their
     /// lifetime, and open connections up to min_idle.
     pub async fn maintain(self: &Rc<Self>) {

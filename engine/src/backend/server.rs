@@ -48,6 +48,9 @@ pub struct BackendKey {
     pub addr: SocketAddr,
     pub pid: BackendPid,
     pub secret: i32,
+    /// The connection's socket (-1 until known): a shard shuts it down when the node's health
+    /// checks fail, so a statement waiting on a hung server ends with 08006 instead of hanging.
+    pub fd: std::os::fd::RawFd,
 }
 
 pub struct ServerConn {
@@ -131,6 +134,10 @@ impl ServerConn {
             None => conn,
         };
         let now = Instant::now();
+        let key = BackendKey {
+            fd: conn.raw_fd(),
+            ..key
+        };
         Ok(ServerConn {
             id,
             conn,
@@ -376,6 +383,7 @@ async fn login(
                     addr,
                     pid: BackendPid(k.process_id()),
                     secret: k.secret_key(),
+                    fd: -1,
                 });
             }
             backend::Message::NoticeResponse(_) => {}

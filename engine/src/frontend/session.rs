@@ -29,7 +29,8 @@ use crate::net::codec::{
 use crate::net::conn::{Conn, ZERO_COPY_MIN};
 use crate::pipeline::guard::ResultGuard;
 use crate::pipeline::plugins::PluginStage;
-use crate::pipeline::Pipeline;
+use crate::pipeline::route::RouteStage;
+use crate::pipeline::{Pipeline, Target};
 use crate::proto::exchange::{Ended, Exchange, Io, Observer, RowAction, Server, Step, Then, Tx};
 use crate::shard::{ClientMeta, ParamMap, Shard};
 use crate::sql::{self, ListenCommand};
@@ -102,7 +103,7 @@ struct Session {
     /// when a route plugin chose one).
     default_pool: Rc<Pool>,
     /// The node a stage chose for the next server connection.
-    route_node: Option<String>,
+    route_node: Option<Target>,
     /// The stages every execution passes (pipeline/mod.rs).
     pipeline: Pipeline,
     /// What was sent to the attached server connection since it was attached, while it has not
@@ -293,7 +294,11 @@ impl Session {
             meta,
             default_pool,
             route_node: None,
-            pipeline: Pipeline::new(hooks, guard),
+            pipeline: Pipeline::new(
+                hooks,
+                RouteStage::configured(&shard.config().config, &login.database, &login.user),
+                guard,
+            ),
             replay: Vec::new(),
             replay_armed: false,
             request_start: None,
@@ -701,7 +706,23 @@ impl Session {
         if self.server.is_some() {
             return Ok(true);
         }
-        self.pool = match self.route_node.take() {
+        let route = match self.route_node.take() {
+            // No primary now (a failover under way): wait for one, boxed so the session's
+            // future does not carry the wait.
+            Some(Target::Primary) => {
+                let (shard, alias) = (self.shard.clone(), self.meta.database.clone());
+                match Box::pin(wait_for_primary(shard, alias)).await {
+                    Ok(node) => Some(node),
+                    Err(e) => {
+                        self.reject(e, extended);
+                        return Ok(false);
+                    }
+                }
+            }
+            Some(Target::Node(n)) => Some(n),
+            None => None,
+        };
+        self.pool = match route {
             Some(node) => {
                 let (alias, user) = (self.meta.database.clone(), self.meta.user.clone());
                 match self.shard.pool_on(&alias, &user, Some(&node)) {
@@ -718,6 +739,13 @@ impl Session {
                         return Ok(false);
                     }
                 }
+            }
+            // A topology's primary may have moved since the session began (failover).
+            None if self.pipeline.routes() => {
+                let (alias, user) = (self.meta.database.clone(), self.meta.user.clone());
+                self.shard
+                    .pool(&alias, &user)
+                    .unwrap_or_else(|| self.default_pool.clone())
             }
             None => self.default_pool.clone(),
         };
@@ -823,5 +851,25 @@ async fn reset_and_release(pool: Rc<Pool>, mut s: ServerConn) {
         pool.release(s);
     } else {
         pool.discard(s);
+    }
+}
+
+/// The database's primary once it has a usable one (failover: a replica promoted, the old
+/// primary back), polled in the shard's topology copy up to `failover.timeout_ms`; then 08006.
+async fn wait_for_primary(shard: Rc<Shard>, alias: String) -> Result<String, ProxyError> {
+    let timeout = Duration::from_millis(shard.config().config.failover.timeout_ms);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(n) = shard.topology.borrow().primary_of(&alias) {
+            return Ok(n.name.clone());
+        }
+        if Instant::now() >= deadline {
+            return Err(ProxyError::error(
+                SqlState::CONNECTION_FAILURE,
+                Blame::Server,
+                format!("database {alias} has no primary: none answered within failover.timeout_ms ({timeout:?})"),
+            ));
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -186,7 +186,8 @@ fn command(shard: &Shard, sql: &str, out: &mut BytesMut) -> Result<(), String> {
                 "DATABASES" => databases(shard),
                 "CONFIG" => config(shard),
                 "LATENCY" => latency(&st),
-                w => return Err(format!("unknown SHOW item {w:?}: try POOLS, STATS, CLIENTS, SERVERS, DATABASES, CONFIG or LATENCY")),
+                "NODES" => nodes(shard),
+                w => return Err(format!("unknown SHOW item {w:?}: try POOLS, STATS, CLIENTS, SERVERS, DATABASES, CONFIG, LATENCY or NODES")),
             };
             rows.write(out, "SHOW");
         }
@@ -210,10 +211,30 @@ fn command(shard: &Shard, sql: &str, out: &mut BytesMut) -> Result<(), String> {
             shard.shared.pauses.set(db.as_deref(), pause);
             put_command_complete(out, if pause { "PAUSE" } else { "RESUME" });
         }
+        // Chaos, as the admin API's /api/chaos: every shard routes without the node at once.
+        ["DISABLE", "NODE", _] | ["ENABLE", "NODE", _] => {
+            let name = sql
+                .split_whitespace()
+                .nth(2)
+                .map(|n| n.trim_end_matches(';').trim_matches('"'))
+                .unwrap_or_default();
+            let hub = &shard.shared.topology;
+            let r = if words[0] == "DISABLE" {
+                hub.force_unhealthy(name)
+            } else {
+                hub.restore(name)
+            };
+            r.map_err(|e| e.to_string())?;
+            put_command_complete(out, if words[0] == "DISABLE" { "DISABLE" } else { "ENABLE" });
+        }
+        ["RESET", "NODES"] => {
+            shard.shared.topology.reset();
+            put_command_complete(out, "RESET");
+        }
         [] => put_msg(out, b'I', |_| {}),
         _ => {
             return Err(format!(
-                "invalid command {:?}: the console knows SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|CONFIG|LATENCY, RELOAD, PAUSE [db], RESUME [db], SHUTDOWN",
+                "invalid command {:?}: the console knows SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|CONFIG|LATENCY|NODES, RELOAD, PAUSE [db], RESUME [db], DISABLE NODE name, ENABLE NODE name, RESET NODES, SHUTDOWN",
                 sql.trim()
             ))
         }
@@ -379,6 +400,50 @@ fn databases(shard: &Shard) -> Rows {
             s(db.min_idle),
             s(format!("{:?}", db.pool_mode).to_lowercase()),
             s(&node.name),
+        ]);
+    }
+    r
+}
+
+/// The nodes as the hub has them now (the checker's view with the chaos overrides).
+fn nodes(shard: &Shard) -> Rows {
+    let t = shard.shared.topology.snapshot();
+    let cfg = shard.config();
+    let primary = t.current_primary().map(|n| n.name.clone());
+    let mut r = Rows::new(&[
+        "name",
+        "host",
+        "port",
+        "role",
+        "configured_role",
+        "healthy",
+        "forced_down",
+        "current_primary",
+        "lag_bytes",
+        "weight",
+        "tags",
+        "last_error",
+        "checked_at_ms",
+        "fenced",
+    ]);
+    for n in &t.nodes {
+        let c = cfg.config.nodes.iter().find(|c| c.name == n.name);
+        let tags: Vec<String> = n.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        r.push(vec![
+            s(&n.name),
+            c.map(|c| c.host.clone()),
+            c.map(|c| c.port.to_string()),
+            s(n.role.as_str()),
+            s(format!("{:?}", n.configured).to_lowercase()),
+            s(n.healthy),
+            s(n.forced_down),
+            s(primary.as_deref() == Some(n.name.as_str())),
+            n.lag_bytes.map(|l| l.to_string()),
+            s(n.weight),
+            s(tags.join(",")),
+            n.last_error.clone(),
+            s(n.checked_at_ms),
+            s(n.fenced),
         ]);
     }
     r

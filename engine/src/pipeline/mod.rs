@@ -4,7 +4,10 @@
 //!   classify      proto::Exchange + sql::classify: session-state effects (tracked, dirty,
 //!                 pinned, refused), LISTEN, DEALLOCATE answered locally
 //!   pre_query     plugins::PluginStage: the WASM pre_query chain (may rewrite or refuse)
-//!   route         plugins::PluginStage: the WASM route chain (may pick a node or refuse)
+//!   route         plugins::PluginStage: the WASM route chain (may pick a node, say primary or
+//!                 replica, or refuse); then route::RouteStage (databases with a topology):
+//!                 hints, SET helios.route, read/write split → the node, from the shard's
+//!                 topology copy
 //!   forward       the session attaches a server connection (the chosen node's pool) and
 //!                 proto::Exchange::send writes the statement
 //!   observe rows  guard::ResultGuard (max_result_rows, max_result_bytes): each RowDescription
@@ -31,6 +34,7 @@
 
 pub mod guard;
 pub mod plugins;
+pub mod route;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -86,6 +90,10 @@ pub struct Execution {
     pub rewritten: bool,
     /// The node a stage chose (`None`: the database's own).
     pub node: Option<String>,
+    /// A plugin's `primary` / `replica` verdict, for the route stage.
+    pub route: Option<crate::sql::read::Hint>,
+    /// The route stage wants the database's primary and it has none now: wait for one.
+    pub await_primary: bool,
     /// When the request's first byte arrived.
     pub started: Instant,
     /// Rows returned or affected, from CommandComplete.
@@ -108,6 +116,15 @@ impl Execution {
     pub fn success(&self) -> bool {
         self.error.is_none()
     }
+}
+
+/// Where a stage sends the transaction an execution starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// This configured node.
+    Node(String),
+    /// The database's primary, once it has one (up to `failover.timeout_ms`).
+    Primary,
 }
 
 /// Where a staged execution goes once its message is sent.
@@ -137,18 +154,29 @@ pub struct Pipeline {
     portals: Vec<Execution>,
     /// Sent; completed in order by [`Pipeline::executed`].
     inflight: VecDeque<Execution>,
+    /// A route stage is configured (the database has a topology).
+    routes: bool,
 }
 
 impl Pipeline {
     /// The stages, in the order they run. The plugin stage is always there (plugins enabled by
     /// a reload reach open sessions; it is inert while the shard has none); the others only
     /// when configured.
-    pub fn new(plugins: Box<plugins::PluginStage>, guard: Option<guard::ResultGuard>) -> Pipeline {
-        let mut stages: Vec<Box<dyn Stage>> = Vec::with_capacity(1 + guard.is_some() as usize);
+    pub fn new(
+        plugins: Box<plugins::PluginStage>,
+        route: Option<route::RouteStage>,
+        guard: Option<guard::ResultGuard>,
+    ) -> Pipeline {
+        let mut stages: Vec<Box<dyn Stage>> =
+            Vec::with_capacity(1 + route.is_some() as usize + guard.is_some() as usize);
+        let routes = route.is_some();
         // classify: the protocol core, before any stage.
         // (anomaly, access guards: here)
         stages.push(plugins); // pre_query, route … post_query
-                              // (result cache: here)
+        if let Some(r) = route {
+            stages.push(Box::new(r)); // the node, after the plugins' say
+        }
+        // (result cache: here)
         if let Some(g) = guard {
             stages.push(Box::new(g)); // observes rows
         }
@@ -160,7 +188,15 @@ impl Pipeline {
             unnamed: None,
             portals: Vec::new(),
             inflight: VecDeque::new(),
+            routes,
         }
+    }
+
+    /// Whether the database has a topology: a server connection taken without a stage's
+    /// choice (a Describe before any Bind, a lone Sync) then goes to its current primary (or
+    /// first usable node), not to the node the session started on.
+    pub fn routes(&self) -> bool {
+        self.routes
     }
 
     /// Whether any stage acts on statements now.
@@ -187,13 +223,13 @@ impl Pipeline {
 
     /// Runs the stages' `before` for a message on its way to a server: a Query, a Bind (an
     /// execution begins), a FunctionCall; an Execute picks up its portal's execution. `Ok` with
-    /// the node a stage chose; `Err`: refused (the stages' `after` has run; tell the client).
+    /// where a stage sends it; `Err`: refused (the stages' `after` has run; tell the client).
     pub fn before(
         &mut self,
         shard: &Shard,
         then: &mut Then,
         started: Instant,
-    ) -> Result<Option<String>, ProxyError> {
+    ) -> Result<Option<Target>, ProxyError> {
         self.staged = None;
         let (kind, sql, portal) = match then {
             Then::Execute { frame, req } => {
@@ -263,6 +299,8 @@ impl Pipeline {
             sql,
             rewritten: false,
             node: None,
+            route: None,
+            await_primary: false,
             started,
             rows: 0,
             rows_seen: 0,
@@ -286,7 +324,11 @@ impl Pipeline {
         if ex.rewritten {
             self.apply_rewrite(then, &ex)?;
         }
-        let node = ex.node.clone();
+        let node = match (&ex.node, ex.await_primary) {
+            (Some(n), _) => Some(Target::Node(n.clone())),
+            (None, true) => Some(Target::Primary),
+            (None, false) => None,
+        };
         let going = match then {
             Then::Query { req, .. } | Then::FunctionCall { req, .. } => {
                 *req = true;

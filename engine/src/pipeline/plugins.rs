@@ -43,6 +43,9 @@ pub struct PluginStage {
     client_id: u64,
     /// The database's own node (a route plugin may choose another).
     default_node: String,
+    /// The topology version the node attributes were taken from, and the keys they set.
+    topo_seen: Option<u64>,
+    topo_keys: Vec<String>,
 }
 
 impl PluginStage {
@@ -63,6 +66,8 @@ impl PluginStage {
             client_ip,
             client_id: 0,
             default_node: String::new(),
+            topo_seen: None,
+            topo_keys: Vec::new(),
         })
     }
 
@@ -120,6 +125,46 @@ impl PluginStage {
         }
     }
 
+    /// The nodes as plugins see them (hook_context attributes), refreshed when the shard's
+    /// topology changed: `helios.primary_node`, `helios.node.<name>.<tag>` for every tag, and
+    /// `helios.<tag>_node`: the first usable node whose `<tag>` is set (`helios.vector_node`).
+    fn refresh_topology(&mut self, shard: &Shard) {
+        let t = shard.topology.borrow();
+        if self.topo_seen == Some(t.version) {
+            return;
+        }
+        self.topo_seen = Some(t.version);
+        for k in self.topo_keys.drain(..) {
+            self.attributes.remove(&k);
+        }
+        let mut set = |k: String, v: String, attrs: &mut Attributes| {
+            attrs.insert(k.clone(), v);
+            self.topo_keys.push(k);
+        };
+        if let Some(p) = t.current_primary() {
+            set(
+                "helios.primary_node".into(),
+                p.name.clone(),
+                &mut self.attributes,
+            );
+        }
+        for n in &t.nodes {
+            for (tag, v) in &n.tags {
+                set(
+                    format!("helios.node.{}.{tag}", n.name),
+                    v.to_string(),
+                    &mut self.attributes,
+                );
+                let key = format!("helios.{tag}_node");
+                if !self.attributes.contains_key(&key) {
+                    if let Some(first) = t.tagged(tag) {
+                        set(key, first.name.clone(), &mut self.attributes);
+                    }
+                }
+            }
+        }
+    }
+
     /// `SET helios.<name> = value` becomes a session attribute.
     pub fn set_attribute(&mut self, name: &str, sql_value: &str) {
         let v = sql_value.trim();
@@ -147,6 +192,7 @@ impl Stage for PluginStage {
                 self.set_attribute(&name, &value);
             }
         }
+        self.refresh_topology(shard);
         let mut guard = shard.plugins.borrow_mut();
         let Some(p) = guard.as_mut() else {
             return Ok(());
@@ -184,9 +230,11 @@ impl Stage for PluginStage {
         }
         if verdict.is_ok() && p.has_hook(Hook::Route) {
             match p.route(&qc) {
-                RouteDecision::Default | RouteDecision::Primary => {}
-                // No replicas are configured yet: the database's own node serves reads.
-                RouteDecision::Replica => {}
+                RouteDecision::Default => {}
+                // The route stage acts on these (databases with a topology; a single-node
+                // database has only its node).
+                RouteDecision::Primary => ex.route = Some(crate::sql::read::Hint::Primary),
+                RouteDecision::Replica => ex.route = Some(crate::sql::read::Hint::Replica),
                 RouteDecision::Node(n) => ex.node = Some(n),
                 RouteDecision::Block(b) => verdict = Err(block(b.reason)),
             }

@@ -13,6 +13,7 @@ use atomic_waker::AtomicWaker;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement};
 use helios_config::{Apply, Config, Userlist};
 
+use crate::backend::topology::{HealthInput, TopologyHub};
 use crate::shard::{RuntimeConfig, Shard, ShardMsg, Shared};
 
 mod shard_task;
@@ -147,7 +148,8 @@ enum Started {
 /// Starts the shards and serves until SIGTERM/SIGINT.
 pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
     let shards = rt.shards;
-    check_memlock(shards)?;
+    // The health checker's executor locks memory as a shard's does.
+    check_memlock(shards + usize::from(rt.config.has_topology()))?;
     log_budget(&rt);
     log_tls(&rt);
     let plugins = start_plugins(&rt)?;
@@ -173,7 +175,22 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
         console_state: std::sync::Mutex::new(helios_admin::AdminState::new(shards)),
         pauses: Default::default(),
         node_switches: Default::default(),
+        topology: Arc::new(TopologyHub::new(HealthInput {
+            config: rt.config.clone(),
+            addrs: rt.addrs.clone(),
+            node_tls: rt.node_tls.clone(),
+        })),
     });
+    {
+        // Snapshots go to every shard's inbox; each shard routes by its own copy.
+        let to = shared.clone();
+        shared.topology.set_publisher(move |t| {
+            to.broadcast(|| ShardMsg::Topology(t.clone()));
+        });
+    }
+    if rt.config.has_topology() {
+        start_checker(&shared, &rt.config)?;
+    }
     let live_config =
         helios_admin::live_config(serde_json::to_value(&rt.config).unwrap_or_default());
     if admin_cfg.enabled {
@@ -302,6 +319,22 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
     )
 }
 
+/// Starts the health checker thread (once; a reload that configures a topology starts it).
+fn start_checker(shared: &Arc<Shared>, config: &Config) -> Result<()> {
+    let hub = &shared.topology;
+    if hub.running.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    crate::backend::health::spawn(hub.clone(), IO_MEMORY)
+        .map_err(|e| anyhow!("health checker: {e}"))?;
+    log::info!(
+        "health checker: probing {} nodes every {} ms",
+        config.nodes.len(),
+        config.health.interval_ms
+    );
+    Ok(())
+}
+
 /// Loads the plugins (`[plugins] enabled`). A plugin that fails to load is logged and left
 /// out; the proxy starts without it.
 fn start_plugins(rt: &RuntimeConfig) -> Result<Option<helios_plugin_host::PluginRuntime>> {
@@ -391,6 +424,16 @@ fn signal_loop(
                         *live_config.write().unwrap_or_else(|e| e.into_inner()) =
                             serde_json::to_value(&new.config).unwrap_or_default();
                         shared.broadcast(|| ShardMsg::Reload(new.clone()));
+                        shared.topology.reconfigure(HealthInput {
+                            config: new.config.clone(),
+                            addrs: new.addrs.clone(),
+                            node_tls: new.node_tls.clone(),
+                        });
+                        if new.config.has_topology() {
+                            if let Err(e) = start_checker(shared, &new.config) {
+                                log::error!("{e:#}");
+                            }
+                        }
                         match &plugins {
                             Some(p) => {
                                 // Shards pick the new plugin set up at their next hook call;
@@ -424,6 +467,7 @@ fn signal_loop(
             _ => {
                 log::info!("shutting down: no new connections; waiting for running transactions");
                 shared.broadcast(|| ShardMsg::Shutdown);
+                shared.topology.stop();
                 let grace = Duration::from_millis(current.config.server.shutdown_timeout_ms)
                     + Duration::from_secs(2);
                 let deadline = std::time::Instant::now() + grace;

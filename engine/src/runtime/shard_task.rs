@@ -93,6 +93,7 @@ pub async fn run_shard(
                     *shard.plugins.borrow_mut() = Some(rt.shard(shard.id));
                 }
             }
+            Some(ShardMsg::Topology(t)) => shard.set_topology(t),
             Some(ShardMsg::Shutdown) | None => break,
         }
     }

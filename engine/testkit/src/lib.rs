@@ -156,17 +156,78 @@ impl PgCluster {
             hba.push('\n');
         }
         hba.push_str("host all all 127.0.0.1/32 scram-sha-256\n");
+        // Streaming standbys (`standby_of`) connect over loopback with the superuser password.
+        hba.push_str("host replication all 127.0.0.1/32 scram-sha-256\n");
         std::fs::write(data.join("pg_hba.conf"), hba)?;
+        Self::launch(dir, bindir, &opts, "")
+    }
 
+    /// A streaming standby of `primary`: `pg_basebackup -R` over loopback (WAL streamed; every
+    /// cluster keeps 256 MB of WAL, so a primary busy with other tests' writes does not recycle
+    /// a segment the copy still needs), then
+    /// started on its own port; `pg_ctl start -w` returns once it accepts read-only connections.
+    pub fn standby_of(primary: &PgCluster, opts: PgOptions) -> Result<PgCluster> {
+        let bindir = primary.bindir.clone();
+        let dir = std::env::temp_dir().join(format!(
+            "helios-pg-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        if is_root() {
+            run_checked(
+                Command::new("chown")
+                    .arg("-R")
+                    .arg("postgres:postgres")
+                    .arg(&dir),
+                "chown",
+            )?;
+        }
+        let data = dir.join("data");
+        run_checked(
+            pg_command(&bindir.join("pg_basebackup"))
+                .arg("-d")
+                .arg(format!(
+                    "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} application_name=standby{}",
+                    primary.port,
+                    SEQ.load(Ordering::Relaxed)
+                ))
+                .arg("-D")
+                .arg(&data)
+                .arg("-R")
+                .arg("-X")
+                .arg("stream")
+                .arg("-c")
+                .arg("fast")
+                .arg("--no-sync"),
+            "pg_basebackup",
+        )?;
+        // The primary's own settings came with the copy: `launch` writes this cluster's port and
+        // socket directory after them, and keeps the primary_conninfo `-R` appended.
+        let copied = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap_or_default();
+        let keep: String = copied
+            .lines()
+            .filter(|l| l.starts_with("primary_conninfo"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        Self::launch(dir, bindir, &opts, &keep)
+    }
+
+    /// Writes postgresql.auto.conf (a fresh port each try) and starts the server.
+    fn launch(dir: PathBuf, bindir: PathBuf, opts: &PgOptions, extra: &str) -> Result<PgCluster> {
+        let data = dir.join("data");
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port();
             let mut conf = format!(
                 "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
                  max_connections = 300\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-                 shared_buffers = 128MB\npassword_encryption = 'scram-sha-256'\nlog_min_messages = warning\n",
+                 shared_buffers = 128MB\npassword_encryption = 'scram-sha-256'\nlog_min_messages = warning\n\
+                 wal_keep_size = '256MB'\n",
                 dir.display()
             );
+            conf.push_str(extra);
             for l in &opts.conf {
                 conf.push_str(l);
                 conf.push('\n');
@@ -261,6 +322,127 @@ impl PgCluster {
 
     pub fn bindir(&self) -> &Path {
         &self.bindir
+    }
+
+    /// The postmaster's process id (first line of postmaster.pid).
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Sends `sig` to the postmaster (SIGKILL: a crash; SIGSTOP/SIGCONT: a hang).
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        let pid = self.postmaster_pid().context("no postmaster.pid")?;
+        // SAFETY: kill with the pid of a server this harness started.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// `sig` to the postmaster and to every process it started (backends, WAL writer, …).
+    pub fn signal_all(&self, sig: i32) -> Result<()> {
+        let pid = self.postmaster_pid().context("no postmaster.pid")?;
+        let mut children = Vec::new();
+        for e in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(child) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid …: the comm may hold spaces; read after its last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(pid) {
+                children.push(child);
+            }
+        }
+        self.signal(sig)?;
+        for c in children {
+            // SAFETY: kill with pids of this server's own processes.
+            unsafe { libc::kill(c, sig) };
+        }
+        Ok(())
+    }
+
+    /// A crash, as when the host dies: SIGKILL to every process of the server (killing the
+    /// postmaster alone leaves its backends serving the connections they have).
+    pub fn crash(&self) -> Result<()> {
+        self.signal_all(libc::SIGKILL)
+    }
+
+    /// A hang: every process of the server stopped (SIGSTOP) until the guard is dropped
+    /// (SIGCONT), so a failing test does not leave a stopped server behind.
+    pub fn freeze(&self) -> Result<Frozen<'_>> {
+        self.signal_all(libc::SIGSTOP)?;
+        Ok(Frozen(self))
+    }
+
+    /// `pg_ctl promote -w`: a standby leaves recovery and takes writes.
+    pub fn promote(&self) -> Result<()> {
+        run_checked(
+            pg_command(&self.bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .arg("-w")
+                .arg("promote"),
+            "pg_ctl promote",
+        )?;
+        Ok(())
+    }
+
+    /// `pg_ctl stop -m fast`.
+    pub fn stop(&self) -> Result<()> {
+        run_checked(
+            pg_command(&self.bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .arg("-m")
+                .arg("fast")
+                .arg("-w")
+                .arg("stop"),
+            "pg_ctl stop",
+        )?;
+        Ok(())
+    }
+
+    /// Polls (up to `timeout`) until this standby has replayed what `primary` has written so far.
+    pub fn wait_replayed(&self, primary: &PgCluster, timeout: Duration) -> Result<()> {
+        // The insert position: with synchronous_commit = off (this harness's default) a commit
+        // record may still be in the WAL buffers, past pg_current_wal_lsn().
+        let target = primary.psql("postgres", "select pg_current_wal_insert_lsn()")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let caught = self.psql(
+                "postgres",
+                &format!("select pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"),
+            )?;
+            if caught == "t" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "standby on port {} did not replay up to {target} within {timeout:?}",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A server stopped by [`PgCluster::freeze`]; continued when dropped.
+pub struct Frozen<'a>(&'a PgCluster);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.signal_all(libc::SIGCONT);
     }
 }
 

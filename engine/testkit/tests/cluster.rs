@@ -22,3 +22,39 @@ fn scratch_cluster_starts_answers_and_is_removed() {
     drop(pg);
     assert!(!dir.exists(), "cluster directory left behind");
 }
+
+#[test]
+fn a_standby_streams_from_its_primary_and_can_be_promoted() {
+    use helios_testkit::PgOptions;
+    use std::time::Duration;
+    let primary = PgCluster::start().expect("start primary");
+    let standby = PgCluster::standby_of(&primary, PgOptions::default()).expect("standby");
+    assert_ne!(standby.port, primary.port);
+    assert_eq!(
+        standby
+            .psql("postgres", "select pg_is_in_recovery()")
+            .unwrap(),
+        "t"
+    );
+    primary
+        .psql(
+            "postgres",
+            "create table t(x int); insert into t values (7)",
+        )
+        .unwrap();
+    standby
+        .wait_replayed(&primary, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(standby.psql("postgres", "select x from t").unwrap(), "7");
+    primary.signal(libc::SIGKILL).unwrap();
+    standby.promote().unwrap();
+    assert_eq!(
+        standby
+            .psql("postgres", "select pg_is_in_recovery()")
+            .unwrap(),
+        "f"
+    );
+    standby
+        .psql("postgres", "insert into t values (8)")
+        .unwrap();
+}

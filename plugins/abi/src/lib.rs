@@ -205,7 +205,9 @@ pub enum RouteResult {
     Default,
     /// Send to the primary.
     Primary,
-    /// Send to a replica chosen by the proxy.
+    /// Send to a replica chosen by the proxy (`"standby"` is accepted too, as the earlier
+    /// product's ABI spelled it).
+    #[serde(alias = "standby")]
     Replica,
     /// Send to the named node; an unknown name refuses the query with a clear error.
     Node {
@@ -662,6 +664,9 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<RouteResult>(r#"{"kind":"primary"}"#).is_err());
+        // The earlier product's ABI said "standby".
+        let r: RouteResult = serde_json::from_str(r#"{"action":"standby"}"#).unwrap();
+        assert_eq!(r, RouteResult::Replica);
     }
 
     #[test]

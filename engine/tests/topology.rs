@@ -1,0 +1,728 @@
+//! Multi-node topology against real streaming replication: a primary and two standbys
+//! (`pg_basebackup -R`, loopback), the health checker, read/write routing, hints, plugin route
+//! results, chaos overrides and lag limits (docs/topology.md).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use common::*;
+use helios_testkit::proxy::Proxy;
+use helios_testkit::{PgCluster, PgOptions, SUPERUSER};
+use postgres::{Client, SimpleQueryMessage};
+
+struct Three {
+    primary: PgCluster,
+    r1: PgCluster,
+    r2: PgCluster,
+    db: String,
+}
+
+/// A primary with two streaming standbys, shared by the tests of this binary, with a database
+/// that has a table `t`, a sequence `s` and two functions (`ro_fn`, listed read-only in the
+/// config; `rw_fn`, not).
+fn three() -> Arc<Three> {
+    static SHARED: Mutex<Weak<Three>> = Mutex::new(Weak::new());
+    let mut w = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = w.upgrade() {
+        return c;
+    }
+    let primary = PgCluster::start().expect("primary");
+    let db = fresh_db(&primary, "topo");
+    primary
+        .psql(
+            &db,
+            "create table t(id serial primary key, v text); create sequence s; \
+             create function ro_fn() returns int language sql immutable as 'select 1'; \
+             create function rw_fn() returns int language sql as 'select 2'",
+        )
+        .unwrap();
+    let r1 = PgCluster::standby_of(&primary, PgOptions::default()).expect("standby r1");
+    let r2 = PgCluster::standby_of(&primary, PgOptions::default()).expect("standby r2");
+    let c = Arc::new(Three {
+        primary,
+        r1,
+        r2,
+        db,
+    });
+    *w = Arc::downgrade(&c);
+    c
+}
+
+fn topo_config(c: &Three, health: &str, dbs: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:${{HELIOS_TEST_PORT}}\"]\ncores = 2\nshutdown_timeout_ms = 5000\n\n\
+         [admin]\nlisten = \"127.0.0.1:${{HELIOS_TEST_ADMIN_PORT}}\"\n\n\
+         [io]\nbackend = \"${{HELIOS_TEST_IO_BACKEND:-uring}}\"\n\n\
+         [auth]\nmethod = \"trust\"\nadmin_users = [\"{SUPERUSER}\"]\n\n\
+         [[nodes]]\nname = \"p\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"auto\"\n\n\
+         [[nodes]]\nname = \"r1\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"replica\"\ntags = {{ vector = true, zone = \"a\" }}\n\n\
+         [[nodes]]\nname = \"r2\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"auto\"\nweight = 3\n\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 1000\nfailures = 2\nsuccesses = 1\nuser = \"{SUPERUSER}\"\npassword = \"{PW}\"\n{health}\n\n\
+         {dbs}\n{extra}",
+        c.primary.port, c.r1.port, c.r2.port
+    )
+}
+
+fn split_db(c: &Three, alias: &str, extra: &str) -> String {
+    db_section(
+        alias,
+        &c.db,
+        "transaction",
+        6,
+        &format!(
+            "nodes = [\"p\", \"r1\", \"r2\"]\nread_write_split = true\nread_only_functions = [\"ro_fn\"]\n{extra}"
+        ),
+    )
+}
+
+/// The first value of the last result of a simple query.
+fn one(c: &mut Client, sql: &str) -> String {
+    let msgs = c
+        .simple_query(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    let mut v = None;
+    for m in msgs {
+        if let SimpleQueryMessage::Row(r) = m {
+            v = Some(r.get(0).unwrap_or("NULL").to_string());
+        }
+    }
+    v.unwrap_or_default()
+}
+
+/// The first value of every row of a simple query.
+fn rows(c: &mut Client, sql: &str) -> Vec<String> {
+    c.simple_query(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Which server ports `n` fresh transactions of `sql` ran on.
+fn ports(c: &mut Client, sql_prefix: &str, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|_| {
+            one(c, &format!("{sql_prefix}SELECT inet_server_port()"))
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Polls until every one of 6 reads runs on a port in `want` (the shards have the snapshot).
+fn wait_reads_on(c: &mut Client, want: &[u16], what: &str) {
+    let want: BTreeSet<u16> = want.iter().copied().collect();
+    poll(Duration::from_secs(15), what, || {
+        let got: BTreeSet<u16> = ports(c, "", 6).into_iter().collect();
+        (got.is_subset(&want)).then_some(())
+    });
+}
+
+fn console(proxy: &Proxy, sql: &str) -> String {
+    psql_ok(&proxy.url(SUPERUSER, "", "heliosproxy"), sql)
+}
+
+#[test]
+fn reads_go_to_replicas_writes_and_transactions_to_the_primary() {
+    let c = three();
+    let proxy = start_proxy(&topo_config(&c, "", &split_db(&c, "app", ""), ""), None);
+    let mut cl = connect(&proxy, SUPERUSER, "", "app");
+    let replicas = [c.r1.port, c.r2.port];
+    // Both standbys serve reads once the checker has seen r2 (role auto) answer.
+    poll(Duration::from_secs(15), "reads on both replicas", || {
+        let got: BTreeSet<u16> = ports(&mut cl, "", 8).into_iter().collect();
+        (got == replicas.iter().copied().collect()).then_some(())
+    });
+    assert_eq!(one(&mut cl, "SELECT pg_is_in_recovery()"), "t");
+    // The extended protocol (a named statement prepared once, bound each time) routes the same.
+    let row = cl.query_one("SELECT pg_is_in_recovery()", &[]).unwrap();
+    assert!(row.get::<_, bool>(0));
+
+    // A write lands on the primary and is then visible on the replicas.
+    one(&mut cl, "INSERT INTO t(v) VALUES ('w1') RETURNING id");
+    let direct_p = c
+        .primary
+        .psql(&c.db, "select count(*) from t where v = 'w1'")
+        .unwrap();
+    assert_eq!(direct_p, "1");
+    for r in [&c.r1, &c.r2] {
+        r.wait_replayed(&c.primary, Duration::from_secs(10))
+            .unwrap();
+    }
+    assert_eq!(one(&mut cl, "SELECT count(*) FROM t WHERE v = 'w1'"), "1");
+    assert_eq!(
+        one(&mut cl, "SELECT pg_is_in_recovery() FROM t WHERE v = 'w1'"),
+        "t"
+    );
+
+    // A transaction that starts with a SELECT and then writes stays on the primary.
+    assert_eq!(
+        rows(
+            &mut cl,
+            "BEGIN; SELECT pg_is_in_recovery(); INSERT INTO t(v) VALUES ('w2'); COMMIT"
+        ),
+        ["f"]
+    );
+    let mut tx = cl.transaction().unwrap();
+    let in_rec: bool = tx
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        !in_rec,
+        "BEGIN takes the primary; the SELECT after it stays there"
+    );
+    tx.execute("INSERT INTO t(v) VALUES ('w3')", &[]).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        c.primary
+            .psql(&c.db, "select count(*) from t where v in ('w2','w3')")
+            .unwrap(),
+        "2"
+    );
+
+    // BEGIN READ ONLY: the whole transaction on a replica.
+    assert_eq!(
+        rows(
+            &mut cl,
+            "BEGIN READ ONLY; SELECT pg_is_in_recovery(); SELECT 1; COMMIT"
+        ),
+        ["t", "1"]
+    );
+    one(&mut cl, "BEGIN READ ONLY");
+    assert_eq!(one(&mut cl, "SELECT pg_is_in_recovery()"), "t");
+    one(&mut cl, "COMMIT");
+
+    // Locking clauses, unknown functions and sequences go to the primary; listed functions not.
+    for (sql, want) in [
+        ("SELECT pg_is_in_recovery() FROM t LIMIT 1 FOR UPDATE", "f"),
+        ("SELECT pg_is_in_recovery(), nextval('s')", "f"),
+        ("SELECT pg_is_in_recovery(), rw_fn()", "f"),
+        ("SELECT pg_is_in_recovery(), ro_fn()", "t"),
+        (
+            "WITH d AS (DELETE FROM t WHERE false RETURNING 1) SELECT pg_is_in_recovery()",
+            "f",
+        ),
+    ] {
+        assert_eq!(one(&mut cl, sql), want, "{sql}");
+    }
+
+    // Hints: a leading comment for one statement, SET helios.route for the session.
+    assert_eq!(
+        one(
+            &mut cl,
+            "/* helios:route=primary */ SELECT pg_is_in_recovery()"
+        ),
+        "f"
+    );
+    assert_eq!(
+        one(
+            &mut cl,
+            "/* helios:route=replica */ SELECT pg_is_in_recovery(), rw_fn()"
+        ),
+        "t"
+    );
+    one(&mut cl, "SET helios.route = 'primary'");
+    assert_eq!(one(&mut cl, "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(one(&mut cl, "SELECT pg_is_in_recovery()"), "f");
+    one(&mut cl, "RESET helios.route");
+    assert_eq!(one(&mut cl, "SELECT pg_is_in_recovery()"), "t");
+
+    // SHOW NODES: roles as discovered, the current primary.
+    let nodes = console(&proxy, "SHOW NODES");
+    let lines: Vec<&str> = nodes.lines().collect();
+    assert_eq!(lines.len(), 3, "{nodes}");
+    assert!(
+        lines[0].starts_with("p|127.0.0.1|") && lines[0].contains("|primary|auto|true|false|true|"),
+        "{nodes}"
+    );
+    assert!(
+        lines[1].starts_with("r1|") && lines[1].contains("|replica|replica|true|false|false|"),
+        "{nodes}"
+    );
+    assert!(lines[1].contains("vector=true,zone=a"), "{nodes}");
+    assert!(
+        lines[2].starts_with("r2|") && lines[2].contains("|replica|auto|true|"),
+        "{nodes}"
+    );
+}
+
+#[test]
+fn chaos_moves_reads_at_once_and_lagging_replicas_are_skipped() {
+    let c = three();
+    let dbs = split_db(&c, "app", "") + &split_db(&c, "lag", "max_replica_lag_bytes = 4096");
+    let proxy = start_proxy(&topo_config(&c, "", &dbs, ""), None);
+    let mut cl = connect(&proxy, SUPERUSER, "", "app");
+    wait_reads_on(&mut cl, &[c.r1.port, c.r2.port], "reads on the replicas");
+    poll(Duration::from_secs(15), "r2 known", || {
+        ports(&mut cl, "", 6).contains(&c.r2.port).then_some(())
+    });
+
+    // Forced unhealthy: no read goes there from the next transaction on, on every shard.
+    console(&proxy, "DISABLE NODE r1");
+    let mut other = connect(&proxy, SUPERUSER, "", "app");
+    for cl in [&mut cl, &mut other] {
+        let got = ports(cl, "", 10);
+        assert!(got.iter().all(|&p| p == c.r2.port), "{got:?}");
+    }
+    assert!(console(&proxy, "SHOW NODES").contains("r1|127.0.0.1"));
+    // Both replicas out: reads fall back to the primary.
+    console(&proxy, "DISABLE NODE r2");
+    assert_eq!(one(&mut cl, "SELECT pg_is_in_recovery()"), "f");
+    console(&proxy, "ENABLE NODE r1");
+    let got = ports(&mut cl, "", 6);
+    assert!(got.iter().all(|&p| p == c.r1.port), "{got:?}");
+    console(&proxy, "RESET NODES");
+    let got: BTreeSet<u16> = ports(&mut cl, "", 8).into_iter().collect();
+    assert_eq!(got, [c.r1.port, c.r2.port].into_iter().collect());
+    let out = psql(
+        &proxy.url(SUPERUSER, "", "heliosproxy"),
+        "DISABLE NODE ghost",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ghost"));
+
+    // Lag: r1 stops replaying, the primary writes; r1 is then more than 4 KiB behind and
+    // database `lag` reads only from r2 (database `app`, no limit, still uses both).
+    let mut lag = connect(&proxy, SUPERUSER, "", "lag");
+    wait_reads_on(&mut lag, &[c.r1.port, c.r2.port], "lag: reads on replicas");
+    c.r1.psql("postgres", "select pg_wal_replay_pause()")
+        .unwrap();
+    c.primary
+        .psql(
+            &c.db,
+            "insert into t(v) select 'lag' from generate_series(1, 2000)",
+        )
+        .unwrap();
+    wait_reads_on(&mut lag, &[c.r2.port], "lag: r1 skipped");
+    let got: BTreeSet<u16> = ports(&mut cl, "", 8).into_iter().collect();
+    assert!(got.contains(&c.r1.port), "app has no lag limit: {got:?}");
+    c.r1.psql("postgres", "select pg_wal_replay_resume()")
+        .unwrap();
+    poll(Duration::from_secs(15), "lag: r1 back", || {
+        ports(&mut lag, "", 8).contains(&c.r1.port).then_some(())
+    });
+    let nodes = console(&proxy, "SHOW NODES");
+    assert!(
+        nodes
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split('|')
+            .nth(8)
+            .is_some_and(|l| l.parse::<u64>().is_ok()),
+        "{nodes}"
+    );
+}
+
+#[test]
+fn plugin_route_results_act_on_real_routing() {
+    let c = three();
+    let plain = db_section(
+        "plain",
+        &c.db,
+        "transaction",
+        4,
+        "nodes = [\"p\", \"r1\", \"r2\"]",
+    );
+    let dbs = split_db(&c, "app", "") + &plain;
+    let plugins = plugins_section("", &plugin_entry("route", "hooks = [\"route\"]"));
+    let proxy = start_proxy(&topo_config(&c, "", &dbs, &plugins), None);
+    let mut cl = connect(&proxy, SUPERUSER, "", "plain");
+    // Without the split, everything goes to the primary; the plugin's `replica` to a replica.
+    assert_eq!(one(&mut cl, "SELECT pg_is_in_recovery()"), "f");
+    poll(Duration::from_secs(15), "plugin replica", || {
+        (one(&mut cl, "/* route: replica */ SELECT pg_is_in_recovery()") == "t").then_some(())
+    });
+    assert_eq!(
+        one(&mut cl, "/* route: node=r2 */ SELECT inet_server_port()"),
+        c.r2.port.to_string()
+    );
+    let mut app = connect(&proxy, SUPERUSER, "", "app");
+    wait_reads_on(&mut app, &[c.r1.port, c.r2.port], "app reads on replicas");
+    assert_eq!(
+        one(&mut app, "/* route: primary */ SELECT pg_is_in_recovery()"),
+        "f"
+    );
+    let e = app
+        .simple_query("/* route: node=ghost */ SELECT 1")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("42000"), "{e}");
+}
+
+#[test]
+fn a_stopped_replica_leaves_the_rotation() {
+    // Its own standby: stopping one of the shared ones would disturb the other tests.
+    let c = three();
+    let r3 = PgCluster::standby_of(&c.primary, PgOptions::default()).expect("standby r3");
+    let cfg = topo_config(&c, "", "", "").replace(
+        &format!("port = {}\nrole = \"auto\"\nweight = 3", c.r2.port),
+        &format!("port = {}\nrole = \"auto\"\nweight = 3", r3.port),
+    );
+    let cfg = format!("{cfg}\n{}", split_db(&c, "app", ""));
+    let proxy = start_proxy(&cfg, None);
+    let mut cl = connect(&proxy, SUPERUSER, "", "app");
+    poll(Duration::from_secs(15), "r3 serves", || {
+        ports(&mut cl, "", 6).contains(&r3.port).then_some(())
+    });
+    r3.stop().unwrap();
+    let t0 = Instant::now();
+    // After `failures` failed probes (2 × 100 ms plus the probe timeout) reads avoid it; a read
+    // that still went there meanwhile gets an error of class 08, never a hang.
+    poll(Duration::from_secs(15), "r3 out", || {
+        let mut ok = 0;
+        for _ in 0..6 {
+            match cl.simple_query("SELECT inet_server_port()") {
+                Ok(m) => {
+                    let port = m.iter().find_map(|m| match m {
+                        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                        _ => None,
+                    });
+                    if port == Some(c.r1.port.to_string()) {
+                        ok += 1;
+                    }
+                }
+                Err(e) => assert!(
+                    sqlstate(&e).is_some_and(|s| s.starts_with("08")) || e.is_closed(),
+                    "{e}"
+                ),
+            }
+            if cl.is_closed() {
+                cl = connect(&proxy, SUPERUSER, "", "app");
+            }
+        }
+        (ok == 6).then_some(())
+    });
+    println!(
+        "a stopped replica left the rotation after {:?}",
+        t0.elapsed()
+    );
+    assert!(console(&proxy, "SHOW NODES").contains("|false|false|false|"));
+}
+
+/// The failover tests one at a time: each crashes a primary and waits on timings; two at once
+/// on a 2-CPU host only make both slower.
+static ONE: Mutex<()> = Mutex::new(());
+
+/// A primary with one standby of its own (the test kills the primary), a proxy in front with
+/// `[failover]` settings, and a writer through the proxy: SIGKILL the primary, let `promote`
+/// make the standby the primary, and measure until writes through the proxy succeed again.
+fn failover_after_kill(auto_promote: bool) -> Duration {
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let primary = PgCluster::start().expect("primary");
+    let db = fresh_db(&primary, "fo");
+    primary
+        .psql(
+            &db,
+            "create table h(id serial primary key, at timestamptz default now())",
+        )
+        .unwrap();
+    let standby = PgCluster::standby_of(&primary, PgOptions::default()).expect("standby");
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:${{HELIOS_TEST_PORT}}\"]\ncores = 2\nshutdown_timeout_ms = 5000\n\n\
+         [admin]\nlisten = \"127.0.0.1:${{HELIOS_TEST_ADMIN_PORT}}\"\n\n\
+         [io]\nbackend = \"${{HELIOS_TEST_IO_BACKEND:-uring}}\"\n\n\
+         [auth]\nmethod = \"trust\"\nadmin_users = [\"{SUPERUSER}\"]\n\n\
+         [[nodes]]\nname = \"a\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"auto\"\nconnect_timeout_ms = 1000\n\n\
+         [[nodes]]\nname = \"b\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"auto\"\nconnect_timeout_ms = 1000\n\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 500\nfailures = 3\nsuccesses = 1\nuser = \"{SUPERUSER}\"\npassword = \"{PW}\"\n\n\
+         [failover]\ntimeout_ms = 15000\nauto_promote = {auto_promote}\n\n{}",
+        primary.port,
+        standby.port,
+        db_section("app", &db, "transaction", 4, "nodes = [\"a\", \"b\"]\nread_write_split = true")
+    );
+    let proxy = start_proxy(&cfg, None);
+    let mut cl = connect(&proxy, SUPERUSER, "", "app");
+    poll(Duration::from_secs(15), "the standby serves reads", || {
+        (one(&mut cl, "SELECT pg_is_in_recovery()") == "t").then_some(())
+    });
+    for _ in 0..20 {
+        one(&mut cl, "INSERT INTO h DEFAULT VALUES RETURNING id");
+    }
+    assert_eq!(
+        primary.psql(&db, "select count(*) from h").unwrap(),
+        "20",
+        "the writes went to the primary"
+    );
+    standby
+        .wait_replayed(&primary, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(standby.psql(&db, "select count(*) from h").unwrap(), "20");
+    // A client that started before the crash and stays idle through it.
+    let mut before = connect(&proxy, SUPERUSER, "", "app");
+    assert_eq!(one(&mut before, "SELECT 1"), "1");
+    primary.crash().unwrap();
+    let killed = Instant::now();
+    if !auto_promote {
+        standby.promote().unwrap();
+    }
+    // Writes through the proxy until one succeeds: an error of class 08 (or a closed
+    // connection, reopened) meanwhile, never a hang past the failover timeout.
+    let took = loop {
+        let started = Instant::now();
+        match cl.simple_query("INSERT INTO h DEFAULT VALUES") {
+            Ok(_) => break killed.elapsed(),
+            Err(e) => {
+                assert!(
+                    e.is_closed()
+                        || sqlstate(&e).is_some_and(|s| s.starts_with("08") || s == "57P01"),
+                    "{e:?}"
+                );
+                assert!(started.elapsed() < Duration::from_secs(16), "a write hung");
+            }
+        }
+        if cl.is_closed() {
+            match try_connect(&proxy, SUPERUSER, "", "app") {
+                Ok(c) => cl = c,
+                // During the failover a login may be refused (08006), never held.
+                Err(e) => assert!(sqlstate(&e).is_some_and(|s| s.starts_with("08")), "{e:?}"),
+            }
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "no failover");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        standby.psql(&db, "select pg_is_in_recovery()").unwrap(),
+        "f"
+    );
+    let n: u64 = standby
+        .psql(&db, "select count(*) from h")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        n >= 21,
+        "the writes before the crash (replicated) and the one after it are on the new primary: {n}"
+    );
+    // Its next transactions work, extended protocol included (a prepared statement's Describe
+    // takes a connection before any Bind: from the new primary, not the dead one).
+    poll(
+        Duration::from_secs(10),
+        "the idle client writes again",
+        || before.execute("INSERT INTO h DEFAULT VALUES", &[]).ok(),
+    );
+    let id: i32 = before
+        .query_one("INSERT INTO h DEFAULT VALUES RETURNING id", &[])
+        .unwrap()
+        .get(0);
+    assert!(id > 0);
+    if took > Duration::from_secs(2) {
+        eprintln!("slow failover ({took:?}); the proxy log:\n{}", proxy.log());
+    }
+    let nodes = console(&proxy, "SHOW NODES");
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("b|") && l.contains("|primary|auto|true|false|true|")),
+        "{nodes}"
+    );
+    took
+}
+
+#[test]
+fn failover_by_an_external_promotion() {
+    let took = failover_after_kill(false);
+    println!("pg_ctl promote: writes through the proxy succeeded again {took:?} after SIGKILL of the primary");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn failover_by_auto_promote() {
+    let took = failover_after_kill(true);
+    println!("auto_promote: writes through the proxy succeeded again {took:?} after SIGKILL of the primary");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// pgbench (tpcb-like, 8 clients, `--log`) through the proxy; the primary crashes mid-run and
+/// `auto_promote` promotes the standby. Returns (transactions pgbench logged as committed,
+/// rows in pgbench_history on the new primary, time until a write through the proxy worked).
+fn pgbench_failover(sync: bool) -> (u64, u64, Duration) {
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let primary = PgCluster::start().expect("primary");
+    let db = fresh_db(&primary, "pgfo");
+    let init = std::process::Command::new("pgbench")
+        .args(["-i", "-s", "1", "-q", &primary.url(&db)])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    primary.psql(&db, "create table probe(x int)").unwrap();
+    let standby = PgCluster::standby_of(&primary, PgOptions::default()).expect("standby");
+    if sync {
+        for sql in [
+            "alter system set synchronous_standby_names = '*'",
+            "alter system set synchronous_commit = on",
+        ] {
+            primary.psql("postgres", sql).unwrap();
+        }
+        primary.psql("postgres", "select pg_reload_conf()").unwrap();
+        poll(Duration::from_secs(15), "a synchronous standby", || {
+            (primary
+                .psql(
+                    "postgres",
+                    "select count(*) from pg_stat_replication where sync_state = 'sync'",
+                )
+                .ok()?
+                == "1")
+                .then_some(())
+        });
+    }
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:${{HELIOS_TEST_PORT}}\"]\ncores = 2\nshutdown_timeout_ms = 5000\n\n\
+         [admin]\nlisten = \"127.0.0.1:${{HELIOS_TEST_ADMIN_PORT}}\"\n\n\
+         [io]\nbackend = \"${{HELIOS_TEST_IO_BACKEND:-uring}}\"\n\n\
+         [auth]\nmethod = \"trust\"\nadmin_users = [\"{SUPERUSER}\"]\n\n\
+         [[nodes]]\nname = \"a\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"auto\"\nconnect_timeout_ms = 1000\n\n\
+         [[nodes]]\nname = \"b\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"auto\"\nconnect_timeout_ms = 1000\n\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 500\nfailures = 3\nsuccesses = 1\nuser = \"{SUPERUSER}\"\npassword = \"{PW}\"\n\n\
+         [failover]\ntimeout_ms = 15000\nauto_promote = true\n\n{}",
+        primary.port,
+        standby.port,
+        db_section("app", &db, "transaction", 8, "nodes = [\"a\", \"b\"]\nread_write_split = true")
+    );
+    let proxy = start_proxy(&cfg, None);
+    let dir = std::env::temp_dir().join(format!("helios-pgfo-{}-{sync}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut bench = std::process::Command::new("pgbench")
+        .args(["-n", "-c", "8", "-j", "2", "-T", "12", "--log"])
+        .arg(format!("--log-prefix={}", dir.join("pgl").display()))
+        .arg(proxy.url(SUPERUSER, "", "app"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pgbench");
+    std::thread::sleep(Duration::from_secs(4));
+    primary.crash().unwrap();
+    let killed = Instant::now();
+    let mut cl: Option<Client> = None;
+    let took = loop {
+        if cl.as_ref().is_none_or(|c| c.is_closed()) {
+            cl = try_connect(&proxy, SUPERUSER, "", "app").ok();
+        }
+        if let Some(c) = cl.as_mut() {
+            if c.simple_query("INSERT INTO probe VALUES (1)").is_ok() {
+                break killed.elapsed();
+            }
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "no failover");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bench.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "pgbench hangs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut logged = 0u64;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        logged += text
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|t| t.parse::<u64>().is_ok())
+            })
+            .count() as u64;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let history: u64 = standby
+        .psql(&db, "select count(*) from pgbench_history")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(logged > 0, "pgbench logged no transaction before the crash");
+    (logged, history, took)
+}
+
+#[test]
+fn failover_under_pgbench_with_a_synchronous_standby_loses_nothing() {
+    let (logged, history, took) = pgbench_failover(true);
+    println!(
+        "synchronous standby: pgbench logged {logged} committed transactions, {history} in the history on the new primary; writes worked again after {took:?}"
+    );
+    assert!(history >= logged, "{logged} logged, {history} kept");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn failover_under_pgbench_with_an_asynchronous_standby_reports_its_loss() {
+    let (logged, history, took) = pgbench_failover(false);
+    println!(
+        "asynchronous standby: pgbench logged {logged} committed transactions, {history} in the history on the new primary: {} lost; writes worked again after {took:?}",
+        logged.saturating_sub(history)
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn a_hung_replica_is_cut_off_within_the_health_settings() {
+    // Its own standby: a hung one would disturb the other tests.
+    let c = three();
+    let r3 = PgCluster::standby_of(&c.primary, PgOptions::default()).expect("standby r3");
+    let cfg = topo_config(&c, "", "", "").replace(
+        &format!("port = {}\nrole = \"auto\"\nweight = 3", c.r2.port),
+        &format!(
+            "port = {}\nrole = \"auto\"\nweight = 3\nconnect_timeout_ms = 1000",
+            r3.port
+        ),
+    );
+    let cfg = format!("{cfg}\n{}", split_db(&c, "app", ""));
+    let proxy = start_proxy(&cfg, None);
+    let mut cl = connect(&proxy, SUPERUSER, "", "app");
+    poll(Duration::from_secs(15), "r3 serves", || {
+        ports(&mut cl, "", 6).contains(&r3.port).then_some(())
+    });
+    // Health: failures = 2, interval 100 ms, timeout 1000 ms: about 2.2 s to be declared
+    // unhealthy; a new connection to it gives up after its connect_timeout_ms (1 s); 1.8 s
+    // for a loaded 2-CPU host.
+    let bound = Duration::from_secs(5);
+    let frozen = r3.freeze().unwrap();
+    let t0 = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut on_r1_since: Option<Instant> = None;
+    while t0.elapsed() < Duration::from_secs(8) {
+        let q = Instant::now();
+        let r = cl.simple_query("SELECT inet_server_port()");
+        longest = longest.max(q.elapsed());
+        match r {
+            Ok(m) => {
+                let port = m.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                });
+                if port == Some(c.r1.port.to_string()) {
+                    on_r1_since.get_or_insert_with(Instant::now);
+                } else {
+                    on_r1_since = None;
+                }
+            }
+            Err(e) => assert!(
+                e.is_closed() || sqlstate(&e).is_some_and(|s| s.starts_with("08")),
+                "{e:?}"
+            ),
+        }
+        if cl.is_closed() {
+            cl = connect(&proxy, SUPERUSER, "", "app");
+        }
+    }
+    println!("a frozen replica: the longest read took {longest:?}");
+    assert!(longest < bound, "a read hung for {longest:?}");
+    assert!(
+        on_r1_since.is_some_and(|s| t0.elapsed() - s.elapsed() < Duration::from_secs(5)),
+        "reads settled on r1"
+    );
+    drop(frozen);
+    poll(Duration::from_secs(15), "r3 back", || {
+        ports(&mut cl, "", 6).contains(&r3.port).then_some(())
+    });
+}
