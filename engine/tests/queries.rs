@@ -794,18 +794,7 @@ fn pg_terminate_backend_mid_transaction_errors_that_client_only() {
         let mut c = connect(&proxy, SUPERUSER, PW, alias);
         c.batch_execute("begin").unwrap();
         let pid: i32 = c.query_one("select pg_backend_pid()", &[]).unwrap().get(0);
-        d.query_one("select pg_terminate_backend($1)", &[&pid])
-            .unwrap();
-        poll(Duration::from_secs(10), "the backend to exit", || {
-            let n: i64 = d
-                .query_one(
-                    "select count(*) from pg_stat_activity where pid = $1",
-                    &[&pid],
-                )
-                .unwrap()
-                .get(0);
-            (n == 0).then_some(())
-        });
+        terminate_backend(&mut d, pid);
         let e = c.batch_execute("select 1").unwrap_err();
         assert!(
             sqlstate(&e).map_or(e.is_closed(), |s| s == "57P01" || s.starts_with("08")),

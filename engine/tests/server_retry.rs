@@ -10,25 +10,6 @@ use common::*;
 use helios_testkit::SUPERUSER;
 use postgres::Client;
 
-/// Kills `pid` from a direct connection and waits until it is gone.
-fn kill(d: &mut Client, pid: i32) {
-    let ok: bool = d
-        .query_one("select pg_terminate_backend($1)", &[&pid])
-        .unwrap()
-        .get(0);
-    assert!(ok);
-    poll(Duration::from_secs(10), "the backend to exit", || {
-        let n: i64 = d
-            .query_one(
-                "select count(*) from pg_stat_activity where pid = $1",
-                &[&pid],
-            )
-            .unwrap()
-            .get(0);
-        (n == 0).then_some(())
-    });
-}
-
 fn backend(c: &mut Client) -> i32 {
     c.query_one("select pg_backend_pid()", &[]).unwrap().get(0)
 }
@@ -57,7 +38,7 @@ fn a_server_connection_killed_while_idle_is_replaced_without_an_error() {
                 std::thread::sleep(Duration::from_millis(100));
                 c = connect(&proxy, SUPERUSER, "", alias);
             }
-            kill(&mut d, pid);
+            terminate_backend(&mut d, pid);
             // A simple query, a transaction, a prepared statement, a write: all served.
             let r = match round {
                 0 => c
@@ -104,7 +85,7 @@ fn a_connection_that_dies_after_answering_is_still_an_error() {
     let mut c = connect(&proxy, SUPERUSER, "", "tx");
     c.batch_execute("begin").unwrap();
     let pid = backend(&mut c);
-    kill(&mut d, pid);
+    terminate_backend(&mut d, pid);
     let e = c.batch_execute("select 1").unwrap_err();
     assert!(
         sqlstate(&e).map_or(e.is_closed(), |s| s == "57P01" || s.starts_with("08")),

@@ -137,6 +137,25 @@ pub fn direct(pg: &PgCluster, db: &str) -> Client {
 }
 
 /// The SQLSTATE of an error, if the server (or proxy) sent one.
+/// `pg_terminate_backend(pid)` from a direct connection, then waits until that backend is gone.
+pub fn terminate_backend(d: &mut Client, pid: i32) {
+    let ok: bool = d
+        .query_one("select pg_terminate_backend($1)", &[&pid])
+        .unwrap()
+        .get(0);
+    assert!(ok, "backend {pid} was not there to terminate");
+    poll(Duration::from_secs(10), "the backend to exit", || {
+        let n: i64 = d
+            .query_one(
+                "select count(*) from pg_stat_activity where pid = $1",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    });
+}
+
 pub fn sqlstate(e: &postgres::Error) -> Option<&str> {
     e.code().map(|c| c.code())
 }
