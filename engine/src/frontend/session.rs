@@ -31,7 +31,9 @@ use crate::pipeline::guard::ResultGuard;
 use crate::pipeline::plugins::PluginStage;
 use crate::pipeline::route::RouteStage;
 use crate::pipeline::{Pipeline, Target};
-use crate::proto::exchange::{Ended, Exchange, Io, Observer, RowAction, Server, Step, Then, Tx};
+use crate::proto::exchange::{
+    kind_and_name, Ended, Exchange, Io, Observer, RowAction, Server, Step, Then, Tx,
+};
 use crate::shard::{ClientMeta, ParamMap, Shard};
 use crate::sql::{self, ListenCommand};
 use crate::stats::{Counters, DbStats};
@@ -629,6 +631,11 @@ impl Session {
     fn on_client(&mut self, frame: Frame) -> Result<Step, ProxyError> {
         if self.ex.drops(frame.tag) {
             return Ok(Step::Done);
+        }
+        if frame.tag == b'C' {
+            if let Ok((b'S', name)) = kind_and_name(frame.body(), "Close") {
+                self.pipeline.closed(name);
+            }
         }
         // A Parse's text is kept for the stages that see its executions, and what the core
         // writes to a server connection that has not answered yet for a retry (refcounts).

@@ -127,6 +127,9 @@ pub enum Target {
     Primary,
 }
 
+/// Statement texts kept per session before the map is cleared (a client that never closes).
+const MAX_PARSED: usize = 4096;
+
 /// Where a staged execution goes once its message is sent.
 enum Going {
     /// A Bind: to its portal, until an Execute runs it.
@@ -215,9 +218,23 @@ impl Pipeline {
                 v.extend_from_slice(rest);
             }
             None => {
+                if self.parsed.len() >= MAX_PARSED {
+                    // A client that never closes its statements: forget the oldest texts
+                    // rather than grow without bound (their executions show `EXECUTE name`).
+                    self.parsed.clear();
+                }
                 self.parsed
                     .insert(Bytes::copy_from_slice(name), rest.to_vec());
             }
+        }
+    }
+
+    /// The client closed a statement (Close of kind `S`): its text goes. Drivers that name
+    /// each statement afresh and close it after use (rust-postgres, asyncpg) would otherwise
+    /// grow the map for the life of the session.
+    pub fn closed(&mut self, name: &[u8]) {
+        if !name.is_empty() {
+            self.parsed.remove(name);
         }
     }
 
@@ -523,4 +540,43 @@ fn next_request_id(shard: &Shard) -> u64 {
     let n = shard.request_seq.get() + 1;
     shard.request_seq.set(n);
     ((shard.id as u64) << 48) | n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str, sql: &str) -> Bytes {
+        let mut b = BytesMut::new();
+        crate::net::codec::put_msg(&mut b, b'P', |b| {
+            crate::net::codec::put_cstr(b, name.as_bytes());
+            crate::net::codec::put_cstr(b, sql.as_bytes());
+            b.put_u16(0);
+        });
+        b.freeze()
+    }
+
+    #[test]
+    fn statement_texts_go_with_close_and_stay_bounded() {
+        let mut p = Pipeline::new(plugins::PluginStage::new("u", "db", "", None), None, None);
+        // rust-postgres names each statement afresh and closes it after use.
+        for i in 0..10_000 {
+            let name = format!("s{i}");
+            p.parsed(&parse(&name, "select 1"));
+            p.closed(name.as_bytes());
+        }
+        assert!(p.parsed.is_empty());
+        p.parsed(&parse("", "select 2"));
+        p.closed(b"");
+        assert_eq!(
+            p.parsed.len(),
+            1,
+            "the unnamed statement's buffer is kept for reuse"
+        );
+        // One that never closes: bounded.
+        for i in 0..10_000 {
+            p.parsed(&parse(&format!("t{i}"), "select 3"));
+        }
+        assert!(p.parsed.len() <= MAX_PARSED);
+    }
 }
