@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::*;
 use helios_testkit::proxy::Proxy;
 use helios_testkit::{PgCluster, SUPERUSER};
+use postgres_protocol::message::frontend;
 use serde_json::Value;
 
 fn kv(admin: u16, key: &str) -> Option<String> {
@@ -90,6 +91,33 @@ fn each_execution_passes_pre_and_post_query_once_with_its_own_request_id() {
         expected += 20;
         wait_count(admin, "pre_count", expected);
         wait_count(admin, "post_count", expected);
+
+        // A Bind never executed (Parse/Bind/Sync): its execution ends with the transaction,
+        // post_query with success false.
+        let mut b = bytes::BytesMut::new();
+        frontend::parse("", "select 3", std::iter::empty(), &mut b).unwrap();
+        frontend::bind(
+            "",
+            "",
+            std::iter::empty::<i16>(),
+            std::iter::empty::<&str>(),
+            |_, _| Ok::<_, Box<dyn std::error::Error + Sync + Send>>(postgres_protocol::IsNull::No),
+            Some(0),
+            &mut b,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::sync(&mut b);
+        r.send(&b);
+        assert_eq!(ready_status(&r.until_ready()), b'I');
+        expected += 1;
+        wait_count(admin, "post_count", expected);
+        let o = last_outcome(admin);
+        assert_eq!(o["success"], false, "{o}");
+        assert!(
+            o["error"].as_str().unwrap().contains("never executed"),
+            "{o}"
+        );
 
         // The outcome: rows from CommandComplete, bytes, elapsed, success.
         let m = r.extended("", Some("select g from generate_series(1, 7) g"), &[]);

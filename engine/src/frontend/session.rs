@@ -170,6 +170,9 @@ impl Observer for Watch<'_> {
         if answered {
             *self.request_start = None;
             *self.server_sent = None;
+            if tx == Tx::Idle {
+                self.pipeline.idle(self.shard);
+            }
         }
     }
 }

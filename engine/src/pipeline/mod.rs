@@ -513,6 +513,18 @@ impl Pipeline {
         self.finish(shard, &ex);
     }
 
+    /// Nothing is in flight and no transaction is open: the server has destroyed every portal,
+    /// so a bound execution never executed is over.
+    pub fn idle(&mut self, shard: &Shard) {
+        if self.portals.is_empty() {
+            return;
+        }
+        for mut ex in std::mem::take(&mut self.portals) {
+            ex.error = Some((String::new(), "its portal was never executed".into()));
+            self.finish(shard, &ex);
+        }
+    }
+
     /// The session ends: what never got an outcome gets this one.
     pub fn abandon(&mut self, shard: &Shard, why: &str) {
         let staged = self.staged.take().map(|(ex, _)| ex);
