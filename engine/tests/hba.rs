@@ -120,7 +120,17 @@ fn reject_line_for_one_address_while_another_passes_and_reload_swaps_rules() {
     // Reload: now only 127.0.0.2 may come in, and only to tx.
     std::fs::write(&hba_path, "host tx all 127.0.0.2/32 trust\n").unwrap();
     proxy.reload().unwrap();
-    login_from([127, 0, 0, 2], &proxy, "tx").unwrap();
+    // Each shard takes the new rules from its inbox: the shard a connection lands on may not
+    // have yet when the reload is logged.
+    poll(
+        std::time::Duration::from_secs(10),
+        "the new rules on every shard",
+        || {
+            (0..4)
+                .all(|_| login_from([127, 0, 0, 2], &proxy, "tx").is_ok())
+                .then_some(())
+        },
+    );
     let e = login_from([127, 0, 0, 1], &proxy, "tx").unwrap_err();
     assert_eq!(
         e,
