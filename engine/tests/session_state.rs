@@ -76,8 +76,9 @@ const CASES: &[(&str, &str)] = &[
 fn setup(pg: &helios_testkit::PgCluster, db: &str) {
     pg.psql(
         db,
-        "do $$begin if not exists (select from pg_roles where rolname = 'helios_other') then \
-         create role helios_other; end if; end$$; \
+        // Roles are cluster-wide and the tests run in parallel: two may create it at once.
+        "do $$begin create role helios_other; \
+         exception when duplicate_object or unique_violation then null; end$$; \
          create procedure helios_proc() language plpgsql as \
          $$begin perform set_config('statement_timeout', '4321ms', false); end$$",
     )
