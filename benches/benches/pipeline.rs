@@ -11,12 +11,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use helios_benches::shared_with_inboxes;
+use helios_benches::{bench_shard, shared_with_inboxes};
 use helios_engine::net::codec::Frame;
 use helios_engine::pipeline::plugins::PluginStage;
 use helios_engine::pipeline::Pipeline;
 use helios_engine::proto::exchange::Then;
-use helios_engine::shard::Shard;
 
 fn frame(tag: u8, body: &[u8]) -> Frame {
     let mut b = vec![tag];
@@ -38,9 +37,7 @@ fn pipeline(c: &mut Criterion) {
         &|_| None,
     )
     .expect("a minimal configuration");
-    let rt = helios_engine::runtime::runtime_config(config, Default::default(), 1)
-        .expect("a runtime configuration");
-    let shard = Shard::new(0, shared, std::sync::Arc::new(rt));
+    let shard = bench_shard(shared, &config);
     let mut p = Pipeline::new(PluginStage::new("u", "db", "bench", None), None, None);
     assert!(!p.active(&shard), "no stage is configured");
     let query = frame(b'Q', b"select aid from pgbench_accounts where aid = 1\0");

@@ -7,10 +7,9 @@
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use helios_benches::shared_with_inboxes;
+use helios_benches::{bench_shard, shared_with_inboxes};
 use helios_engine::backend::topology::{Role, Topology};
 use helios_engine::pipeline::route::RouteStage;
-use helios_engine::shard::Shard;
 use helios_engine::sql::read::is_read;
 
 const CONFIG: &str = r#"
@@ -52,9 +51,7 @@ fn route(c: &mut Criterion) {
         let mut t = Topology::from_config(&config);
         t.nodes[2].role = Role::Replica;
         t.nodes[2].healthy = true;
-        let rt = helios_engine::runtime::runtime_config(config.clone(), Default::default(), 1)
-            .expect("a runtime configuration");
-        let shard = Shard::new(0, shared.clone(), Arc::new(rt));
+        let shard = bench_shard(shared.clone(), &config);
         shard.set_topology(Arc::new(t));
         let mut stage = RouteStage::configured(&config, "app", "u").expect("a topology");
         stage.resolve(&shard.topology.borrow());

@@ -201,6 +201,17 @@ pub fn rewrite_bind_replica(
     Some(())
 }
 
+/// Shard 0 of a one-shard runtime built from `config` (TOML text), outside any executor: for
+/// benchmarks of what a shard decides (pipeline stages, routing).
+pub fn bench_shard(
+    shared: Arc<Shared>,
+    config: &helios_config::Config,
+) -> Rc<helios_engine::shard::Shard> {
+    let rt = helios_engine::runtime::runtime_config(config.clone(), Default::default(), 1)
+        .expect("a runtime configuration");
+    helios_engine::shard::Shard::new(0, shared, Arc::new(rt))
+}
+
 /// A `Shared` with `n` shard inboxes of the engine's capacity (1024) and their doorbells, no
 /// admin thread; the receivers, in shard order.
 pub fn shared_with_inboxes(n: usize) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {

@@ -110,6 +110,33 @@ pub struct PgCluster {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// A new, empty directory for one cluster.
+fn scratch_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "helios-pg-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// initdb and pg_basebackup refuse to run as root: the harness runs them as `postgres`, which
+/// must own the cluster's directory.
+fn give_to_postgres(dir: &Path) -> Result<()> {
+    if is_root() {
+        run_checked(
+            Command::new("chown")
+                .arg("-R")
+                .arg("postgres:postgres")
+                .arg(dir),
+            "chown",
+        )?;
+    }
+    Ok(())
+}
+
 impl PgCluster {
     pub fn start() -> Result<PgCluster> {
         Self::start_with(PgOptions::default())
@@ -117,24 +144,10 @@ impl PgCluster {
 
     pub fn start_with(opts: PgOptions) -> Result<PgCluster> {
         let bindir = pg_bindir()?;
-        let dir = std::env::temp_dir().join(format!(
-            "helios-pg-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        let dir = scratch_dir()?;
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, SUPERUSER_PASSWORD)?;
-        if is_root() {
-            run_checked(
-                Command::new("chown")
-                    .arg("-R")
-                    .arg("postgres:postgres")
-                    .arg(&dir),
-                "chown",
-            )?;
-        }
+        give_to_postgres(&dir)?;
         let data = dir.join("data");
         run_checked(
             pg_command(&bindir.join("initdb"))
@@ -168,22 +181,8 @@ impl PgCluster {
     /// started on its own port; `pg_ctl start -w` returns once it accepts read-only connections.
     pub fn standby_of(primary: &PgCluster, opts: PgOptions) -> Result<PgCluster> {
         let bindir = primary.bindir.clone();
-        let dir = std::env::temp_dir().join(format!(
-            "helios-pg-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        if is_root() {
-            run_checked(
-                Command::new("chown")
-                    .arg("-R")
-                    .arg("postgres:postgres")
-                    .arg(&dir),
-                "chown",
-            )?;
-        }
+        let dir = scratch_dir()?;
+        give_to_postgres(&dir)?;
         let data = dir.join("data");
         run_checked(
             pg_command(&bindir.join("pg_basebackup"))
