@@ -341,10 +341,7 @@ impl Api {
                 "signal plane",
                 "anomaly and drift detection is not built into this proxy yet",
             ),
-            "/api/chaos" => not_enabled(
-                "chaos",
-                "fault injection arrives with the topology work",
-            ),
+            "/api/chaos" => self.chaos(method, &req.body),
             "/api/edge" | "/api/edge/{path}" => not_enabled(
                 "edge cache",
                 "the cache/edge tier is not built into this proxy yet",
@@ -382,7 +379,10 @@ impl Api {
                 }).collect::<Vec<_>>(),
             })),
             "/nodes" => self.nodes(),
-            "/topology" => json_ok(to_value(self.state.topology())),
+            "/topology" => match self.info.topology.as_ref().and_then(|t| t.topology()) {
+                Some(v) => json_ok(v),
+                None => json_ok(to_value(self.state.topology())),
+            },
             "/config" => json_ok(
                 self.info
                     .config_json
@@ -688,6 +688,25 @@ impl Api {
         json_ok(json!({ "nodes": nodes }))
     }
 
+    /// `GET /api/chaos` (the overrides) and `POST /api/chaos` (force a node unhealthy, restore
+    /// it, reset): through the engine's topology, so every shard's routing changes.
+    fn chaos(&self, method: &str, body: &[u8]) -> Response {
+        let Some(t) = &self.info.topology else {
+            return not_enabled("chaos", "the engine's topology is not available");
+        };
+        let r = if method == "POST" {
+            t.chaos(body)
+        } else {
+            t.chaos_state()
+        };
+        match r {
+            Ok(v) => json_ok(v),
+            Err(crate::ChaosFailure::Malformed(m)) => Response::error(400, m),
+            Err(crate::ChaosFailure::UnknownNode(m)) => Response::error(404, m),
+            Err(crate::ChaosFailure::NotEnabled(m)) => not_enabled("chaos", &m),
+        }
+    }
+
     fn switch_node(&self, name: &str, enabled: bool) -> Response {
         let Some(name) = percent_decode(name) else {
             return Response::error(400, "malformed percent-encoding in the path");
@@ -945,6 +964,7 @@ mod tests {
             plugin_kv: None,
             shards: 1,
             node_switches: Default::default(),
+            topology: None,
         };
         let (tx, _rx) = crossbeam_channel::bounded(1);
         let mut api =

@@ -71,6 +71,28 @@ pub struct PluginMeta {
     pub source: String,
 }
 
+/// Why a chaos request was refused, with the HTTP status it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChaosFailure {
+    /// A body that is not `{"action": …}` as documented (400).
+    Malformed(String),
+    /// No configured node has that name (404).
+    UnknownNode(String),
+    /// No database has a topology, so no routing would change (503).
+    NotEnabled(String),
+}
+
+/// The engine's topology as the admin API reaches it (`/topology`, `/api/chaos`): the engine
+/// implements this over its topology hub, whose overrides act on every shard's routing.
+pub trait TopologyControl: Send + Sync + std::fmt::Debug {
+    /// `GET /topology` when some database has a topology (None: the shards' view is served).
+    fn topology(&self) -> Option<serde_json::Value>;
+    /// `GET /api/chaos`: the overrides in force.
+    fn chaos_state(&self) -> Result<serde_json::Value, ChaosFailure>;
+    /// `POST /api/chaos`.
+    fn chaos(&self, body: &[u8]) -> Result<serde_json::Value, ChaosFailure>;
+}
+
 /// Nodes an operator disabled (`POST /nodes/{name}/disable`): one state for the admin thread
 /// and every shard. A shard's pool reads it at each checkout: one atomic load while no node is
 /// disabled, a mutex only while one is.
@@ -125,6 +147,8 @@ pub struct StaticInfo {
     pub shards: usize,
     /// Shared with the shards' pools: `POST /nodes/{name}/enable|disable`.
     pub node_switches: std::sync::Arc<NodeSwitches>,
+    /// The engine's topology (`/topology`, `/api/chaos`; 503 without).
+    pub topology: Option<std::sync::Arc<dyn TopologyControl>>,
 }
 
 /// Binds `cfg.listen` and starts the admin thread.

@@ -667,6 +667,15 @@ pub struct DatabaseConfig {
     /// gets no reads (0: no limit).
     #[serde(default)]
     pub max_replica_lag_bytes: u64,
+    /// A replica whose last replayed transaction is more than this many milliseconds old while
+    /// it has received WAL it has not replayed gets no reads (0: no limit).
+    #[serde(default)]
+    pub max_replica_lag_ms: u64,
+    /// After a client's transaction writes, for this many milliseconds its reads go only to
+    /// replicas that have replayed the primary's WAL position at that commit (else to the
+    /// primary). 0: off.
+    #[serde(default)]
+    pub read_your_writes_ms: u64,
     /// Functions (lowercase names, schema-qualified or not) a SELECT may call and still count
     /// as a read, beyond the built-in list of side-effect-free functions.
     #[serde(default)]
@@ -761,6 +770,8 @@ impl Default for DatabaseConfig {
             read_write_split: false,
             load_balance: LoadBalance::default(),
             max_replica_lag_bytes: 0,
+            max_replica_lag_ms: 0,
+            read_your_writes_ms: 0,
             read_only_functions: Vec::new(),
             dbname: None,
             user: None,

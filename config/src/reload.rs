@@ -90,6 +90,8 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("databases.<alias>.read_write_split", Reload),
     ("databases.<alias>.load_balance", Reload),
     ("databases.<alias>.max_replica_lag_bytes", Reload),
+    ("databases.<alias>.max_replica_lag_ms", Reload),
+    ("databases.<alias>.read_your_writes_ms", Reload),
     ("databases.<alias>.read_only_functions", Reload),
     // The checker reads its settings before each round.
     ("health.interval_ms", Reload),

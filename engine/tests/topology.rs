@@ -264,14 +264,50 @@ fn chaos_moves_reads_at_once_and_lagging_replicas_are_skipped() {
         ports(&mut cl, "", 6).contains(&c.r2.port).then_some(())
     });
 
-    // Forced unhealthy: no read goes there from the next transaction on, on every shard.
-    console(&proxy, "DISABLE NODE r1");
+    // Forced unhealthy through the admin API: no read goes there from the next transaction on,
+    // on every shard.
+    let admin = proxy.admin_port();
+    let chaos = |body: &str| http_body(admin, "POST", "/api/chaos", None, body).unwrap();
+    let (status, _, body) = chaos(r#"{"action":"force_unhealthy","target_node":"r1"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"r1\""), "{body}");
     let mut other = connect(&proxy, SUPERUSER, "", "app");
     for cl in [&mut cl, &mut other] {
         let got = ports(cl, "", 10);
         assert!(got.iter().all(|&p| p == c.r2.port), "{got:?}");
     }
     assert!(console(&proxy, "SHOW NODES").contains("r1|127.0.0.1"));
+    let topo = admin_json(admin, "/topology");
+    assert_eq!(topo["currentPrimary"], "p", "{topo}");
+    assert_eq!(topo["totalNodes"], 3, "{topo}");
+    assert_eq!(topo["healthyNodes"], 2, "{topo}");
+    assert_eq!(topo["unhealthyNodes"], 1, "{topo}");
+    let r1 = &topo["nodes"][1];
+    assert_eq!(r1["name"], "r1");
+    assert_eq!(r1["forcedDown"], true, "{topo}");
+    assert_eq!(r1["tags"]["zone"], "a", "{topo}");
+    assert!(topo["nodes"][2]["lagBytes"].is_u64(), "{topo}");
+    assert_eq!(admin_json(admin, "/api/chaos")["overrides"][0], "r1");
+    // Refusals: an unknown node, a malformed body, an unknown action.
+    assert_eq!(chaos(r#"{"action":"restore","target_node":"ghost"}"#).0, 404);
+    assert_eq!(chaos("not json").0, 400);
+    assert_eq!(chaos(r#"{"action":"explode"}"#).0, 400);
+    assert_eq!(chaos(r#"{"action":"restore"}"#).0, 400);
+    // Restored through the API: r1 takes reads again; then the console's words for the same.
+    assert_eq!(chaos(r#"{"action":"restore","target_node":"r1"}"#).0, 200);
+    poll(Duration::from_secs(15), "r1 restored", || {
+        ports(&mut cl, "", 6).contains(&c.r1.port).then_some(())
+    });
+    console(&proxy, "DISABLE NODE r1");
+    let got = ports(&mut cl, "", 6);
+    assert!(got.iter().all(|&p| p == c.r2.port), "{got:?}");
+    // `POST /nodes/{name}/disable` takes a node out of the rotation too.
+    console(&proxy, "ENABLE NODE r1");
+    assert_eq!(http(admin, "POST", "/nodes/r2/disable", None).unwrap().0, 200);
+    let got = ports(&mut cl, "", 6);
+    assert!(got.iter().all(|&p| p == c.r1.port), "{got:?}");
+    assert_eq!(http(admin, "POST", "/nodes/r2/enable", None).unwrap().0, 200);
+    console(&proxy, "DISABLE NODE r1");
     // Both replicas out: reads fall back to the primary.
     console(&proxy, "DISABLE NODE r2");
     assert_eq!(one(&mut cl, "SELECT pg_is_in_recovery()"), "f");
@@ -725,4 +761,128 @@ fn a_hung_replica_is_cut_off_within_the_health_settings() {
     poll(Duration::from_secs(15), "r3 back", || {
         ports(&mut cl, "", 6).contains(&r3.port).then_some(())
     });
+}
+
+/// A standby that applies WAL two seconds late (`recovery_min_apply_delay`), beside the shared
+/// primary: read-your-writes sends a writer's reads to the primary until the replica has
+/// replayed the commit (not for a fixed time), and `max_replica_lag_ms` skips it while WAL
+/// waits to be replayed.
+#[test]
+fn read_your_writes_follows_the_commit_position_and_time_lag_skips_a_delayed_replica() {
+    let c = three();
+    let delayed = PgCluster::standby_of(
+        &c.primary,
+        PgOptions {
+            conf: vec!["recovery_min_apply_delay = '2s'".into()],
+            ..PgOptions::default()
+        },
+    )
+    .expect("delayed standby");
+    let db = |alias: &str, extra: &str| {
+        db_section(
+            alias,
+            &c.db,
+            "transaction",
+            4,
+            &format!("nodes = [\"p\", \"d\"]\nread_write_split = true\n{extra}"),
+        )
+    };
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:${{HELIOS_TEST_PORT}}\"]\ncores = 2\nshutdown_timeout_ms = 5000\n\n\
+         [admin]\nlisten = \"127.0.0.1:${{HELIOS_TEST_ADMIN_PORT}}\"\n\n\
+         [io]\nbackend = \"${{HELIOS_TEST_IO_BACKEND:-uring}}\"\n\n\
+         [auth]\nmethod = \"trust\"\nadmin_users = [\"{SUPERUSER}\"]\n\n\
+         [[nodes]]\nname = \"p\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"auto\"\n\n\
+         [[nodes]]\nname = \"d\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"replica\"\n\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 1000\nfailures = 2\nsuccesses = 1\nuser = \"{SUPERUSER}\"\npassword = \"{PW}\"\n\n\
+         {}\n{}\n{}",
+        c.primary.port,
+        delayed.port,
+        db("plain", ""),
+        db("ryw", "read_your_writes_ms = 20000"),
+        db("lagms", "max_replica_lag_ms = 1000"),
+    );
+    let proxy = start_proxy(&cfg, None);
+    let mut plain = connect(&proxy, SUPERUSER, "", "plain");
+    let mut ryw = connect(&proxy, SUPERUSER, "", "ryw");
+    wait_reads_on(&mut plain, &[delayed.port], "plain: reads on d");
+    wait_reads_on(&mut ryw, &[delayed.port], "ryw: reads on d before any write");
+
+    // Without read-your-writes the delayed replica answers a read right after a write: the
+    // row is not there yet (this is what the setting fixes).
+    plain
+        .batch_execute("insert into t(v) values ('plain-1')")
+        .unwrap();
+    assert_eq!(
+        one(&mut plain, "select count(*) from t where v = 'plain-1'"),
+        "0",
+        "the delayed replica should not have the row yet"
+    );
+
+    // With it: every write is seen by the next read, in autocommit and in a transaction, by
+    // the simple and the extended protocol.
+    for i in 0..5 {
+        let v = format!("ryw-{i}");
+        if i % 2 == 0 {
+            ryw.batch_execute(&format!("insert into t(v) values ('{v}')"))
+                .unwrap();
+        } else {
+            ryw.batch_execute(&format!("begin; insert into t(v) values ('{v}'); commit"))
+                .unwrap();
+        }
+        let n: i64 = ryw
+            .query_one("select count(*) from t where v = $1", &[&v])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "{v}: the writer's read must see its write");
+        assert_eq!(
+            one(&mut ryw, "select inet_server_port()"),
+            c.primary.port.to_string(),
+            "{v}: until the replica replays the commit, reads go to the primary"
+        );
+    }
+    // Exact, not timed: once the replica has replayed the last commit (2 s delay + a probe),
+    // the writer's reads go back to it although the 20 s window is still open.
+    let t0 = Instant::now();
+    wait_reads_on(&mut ryw, &[delayed.port], "ryw: reads back on d once it replayed");
+    let back = t0.elapsed();
+    println!("read-your-writes: reads back on the replica {back:?} after the last write");
+    assert!(back < Duration::from_secs(15), "{back:?}");
+    assert_eq!(one(&mut ryw, "select count(*) from t where v like 'ryw-%'"), "5");
+    // Reads that write nothing do not open a window.
+    ryw.batch_execute("begin; select 1; commit").unwrap();
+    assert_eq!(
+        one(&mut ryw, "select inet_server_port()"),
+        delayed.port.to_string()
+    );
+
+    // Time lag: while the primary keeps writing, WAL waits on d for 2 s, more than lagms's
+    // 1000 ms: its reads go to the primary; quiet again, d catches up and serves them.
+    let mut lagms = connect(&proxy, SUPERUSER, "", "lagms");
+    wait_reads_on(&mut lagms, &[delayed.port], "lagms: reads on d while quiet");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, port, db) = (stop.clone(), c.primary.port, c.db.clone());
+        std::thread::spawn(move || {
+            let mut d = postgres::Client::connect(
+                &format!("host=127.0.0.1 port={port} user={SUPERUSER} password={PW} dbname={db}"),
+                postgres::NoTls,
+            )
+            .unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                d.batch_execute("insert into t(v) values ('tick')").unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    wait_reads_on(&mut lagms, &[c.primary.port], "lagms: d skipped while behind");
+    let topo = admin_json(proxy.admin_port(), "/topology");
+    let lag = topo["nodes"][1]["lagMs"].as_u64().unwrap_or(0);
+    println!("time lag of the delayed replica under writes: {lag} ms");
+    assert!(lag > 1000, "{topo}");
+    let got: BTreeSet<u16> = ports(&mut plain, "", 4).into_iter().collect();
+    assert_eq!(got, [delayed.port].into_iter().collect(), "plain has no time limit");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    wait_reads_on(&mut lagms, &[delayed.port], "lagms: d back once caught up");
 }

@@ -26,6 +26,9 @@ pub struct Probe {
     pub in_recovery: bool,
     /// Replay position (replica) or current WAL position (primary).
     pub lsn: Option<u64>,
+    /// Replica: milliseconds since its last replayed transaction while WAL it received waits
+    /// to be replayed (0 when caught up with what it received).
+    pub lag_ms: Option<u64>,
 }
 
 /// The checker's memory of one node between rounds.
@@ -175,6 +178,10 @@ async fn round(
                     }
                     _ => None,
                 };
+                (node.lag_ms, node.replay_lsn) = match role {
+                    Role::Replica => (p.lag_ms, p.lsn),
+                    _ => (None, None),
+                };
                 node.last_error = None;
             }
             Err(e) => {
@@ -287,14 +294,13 @@ async fn probe(
     }
     let c = conn.as_mut().expect("connected above");
     let first = simple_query(c, query).await?;
-    let row = simple_query(
-        c,
-        "SELECT pg_is_in_recovery()::text || ' ' || (CASE WHEN pg_is_in_recovery() \
-         THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text",
-    )
-    .await?
-    .unwrap_or_default();
-    let (rec, lsn) = row.split_once(' ').unwrap_or((&row, ""));
+    let row = simple_query(c, POSITION_QUERY).await?.unwrap_or_default();
+    let mut parts = row.split(' ');
+    let (rec, lsn, lag_ms) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
     let in_recovery = match first.as_deref() {
         Some("t") => true,
         Some("f") => false,
@@ -303,8 +309,19 @@ async fn probe(
     Ok(Probe {
         in_recovery,
         lsn: parse_lsn(lsn),
+        lag_ms: lag_ms.parse().ok(),
     })
 }
+
+/// Role, WAL position (replay on a replica, current on a primary) and, on a replica, the time
+/// lag: how old its last replayed transaction is while received WAL waits to be replayed (a
+/// replica with nothing to replay is not behind, however quiet the primary); `-` when unknown.
+const POSITION_QUERY: &str = "SELECT pg_is_in_recovery()::text || ' ' || (CASE WHEN \
+     pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text \
+     || ' ' || CASE WHEN NOT pg_is_in_recovery() THEN '0' \
+     WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN '0' \
+     ELSE coalesce(greatest(0, (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) \
+     * 1000)::bigint)::text, '-') END";
 
 /// `16/B374D848` → its byte position.
 pub fn parse_lsn(s: &str) -> Option<u64> {
@@ -312,8 +329,9 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
-/// Runs `sql` as a simple query; the first value of the first row (text), if any.
-async fn simple_query(c: &mut ServerConn, sql: &str) -> Result<Option<String>, String> {
+/// Runs `sql` as a simple query; the first value of the first row (text), if any. Also the
+/// session's own queries on a server connection between clients (read-your-writes).
+pub async fn simple_query(c: &mut ServerConn, sql: &str) -> Result<Option<String>, String> {
     put_query(c.conn.queue(), sql);
     c.conn.flush().await.map_err(|e| e.to_string())?;
     let mut first: Option<Option<String>> = None;

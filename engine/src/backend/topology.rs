@@ -47,6 +47,12 @@ pub struct NodeState {
     pub fenced: bool,
     /// Bytes the replica's replay position is behind the primary's current WAL position.
     pub lag_bytes: Option<u64>,
+    /// Milliseconds since the replica replayed its last transaction while it has received WAL
+    /// it has not replayed (0 when it has replayed everything it received).
+    pub lag_ms: Option<u64>,
+    /// The replica's replay position at its last probe (read-your-writes compares commit
+    /// positions with it).
+    pub replay_lsn: Option<u64>,
     pub weight: u32,
     pub tags: BTreeMap<String, TagValue>,
     /// Why the last probe failed, if it did.
@@ -95,6 +101,8 @@ impl Topology {
                     forced_down: false,
                     fenced: false,
                     lag_bytes: None,
+                    lag_ms: None,
+                    replay_lsn: None,
                     weight: n.weight,
                     tags: n.tags.clone(),
                     last_error: None,
@@ -245,6 +253,8 @@ impl TopologyHub {
                         n.role = old.role;
                         n.healthy = old.healthy;
                         n.lag_bytes = old.lag_bytes;
+                        n.lag_ms = old.lag_ms;
+                        n.replay_lsn = old.replay_lsn;
                         n.last_error.clone_from(&old.last_error);
                         n.checked_at_ms = old.checked_at_ms;
                     }
@@ -408,6 +418,7 @@ impl TopologyHub {
                 "forcedDown": n.forced_down,
                 "fenced": n.fenced,
                 "lagBytes": n.lag_bytes,
+                "lagMs": n.lag_ms,
                 "weight": n.weight,
                 "tags": n.tags.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
                 "lastError": n.last_error,
@@ -468,7 +479,8 @@ impl TopologyHub {
     }
 }
 
-/// Whether two snapshots route the same (lag counts: replicas over a limit are skipped).
+/// Whether two snapshots route the same (lag counts: replicas over a limit are skipped; replay
+/// positions count: read-your-writes compares them).
 fn same_routing(a: &Topology, b: &Topology) -> bool {
     a.nodes.len() == b.nodes.len()
         && a.last_failover_at_ms == b.last_failover_at_ms
@@ -480,6 +492,8 @@ fn same_routing(a: &Topology, b: &Topology) -> bool {
                 && x.forced_down == y.forced_down
                 && x.fenced == y.fenced
                 && x.lag_bytes == y.lag_bytes
+                && x.lag_ms == y.lag_ms
+                && x.replay_lsn == y.replay_lsn
                 && x.weight == y.weight
                 && x.tags == y.tags
         })

@@ -17,19 +17,20 @@ use std::time::{Duration, Instant};
 use helios_config::PoolMode;
 
 use super::login::{queue_error, refuse, Admitted, Login};
+use crate::backend::health::{parse_lsn, simple_query};
 use crate::backend::listen::Listener;
 use crate::backend::pool::Pool;
 use crate::backend::server::{BackendKey, ServerConn};
 use crate::error::{Blame, ProxyError, SqlState};
 use crate::ids::ClientPid;
 use crate::net::codec::{
-    put_backend_key, put_parameter_status, put_query, put_ready, Frame, FrameError, FrameReader,
+    put_backend_key, put_parameter_status, put_ready, Frame, FrameError, FrameReader,
     FrameRef,
 };
 use crate::net::conn::{Conn, ZERO_COPY_MIN};
 use crate::pipeline::guard::ResultGuard;
 use crate::pipeline::plugins::PluginStage;
-use crate::pipeline::route::RouteStage;
+use crate::pipeline::route::{Commit, RouteStage};
 use crate::pipeline::{Pipeline, Target};
 use crate::proto::exchange::{
     kind_and_name, Ended, Exchange, Io, Observer, RowAction, Server, Step, Then, Tx,
@@ -331,7 +332,7 @@ impl Session {
             let clean = self.ex.clean();
             if clean && (self.mode == PoolMode::Session || self.ex.dirty().is_some()) {
                 let pool = self.pool.clone();
-                glommio::spawn_local(reset_and_release(pool, server)).detach();
+                glommio::spawn_local(settle_and_release(pool, server, None, true)).detach();
             } else if clean && !self.ex.batch_open() {
                 self.pool.release(server);
             } else {
@@ -608,18 +609,32 @@ impl Session {
             self.cancel_target.set(None);
             self.meta.state.set("idle");
             self.meta.server.set(None);
+            // Read-your-writes: the transaction wrote; the primary's WAL position is read on
+            // this connection before anyone else gets it.
+            let commit = self.pipeline.transaction_ended();
             if s.conn.pending() > 0 || self.ex.server_fatal() {
+                if let Some(c) = commit {
+                    c.set(None);
+                }
                 self.pool.discard(s);
-            } else if let Some(why) = self.ex.dirty() {
+            } else if commit.is_some() || self.ex.dirty().is_some() {
                 // Untracked session state (a temporary table, a role, …) must not reach the
                 // next client: DISCARD ALL first; the next user's settings and statements are
                 // re-established on it as on any connection.
-                log::debug!(
-                    "session {}: resetting its server connection after a {}",
-                    self.pid,
-                    why.class()
-                );
-                glommio::spawn_local(reset_and_release(self.pool.clone(), s)).detach();
+                let reset = self.ex.dirty().map(|why| {
+                    log::debug!(
+                        "session {}: resetting its server connection after a {}",
+                        self.pid,
+                        why.class()
+                    );
+                });
+                glommio::spawn_local(settle_and_release(
+                    self.pool.clone(),
+                    s,
+                    commit,
+                    reset.is_some(),
+                ))
+                .detach();
             } else {
                 self.pool.release(s);
             }
@@ -829,35 +844,47 @@ impl Session {
     }
 }
 
-/// A server connection with session state another client must not see (session mode, or a
-/// dirty one in transaction mode) is reset with DISCARD ALL before anyone else gets it; one that
-/// does not answer cleanly is closed.
-async fn reset_and_release(pool: Rc<Pool>, mut s: ServerConn) {
-    put_query(s.conn.queue(), "DISCARD ALL");
+/// Before a server connection goes back to its pool: read the primary's WAL position for a
+/// client's read-your-writes (`commit`), and reset one with session state another client must
+/// not see (session mode, or a dirty one in transaction mode) with DISCARD ALL. One that does
+/// not answer cleanly is closed.
+pub(crate) async fn settle_and_release(
+    pool: Rc<Pool>,
+    mut s: ServerConn,
+    commit: Option<Commit>,
+    reset: bool,
+) {
     let ok = glommio::timer::timeout(Duration::from_secs(5), async {
-        if s.conn.flush().await.is_err() {
-            return Ok(false);
-        }
-        loop {
-            match s.reader.next_frame() {
-                Ok(Some(f)) if f.tag == b'Z' => return Ok(f.body() == b"I"),
-                Ok(Some(f)) if f.tag == b'E' => {
-                    log::warn!("DISCARD ALL failed on {:?}", s.id);
+        if let Some(c) = &commit {
+            match simple_query(&mut s, "SELECT pg_current_wal_insert_lsn()").await {
+                Ok(v) => c.set(v.as_deref().and_then(parse_lsn)),
+                Err(e) => {
+                    log::warn!("read-your-writes: pg_current_wal_insert_lsn() on {:?}: {e}", s.id);
+                    c.set(None);
+                    return Ok(false);
                 }
-                Ok(Some(_)) => {}
-                Ok(None) => match s.conn.read_into(&mut s.reader).await {
-                    Ok(n) if n > 0 => {}
-                    _ => return Ok(false),
-                },
-                Err(_) => return Ok(false),
             }
         }
+        if reset {
+            if let Err(e) = simple_query(&mut s, "DISCARD ALL").await {
+                log::warn!("DISCARD ALL failed on {:?}: {e}", s.id);
+                return Ok(false);
+            }
+        }
+        Ok(true)
     })
     .await
     .unwrap_or(false);
+    if let Some(c) = &commit {
+        if c.lsn().is_none() {
+            c.set(None);
+        }
+    }
     if ok {
-        s.applied = Rc::default();
-        s.prepared.clear();
+        if reset {
+            s.applied = Rc::default();
+            s.prepared.clear();
+        }
         pool.release(s);
     } else {
         pool.discard(s);

@@ -66,6 +66,12 @@ pub trait Stage {
     }
     /// The execution ended (or was refused): its outcome is in `ex`.
     fn after(&mut self, _shard: &Shard, _ex: &Execution) {}
+    /// A transaction ended on its server connection, which is about to be released: a stage
+    /// that wants the primary's WAL position at that commit (read-your-writes) returns where
+    /// the session should put it.
+    fn transaction_ended(&mut self) -> Option<route::Commit> {
+        None
+    }
 }
 
 /// What a statement is, for the stages.
@@ -200,6 +206,15 @@ impl Pipeline {
     /// first usable node), not to the node the session started on.
     pub fn routes(&self) -> bool {
         self.routes
+    }
+
+    /// A transaction ended on its server connection (about to be released): where to put the
+    /// primary's WAL position, if a stage wants it (read-your-writes after a write).
+    pub fn transaction_ended(&mut self) -> Option<route::Commit> {
+        if !self.routes {
+            return None;
+        }
+        self.stages.iter_mut().find_map(|s| s.transaction_ended())
     }
 
     /// Whether any stage acts on statements now.

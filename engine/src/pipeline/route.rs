@@ -13,14 +13,26 @@
 //! 6. otherwise the primary.
 //!
 //! "A replica" is a usable (healthy, not forced down) node of the database whose role is
-//! replica and whose lag is within `max_replica_lag_bytes`, picked by `load_balance`; with none,
-//! the primary. "The primary" is the database's primary in the topology (sticky: see
+//! replica, not disabled (`POST /nodes/{name}/disable`), and whose lag is within
+//! `max_replica_lag_bytes` and `max_replica_lag_ms`, picked by
+//! `load_balance`; with none, the primary.
+//!
+//! Read-your-writes (`read_your_writes_ms`): the stage notes a transaction that ran a statement
+//! that may write (`sql::read::may_write`); when it ends, the session reads the primary's WAL position on the same
+//! server connection ([`Commit`]) before releasing it: the insert position
+//! (`pg_current_wal_insert_lsn()`), at or past the commit record even with
+//! `synchronous_commit = off`, where the write position may not have reached it yet. Until the window closes, a replica is
+//! eligible for this client only if its replay position (last probe) has reached that
+//! position; while the position is being read, or if reading it failed, reads go to the
+//! primary. Exact, not timed: a replica's replay position only grows. "The primary" is the database's primary in the topology (sticky: see
 //! `TopologyHub::update`); with none usable, the session waits for one when it attaches, up to
 //! `failover.timeout_ms`, then SQLSTATE 08006. The decision reads only the shard's own
 //! topology copy.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use helios_config::{Config, LoadBalance, PoolMode};
 
@@ -29,7 +41,7 @@ use crate::backend::pool::Pool;
 use crate::backend::topology::{Role, Topology};
 use crate::error::ProxyError;
 use crate::shard::Shard;
-use crate::sql::read::{is_read, route_hint, Hint};
+use crate::sql::read::{is_read, may_write, route_hint, Hint};
 use crate::sql::{self, SessionCommand};
 
 pub struct RouteStage {
@@ -38,6 +50,13 @@ pub struct RouteStage {
     split: bool,
     balance: LoadBalance,
     max_lag: u64,
+    max_lag_ms: u64,
+    /// `read_your_writes_ms` (zero: off).
+    ryw_window: Duration,
+    /// A statement that is not a read ran since the last [`RouteStage::take_commit`].
+    wrote: bool,
+    /// The last write's commit position and when the window closes.
+    ryw: Option<(Commit, Instant)>,
     read_only_functions: Vec<String>,
     /// The database's nodes (by name, in its order).
     nodes: Vec<String>,
@@ -66,6 +85,14 @@ impl RouteStage {
             split: db.read_write_split && db.pool_mode == PoolMode::Transaction,
             balance: db.load_balance,
             max_lag: db.max_replica_lag_bytes,
+            max_lag_ms: db.max_replica_lag_ms,
+            ryw_window: Duration::from_millis(if db.read_write_split {
+                db.read_your_writes_ms
+            } else {
+                0
+            }),
+            wrote: false,
+            ryw: None,
             read_only_functions: db
                 .read_only_functions
                 .iter()
@@ -107,18 +134,38 @@ impl RouteStage {
         self.primary.filter(|&i| t.nodes[i].usable())
     }
 
-    fn eligible(&self, t: &Topology, i: usize) -> bool {
+    fn eligible(&self, shard: &Shard, t: &Topology, i: usize) -> bool {
         let n = &t.nodes[i];
         n.role == Role::Replica
             && n.usable()
+            // `POST /nodes/{name}/disable`: one atomic load while no node is disabled.
+            && !shard.shared.node_switches.is_disabled(&n.name)
             && (self.max_lag == 0 || n.lag_bytes.is_some_and(|l| l <= self.max_lag))
+            && (self.max_lag_ms == 0 || n.lag_ms.is_some_and(|l| l <= self.max_lag_ms))
+            && self.ryw.as_ref().is_none_or(|(c, _)| match c.lsn() {
+                Some(at) => n.replay_lsn.is_some_and(|r| r >= at),
+                None => false,
+            })
+    }
+
+    /// The session calls this when a transaction ended on a server connection: if read-your-
+    /// writes is on and the transaction wrote, the position to fill in (the session reads
+    /// `pg_current_wal_insert_lsn()` on that connection) — from now on this client's reads wait for
+    /// replicas to reach it.
+    fn take_commit(&mut self) -> Option<Commit> {
+        if !std::mem::take(&mut self.wrote) {
+            return None;
+        }
+        let c = Commit::default();
+        self.ryw = Some((c.clone(), Instant::now() + self.ryw_window));
+        Some(c)
     }
 
     fn replica(&mut self, shard: &Shard, t: &Topology) -> Option<usize> {
         let count = self
             .members
             .iter()
-            .filter(|&&i| self.eligible(t, i))
+            .filter(|&&i| self.eligible(shard, t, i))
             .count();
         if count == 0 {
             return None;
@@ -131,19 +178,19 @@ impl RouteStage {
                 self.members
                     .iter()
                     .copied()
-                    .filter(|&i| self.eligible(t, i))
+                    .filter(|&i| self.eligible(shard, t, i))
                     .nth(k)
             }
             LoadBalance::Weighted => {
                 let total: u64 = self
                     .members
                     .iter()
-                    .filter(|&&i| self.eligible(t, i))
+                    .filter(|&&i| self.eligible(shard, t, i))
                     .map(|&i| u64::from(t.nodes[i].weight))
                     .sum();
                 let mut k = seq % total.max(1);
                 for &i in &self.members {
-                    if !self.eligible(t, i) {
+                    if !self.eligible(shard, t, i) {
                         continue;
                     }
                     let w = u64::from(t.nodes[i].weight);
@@ -158,7 +205,7 @@ impl RouteStage {
                 let mut best: Option<(usize, usize)> = None;
                 for j in 0..self.members.len() {
                     let i = self.members[j];
-                    if !self.eligible(t, i) {
+                    if !self.eligible(shard, t, i) {
                         continue;
                     }
                     let busy = self.busy(shard, j, &t.nodes[i].name);
@@ -213,6 +260,10 @@ impl Stage for RouteStage {
         true
     }
 
+    fn transaction_ended(&mut self) -> Option<Commit> {
+        self.take_commit()
+    }
+
     fn before(&mut self, shard: &Shard, ex: &mut Execution) -> Result<(), ProxyError> {
         match sql::session_command(&ex.sql) {
             Some(SessionCommand::Set { name, value }) if name == "helios.route" => {
@@ -221,6 +272,12 @@ impl Stage for RouteStage {
             Some(SessionCommand::Reset { name }) if name == "helios.route" => self.session = None,
             Some(SessionCommand::ResetAll | SessionCommand::DiscardAll) => self.session = None,
             _ => {}
+        }
+        if !self.ryw_window.is_zero() {
+            self.wrote |= may_write(&ex.sql, &self.read_only_functions);
+            if self.ryw.as_ref().is_some_and(|(_, end)| Instant::now() >= *end) {
+                self.ryw = None;
+            }
         }
         if ex.node.is_some() {
             return Ok(());
@@ -236,5 +293,20 @@ impl Stage for RouteStage {
             None => ex.await_primary = true,
         }
         Ok(())
+    }
+}
+
+/// The primary's WAL position after a client's write: unknown while the session reads it,
+/// then the position, or `u64::MAX` (reads go to the primary for the window) if it could not.
+#[derive(Clone, Debug, Default)]
+pub struct Commit(Rc<Cell<Option<u64>>>);
+
+impl Commit {
+    pub fn lsn(&self) -> Option<u64> {
+        self.0.get()
+    }
+
+    pub fn set(&self, lsn: Option<u64>) {
+        self.0.set(Some(lsn.unwrap_or(u64::MAX)));
     }
 }

@@ -203,6 +203,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             }),
             shards,
             node_switches: shared.node_switches.clone(),
+            topology: Some(std::sync::Arc::new(TopologyBridge(shared.topology.clone()))),
         };
         helios_admin::spawn(&admin_cfg, snap_rx, cmd_tx, info).map_err(|e| anyhow!("{e}"))?;
         let shared = shared.clone();
@@ -502,6 +503,50 @@ fn report_changes(old: &Config, new: &Config) {
     }
     if !applied.is_empty() {
         log::info!("reload applies changes to {}", applied.join(", "));
+    }
+}
+
+/// The admin API's `/topology` and `/api/chaos` over the topology hub: overrides act on every
+/// shard's routing. Only while some database has a topology (the configuration in force).
+struct TopologyBridge(Arc<crate::backend::topology::TopologyHub>);
+
+impl std::fmt::Debug for TopologyBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TopologyBridge")
+    }
+}
+
+impl TopologyBridge {
+    fn enabled(&self) -> Result<(), helios_admin::ChaosFailure> {
+        match self.0.input() {
+            Some(i) if i.config.has_topology() => Ok(()),
+            _ => Err(helios_admin::ChaosFailure::NotEnabled(
+                "no database has a topology (a `nodes` list of two or more, or \
+                 read_write_split): overrides would change no routing"
+                    .into(),
+            )),
+        }
+    }
+}
+
+impl helios_admin::TopologyControl for TopologyBridge {
+    fn topology(&self) -> Option<serde_json::Value> {
+        self.enabled().ok()?;
+        Some(self.0.topology_json())
+    }
+
+    fn chaos_state(&self) -> Result<serde_json::Value, helios_admin::ChaosFailure> {
+        self.enabled()?;
+        Ok(self.0.chaos_state())
+    }
+
+    fn chaos(&self, body: &[u8]) -> Result<serde_json::Value, helios_admin::ChaosFailure> {
+        use crate::backend::topology::ChaosError;
+        self.enabled()?;
+        self.0.chaos(body).map_err(|e| match e {
+            ChaosError::Malformed(m) => helios_admin::ChaosFailure::Malformed(m),
+            ChaosError::UnknownNode(n) => helios_admin::ChaosFailure::UnknownNode(n.to_string()),
+        })
     }
 }
 

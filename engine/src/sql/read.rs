@@ -374,9 +374,33 @@ fn skip_string(b: &[u8], mut i: usize, escapes: bool) -> usize {
 enum Stmt {
     Read,
     BeginReadOnly,
+    /// `BEGIN`/`START TRANSACTION` without `READ ONLY`.
+    Begin,
     End,
+    /// Changes no data: `SET`, `SHOW`, `RESET`, `SAVEPOINT`, `RELEASE` (not a read either: a
+    /// replica does not serve it).
+    Quiet,
     Empty,
     Other,
+}
+
+/// Whether `sql` may change data: some statement in it is neither a read (as [`is_read`] sees
+/// one), nor transaction control, nor `SET`/`SHOW`/`RESET`/`SAVEPOINT`/`RELEASE`.
+/// Conservative like [`is_read`]: what it cannot vouch for may write. Read-your-writes asks it.
+pub fn may_write(sql: &str, extra: &[String]) -> bool {
+    let mut s = Scan {
+        b: sql.as_bytes(),
+        i: 0,
+    };
+    loop {
+        let (st, more) = statement(&mut s, extra);
+        if st == Stmt::Other {
+            return true;
+        }
+        if !more {
+            return false;
+        }
+    }
 }
 
 /// Whether `sql` (a simple query's text, or one extended statement) may run on a replica.
@@ -419,6 +443,15 @@ fn statement(s: &mut Scan<'_>, extra: &[String]) -> (Stmt, bool) {
         }
         Tok::Word(w) if eq(w, "begin") || eq(w, "start") => Stmt::BeginReadOnly,
         Tok::Word(w) if eq(w, "commit") || eq(w, "end") || eq(w, "rollback") => Stmt::End,
+        Tok::Word(w)
+            if eq(w, "set")
+                || eq(w, "show")
+                || eq(w, "reset")
+                || eq(w, "savepoint")
+                || eq(w, "release") =>
+        {
+            Stmt::Quiet
+        }
         Tok::Open => Stmt::Read, // (SELECT …) UNION …
         _ => Stmt::Other,
     };
@@ -481,7 +514,7 @@ fn statement(s: &mut Scan<'_>, extra: &[String]) -> (Stmt, bool) {
 fn finish(verdict: Stmt, kind: Stmt, read_only: bool) -> Stmt {
     match kind {
         Stmt::BeginReadOnly if read_only => Stmt::BeginReadOnly,
-        Stmt::BeginReadOnly => Stmt::Other,
+        Stmt::BeginReadOnly => Stmt::Begin,
         _ => verdict,
     }
 }
@@ -540,6 +573,35 @@ mod tests {
             "select pg_catalog.count(*) from t",
         ] {
             assert!(read(q), "{q} should be a read");
+        }
+    }
+
+    #[test]
+    fn what_may_write() {
+        let w = |q: &str| may_write(q, &["price_of".into()]);
+        for q in [
+            "BEGIN",
+            "BEGIN; SELECT 1; COMMIT",
+            "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET statement_timeout = 5",
+            "show search_path",
+            "SAVEPOINT a; RELEASE a; ROLLBACK",
+            "RESET ALL",
+            "SELECT price_of(1)",
+            "",
+        ] {
+            assert!(!w(q), "{q} writes nothing");
+        }
+        for q in [
+            "INSERT INTO t VALUES (1)",
+            "BEGIN; UPDATE t SET x = 1; COMMIT",
+            "WITH a AS (DELETE FROM t RETURNING *) SELECT * FROM a",
+            "SELECT nextval('s')",
+            "SELECT * FROM t FOR UPDATE",
+            "CREATE TABLE t (x int)",
+            "SET x = 1; COPY t FROM STDIN",
+        ] {
+            assert!(w(q), "{q} may write");
         }
     }
 

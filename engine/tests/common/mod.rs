@@ -526,6 +526,17 @@ pub fn http(
     target: &str,
     token: Option<&str>,
 ) -> std::io::Result<(u16, String, String)> {
+    http_body(port, method, target, token, "")
+}
+
+/// [`http`] with a request body (sent as JSON).
+pub fn http_body(
+    port: u16,
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
     s.set_write_timeout(Some(Duration::from_secs(15)))?;
@@ -534,7 +545,8 @@ pub fn http(
         .unwrap_or_default();
     write!(
         s,
-        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
