@@ -354,11 +354,13 @@ impl Api {
             "/api/shadow" => self.api_shadow(req),
             "/health" => self.health(now),
             "/ready" => self.ready(),
-            "/metrics" => Response::text(
-                200,
-                PROMETHEUS_CONTENT_TYPE,
-                render::prometheus(&self.state),
-            ),
+            "/metrics" => {
+                let mut text = render::prometheus(&self.state);
+                if let Some(t) = self.info.topology.as_ref().and_then(|t| t.topology()) {
+                    render::prometheus_topology(&mut text, &t);
+                }
+                Response::text(200, PROMETHEUS_CONTENT_TYPE, text)
+            }
             "/stats" => self.stats(now),
             "/histograms" => self.histograms(&params),
             "/histograms/reset" => self.reset(now),
@@ -650,6 +652,14 @@ impl Api {
         let routing = self.routing();
         let seen = self.state.nodes();
         let pools = self.state.pools_merged();
+        // With a topology: the health checker's role, health, lag and the chaos overrides.
+        let topo = self.info.topology.as_ref().and_then(|t| t.topology());
+        let topo_node = |name: &str| {
+            topo.as_ref()
+                .and_then(|t| t["nodes"].as_array())
+                .and_then(|ns| ns.iter().find(|n| n["name"] == name))
+                .cloned()
+        };
         let nodes: Vec<Value> = routing
             .nodes
             .iter()
@@ -671,13 +681,20 @@ impl Api {
                         })
                     })
                     .collect();
+                let t = topo_node(name);
+                let from_topo = |k: &str| t.as_ref().map_or(Value::Null, |t| t[k].clone());
+                let shards_healthy = m.map(|m| m.healthy).unwrap_or(true);
                 json!({
                     "name": name,
                     "host": host,
                     "port": port,
-                    "role": m.map(|m| m.role).unwrap_or("primary"),
+                    "role": t.as_ref().and_then(|t| t["role"].as_str()).unwrap_or(m.map(|m| m.role).unwrap_or("primary")),
                     "enabled": !self.info.node_switches.is_disabled(name),
-                    "healthy": m.map(|m| m.healthy).unwrap_or(true),
+                    "healthy": shards_healthy && t.as_ref().is_none_or(|t| t["healthy"] == true),
+                    "forced_down": t.as_ref().is_some_and(|t| t["forcedDown"] == true),
+                    "lag_bytes": from_topo("lagBytes"),
+                    "lag_ms": from_topo("lagMs"),
+                    "tags": t.as_ref().map_or_else(|| json!({}), |t| t["tags"].clone()),
                     "last_error": m.and_then(|m| m.last_error.clone()),
                     "last_checked_at_ms": m.and_then(|m| m.last_checked_at_ms),
                     "unhealthy_shards": m.map(|m| m.unhealthy_shards.clone()).unwrap_or_default(),

@@ -176,6 +176,99 @@ fn header(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# TYPE {name} {kind}");
 }
 
+/// The topology's metrics (from `GET /topology`'s document, when some database has one):
+/// node health, role, lag and overrides, and failovers.
+pub fn prometheus_topology(o: &mut String, t: &serde_json::Value) {
+    let nodes = t["nodes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let name = |n: &serde_json::Value| esc(n["name"].as_str().unwrap_or_default());
+    let flag = |v: &serde_json::Value| u8::from(v.as_bool().unwrap_or(false));
+    header(
+        o,
+        "heliosproxy_topology_node_healthy",
+        "gauge",
+        "1 when the node takes new transactions (health checks pass, not forced down, not fenced).",
+    );
+    for n in nodes {
+        let _ = writeln!(
+            o,
+            "heliosproxy_topology_node_healthy{{node=\"{}\"}} {}",
+            name(n),
+            flag(&n["healthy"])
+        );
+    }
+    header(
+        o,
+        "heliosproxy_topology_node_role",
+        "gauge",
+        "1 for the node's current role (primary, replica, unknown).",
+    );
+    for n in nodes {
+        let _ = writeln!(
+            o,
+            "heliosproxy_topology_node_role{{node=\"{}\",role=\"{}\"}} 1",
+            name(n),
+            esc(n["role"].as_str().unwrap_or("unknown"))
+        );
+    }
+    header(
+        o,
+        "heliosproxy_topology_node_forced_down",
+        "gauge",
+        "1 while chaos (POST /api/chaos, DISABLE NODE) forces the node unhealthy.",
+    );
+    for n in nodes {
+        let _ = writeln!(
+            o,
+            "heliosproxy_topology_node_forced_down{{node=\"{}\"}} {}",
+            name(n),
+            flag(&n["forcedDown"])
+        );
+    }
+    for (metric, key, help) in [
+        (
+            "heliosproxy_topology_replica_lag_bytes",
+            "lagBytes",
+            "Bytes the replica's replay position is behind the primary's WAL position.",
+        ),
+        (
+            "heliosproxy_topology_replica_lag_ms",
+            "lagMs",
+            "Age of the replica's last replayed transaction while received WAL waits to be replayed.",
+        ),
+    ] {
+        header(o, metric, "gauge", help);
+        for n in nodes {
+            if let Some(v) = n[key].as_u64() {
+                let _ = writeln!(o, "{metric}{{node=\"{}\"}} {v}", name(n));
+            }
+        }
+    }
+    header(
+        o,
+        "heliosproxy_topology_failovers_total",
+        "counter",
+        "Changes of a database's primary since start.",
+    );
+    let _ = writeln!(
+        o,
+        "heliosproxy_topology_failovers_total {}",
+        t["failovers"].as_u64().unwrap_or(0)
+    );
+    if let Some(at) = t["lastFailoverAt"].as_u64() {
+        header(
+            o,
+            "heliosproxy_topology_last_failover_timestamp_seconds",
+            "gauge",
+            "Unix time of the last failover.",
+        );
+        let _ = writeln!(
+            o,
+            "heliosproxy_topology_last_failover_timestamp_seconds {}",
+            num(at as f64 / 1000.0)
+        );
+    }
+}
+
 /// The Prometheus text exposition format (version 0.0.4) of the whole state.
 ///
 /// - Counters are per shard (`shard` label) so an unbalanced shard shows; `sum without (shard)`

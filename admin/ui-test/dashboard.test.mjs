@@ -4,6 +4,8 @@
 //   HELIOS_ADMIN_URL      http://127.0.0.1:PORT
 //   HELIOS_ADMIN_TOKEN    the configured admin.token
 //   HELIOS_APP2_URL       a psql URL through the proxy for a database served by node pg2
+//   HELIOS_SPLIT_URL      a psql URL through the proxy for a database split over node pg and
+//                         its streaming standby rep (reads go to rep)
 //   HELIOS_SCREENSHOT     where to save the screenshot (under target/)
 //   CHROMIUM              the browser binary (default /usr/bin/chromium)
 // Exits non-zero, saying why, on any failed check and on any console error of the page.
@@ -21,6 +23,7 @@ const env = (k) => {
 const ADMIN = env("HELIOS_ADMIN_URL");
 const TOKEN = env("HELIOS_ADMIN_TOKEN");
 const APP2 = env("HELIOS_APP2_URL");
+const SPLIT = env("HELIOS_SPLIT_URL");
 const SHOT = env("HELIOS_SCREENSHOT");
 const WAIT = 15000;
 
@@ -42,6 +45,22 @@ function throughProxy(url) {
   }
 }
 
+/** The value psql prints for `sql` through the proxy. */
+function valueThroughProxy(url, sql) {
+  return execFileSync("psql", [url, "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+    { stdio: ["ignore", "pipe", "pipe"], timeout: 20000 }).toString().trim();
+}
+
+/** Polls `f` until it returns true (15 s). */
+async function until(f, what) {
+  const end = Date.now() + WAIT;
+  while (Date.now() < end) {
+    if (await f()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out: ${what}`);
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
@@ -52,7 +71,7 @@ const browser = await chromium.launch({
 // (the page then asks for it), 503 from the routes of features not built (the panel says
 // "<feature> not enabled"), and the 400 of the read-only refusal this test provokes. Any other
 // console error fails the test.
-const NOT_BUILT = ["/anomalies", "/drift", "/api/edge", "/api/chaos", "/api/replay"];
+const NOT_BUILT = ["/anomalies", "/drift", "/api/edge", "/api/replay"];
 let phase = "before-token";
 function expected(text, url) {
   const m = /^Failed to load resource: the server responded with a status of (\d+)/.exec(text);
@@ -104,11 +123,12 @@ try {
   // Nodes, Topology, Plugins with data; the features not built say so.
   const nodeRows = page.locator("#nodes-body tbody tr");
   await nodeRows.nth(1).waitFor({ timeout: WAIT });
-  ok((await nodeRows.count()) === 2, "Nodes lists both nodes");
+  await nodeRows.nth(2).waitFor({ timeout: WAIT });
+  ok((await nodeRows.count()) === 3, "Nodes lists the three nodes");
   ok((await page.locator("#topology-body").textContent()).includes("primary"), "Topology renders");
   await page.locator("#plugins-body tbody tr").first().waitFor({ timeout: WAIT });
   ok((await page.locator("#plugins-body").textContent()).includes("block-drop"), "Plugins lists block-drop");
-  for (const [panel, feature] of [["anomalies", "signal plane"], ["edge", "edge cache"], ["chaos", "chaos"], ["replay", "replay"]]) {
+  for (const [panel, feature] of [["anomalies", "signal plane"], ["edge", "edge cache"], ["replay", "replay"]]) {
     await page.locator(`#${panel}-body .off-note`).waitFor({ timeout: WAIT });
     const t = await page.locator(`#${panel}-body`).textContent();
     ok(t.startsWith(`${feature} not enabled`), `${panel} says "${feature} not enabled"`);
@@ -138,6 +158,22 @@ try {
   await page.getByRole("button", { name: "Enable pg2" }).click();
   await page.getByRole("button", { name: "Disable pg2" }).waitFor({ timeout: WAIT });
   ok(throughProxy(APP2) === "", "enabled again, app2 answers through the proxy");
+
+  // Chaos: force the replica unhealthy from the panel; reads through the proxy move to the
+  // primary at once, the Nodes panel says so; restore it and reads go back to the replica.
+  await until(() => valueThroughProxy(SPLIT, "select pg_is_in_recovery()") === "t", "split reads on the replica");
+  ok(true, "split: a read through the proxy runs on the replica");
+  await page.getByRole("button", { name: "Force unhealthy rep" }).click();
+  await page.getByRole("button", { name: "Restore rep" }).waitFor({ timeout: WAIT });
+  ok((await page.locator("#chaos-body").textContent()).includes("forced unhealthy: rep"), "Chaos shows the override");
+  ok(valueThroughProxy(SPLIT, "select pg_is_in_recovery()") === "f", "split: with rep forced down, the read runs on the primary");
+  const repRow = page.locator("#nodes-body tbody tr", { hasText: "rep" });
+  await until(async () => (await repRow.textContent()).includes("forced unhealthy"), "Nodes shows rep forced unhealthy");
+  ok(true, "Nodes shows rep forced unhealthy");
+  await page.getByRole("button", { name: "Restore rep" }).click();
+  await page.getByRole("button", { name: "Force unhealthy rep" }).waitFor({ timeout: WAIT });
+  await until(() => valueThroughProxy(SPLIT, "select pg_is_in_recovery()") === "t", "split reads back on the replica");
+  ok(true, "restored: reads run on the replica again");
 
   // Shadow: the same rows on both nodes (inserted in different orders) match.
   await page.selectOption("#shadow-source", "pg");

@@ -1,7 +1,7 @@
 //! The admin dashboard in a real browser: `admin/ui-test/dashboard.test.mjs` (Debian's chromium
 //! through playwright-core) against this proxy with real PostgreSQL behind it — every panel
-//! renders, disabling a node from the Nodes panel changes what the proxy does (checked with
-//! psql through the proxy), a shadow diff of two nodes matches, the SQL panel runs a query
+//! renders, disabling a node from the Nodes panel and forcing a replica unhealthy from the Chaos
+//! panel change what the proxy does (checked with psql through the proxy), a shadow diff of two nodes matches, the SQL panel runs a query
 //! with the keyboard, no console error; screenshots in `target/ui-test/`.
 //!
 //! Needs `chromium` and the script's node modules: `scripts/test.sh` (or `scripts/ui-test.sh`)
@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use helios_testkit::SUPERUSER;
+use helios_testkit::{PgCluster, PgOptions, SUPERUSER};
 
 #[test]
 fn dashboard_works_in_a_real_browser() {
@@ -26,7 +26,22 @@ fn dashboard_works_in_a_real_browser() {
          (apt-get install chromium; npm ci in admin/ui-test)"
     );
     let pg = shared_pg();
-    let plugins = plugins_section("", &plugin_entry("block-drop", ""));
+    // A streaming standby of the same cluster and a database `split` over node pg and it, so
+    // the Chaos panel's override changes real routing.
+    let standby = PgCluster::standby_of(&pg, PgOptions::default()).expect("standby");
+    let topology = format!(
+        "\n[[nodes]]\nname = \"rep\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"replica\"\n\n\
+         [health]\ninterval_ms = 100\nuser = \"{SUPERUSER}\"\npassword = \"{PW}\"\n\n{}",
+        standby.port,
+        db_section(
+            "split",
+            "postgres",
+            "transaction",
+            2,
+            "nodes = [\"pg\", \"rep\"]\nread_write_split = true"
+        )
+    );
+    let plugins = plugins_section("", &plugin_entry("block-drop", "")) + &topology;
     let proxy = two_node_admin_proxy(&pg, "", &plugins);
     // Some traffic for the counters, the chart and the pools of both nodes.
     for db in ["app", "app2"] {
@@ -47,6 +62,7 @@ fn dashboard_works_in_a_real_browser() {
         )
         .env("HELIOS_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("HELIOS_APP2_URL", proxy.url(SUPERUSER, "", "app2"))
+        .env("HELIOS_SPLIT_URL", proxy.url(SUPERUSER, "", "split"))
         .env("HELIOS_SCREENSHOT", &shot)
         .env("CHROMIUM", &chromium)
         .output()

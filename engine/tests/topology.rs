@@ -288,8 +288,21 @@ fn chaos_moves_reads_at_once_and_lagging_replicas_are_skipped() {
     assert_eq!(r1["tags"]["zone"], "a", "{topo}");
     assert!(topo["nodes"][2]["lagBytes"].is_u64(), "{topo}");
     assert_eq!(admin_json(admin, "/api/chaos")["overrides"][0], "r1");
+    let (_, _, metrics) = http(admin, "GET", "/metrics", None).unwrap();
+    for want in [
+        "heliosproxy_topology_node_forced_down{node=\"r1\"} 1",
+        "heliosproxy_topology_node_healthy{node=\"r1\"} 0",
+        "heliosproxy_topology_node_healthy{node=\"r2\"} 1",
+        "heliosproxy_topology_node_role{node=\"p\",role=\"primary\"} 1",
+        "heliosproxy_topology_replica_lag_bytes{node=\"r2\"} ",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
     // Refusals: an unknown node, a malformed body, an unknown action.
-    assert_eq!(chaos(r#"{"action":"restore","target_node":"ghost"}"#).0, 404);
+    assert_eq!(
+        chaos(r#"{"action":"restore","target_node":"ghost"}"#).0,
+        404
+    );
     assert_eq!(chaos("not json").0, 400);
     assert_eq!(chaos(r#"{"action":"explode"}"#).0, 400);
     assert_eq!(chaos(r#"{"action":"restore"}"#).0, 400);
@@ -303,10 +316,16 @@ fn chaos_moves_reads_at_once_and_lagging_replicas_are_skipped() {
     assert!(got.iter().all(|&p| p == c.r2.port), "{got:?}");
     // `POST /nodes/{name}/disable` takes a node out of the rotation too.
     console(&proxy, "ENABLE NODE r1");
-    assert_eq!(http(admin, "POST", "/nodes/r2/disable", None).unwrap().0, 200);
+    assert_eq!(
+        http(admin, "POST", "/nodes/r2/disable", None).unwrap().0,
+        200
+    );
     let got = ports(&mut cl, "", 6);
     assert!(got.iter().all(|&p| p == c.r1.port), "{got:?}");
-    assert_eq!(http(admin, "POST", "/nodes/r2/enable", None).unwrap().0, 200);
+    assert_eq!(
+        http(admin, "POST", "/nodes/r2/enable", None).unwrap().0,
+        200
+    );
     console(&proxy, "DISABLE NODE r1");
     // Both replicas out: reads fall back to the primary.
     console(&proxy, "DISABLE NODE r2");
@@ -558,6 +577,20 @@ fn failover_after_kill(auto_promote: bool) -> Duration {
             .any(|l| l.starts_with("b|") && l.contains("|primary|auto|true|false|true|")),
         "{nodes}"
     );
+    // The admin API and Prometheus say what happened.
+    let topo = admin_json(proxy.admin_port(), "/topology");
+    assert_eq!(topo["currentPrimary"], "b", "{topo}");
+    assert!(topo["lastFailoverAt"].is_u64(), "{topo}");
+    assert_eq!(topo["failovers"], 1, "{topo}");
+    let (_, _, metrics) = http(proxy.admin_port(), "GET", "/metrics", None).unwrap();
+    for want in [
+        "heliosproxy_topology_failovers_total 1",
+        "heliosproxy_topology_node_role{node=\"b\",role=\"primary\"} 1",
+        "heliosproxy_topology_node_healthy{node=\"a\"} 0",
+        "heliosproxy_topology_last_failover_timestamp_seconds ",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
     took
 }
 
@@ -806,7 +839,11 @@ fn read_your_writes_follows_the_commit_position_and_time_lag_skips_a_delayed_rep
     let mut plain = connect(&proxy, SUPERUSER, "", "plain");
     let mut ryw = connect(&proxy, SUPERUSER, "", "ryw");
     wait_reads_on(&mut plain, &[delayed.port], "plain: reads on d");
-    wait_reads_on(&mut ryw, &[delayed.port], "ryw: reads on d before any write");
+    wait_reads_on(
+        &mut ryw,
+        &[delayed.port],
+        "ryw: reads on d before any write",
+    );
 
     // Without read-your-writes the delayed replica answers a read right after a write: the
     // row is not there yet (this is what the setting fixes).
@@ -844,11 +881,18 @@ fn read_your_writes_follows_the_commit_position_and_time_lag_skips_a_delayed_rep
     // Exact, not timed: once the replica has replayed the last commit (2 s delay + a probe),
     // the writer's reads go back to it although the 20 s window is still open.
     let t0 = Instant::now();
-    wait_reads_on(&mut ryw, &[delayed.port], "ryw: reads back on d once it replayed");
+    wait_reads_on(
+        &mut ryw,
+        &[delayed.port],
+        "ryw: reads back on d once it replayed",
+    );
     let back = t0.elapsed();
     println!("read-your-writes: reads back on the replica {back:?} after the last write");
     assert!(back < Duration::from_secs(15), "{back:?}");
-    assert_eq!(one(&mut ryw, "select count(*) from t where v like 'ryw-%'"), "5");
+    assert_eq!(
+        one(&mut ryw, "select count(*) from t where v like 'ryw-%'"),
+        "5"
+    );
     // Reads that write nothing do not open a window.
     ryw.batch_execute("begin; select 1; commit").unwrap();
     assert_eq!(
@@ -875,13 +919,21 @@ fn read_your_writes_follows_the_commit_position_and_time_lag_skips_a_delayed_rep
             }
         })
     };
-    wait_reads_on(&mut lagms, &[c.primary.port], "lagms: d skipped while behind");
+    wait_reads_on(
+        &mut lagms,
+        &[c.primary.port],
+        "lagms: d skipped while behind",
+    );
     let topo = admin_json(proxy.admin_port(), "/topology");
     let lag = topo["nodes"][1]["lagMs"].as_u64().unwrap_or(0);
     println!("time lag of the delayed replica under writes: {lag} ms");
     assert!(lag > 1000, "{topo}");
     let got: BTreeSet<u16> = ports(&mut plain, "", 4).into_iter().collect();
-    assert_eq!(got, [delayed.port].into_iter().collect(), "plain has no time limit");
+    assert_eq!(
+        got,
+        [delayed.port].into_iter().collect(),
+        "plain has no time limit"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     wait_reads_on(&mut lagms, &[delayed.port], "lagms: d back once caught up");

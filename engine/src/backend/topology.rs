@@ -77,6 +77,8 @@ pub struct Topology {
     pub version: u64,
     /// Unix milliseconds of the last change of the current primary (none yet).
     pub last_failover_at_ms: Option<u64>,
+    /// Changes of a database's primary since start.
+    pub failovers: u64,
     /// Each database's primary (alias, node index): sticky — it stays while it answers as a
     /// primary, so a second node claiming to be one is fenced, never written to.
     pub db_primary: Vec<(String, Option<usize>)>,
@@ -111,6 +113,7 @@ impl Topology {
                 .collect(),
             version: 0,
             last_failover_at_ms: None,
+            failovers: 0,
             db_primary: Vec::new(),
         }
     }
@@ -261,6 +264,7 @@ impl TopologyHub {
                 }
             }
             fresh.last_failover_at_ms = st.probed.last_failover_at_ms;
+            fresh.failovers = st.probed.failovers;
             let names: BTreeSet<String> = fresh.nodes.iter().map(|n| n.name.clone()).collect();
             st.forced.retain(|n| names.contains(n));
         }
@@ -276,6 +280,7 @@ impl TopologyHub {
         let input = self.input();
         let mut st = self.lock();
         probed.last_failover_at_ms = st.probed.last_failover_at_ms;
+        probed.failovers = st.probed.failovers;
         let mut primaries = Vec::new();
         if let Some(input) = &input {
             let cfg = &input.config;
@@ -316,6 +321,7 @@ impl TopologyHub {
                             probed.nodes[b].name
                         );
                         probed.last_failover_at_ms = Some(crate::backend::pool::unix_ms());
+                        probed.failovers += 1;
                     }
                 }
                 match now {
@@ -408,6 +414,7 @@ impl TopologyHub {
             "unhealthyNodes": t.nodes.len() - healthy,
             "totalNodes": t.nodes.len(),
             "lastFailoverAt": t.last_failover_at_ms,
+            "failovers": t.failovers,
             "version": t.version,
             "nodes": t.nodes.iter().map(|n| serde_json::json!({
                 "name": n.name,
@@ -419,6 +426,7 @@ impl TopologyHub {
                 "fenced": n.fenced,
                 "lagBytes": n.lag_bytes,
                 "lagMs": n.lag_ms,
+                "replayLsn": n.replay_lsn.map(|l| format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)),
                 "weight": n.weight,
                 "tags": n.tags.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
                 "lastError": n.last_error,
@@ -484,6 +492,7 @@ impl TopologyHub {
 fn same_routing(a: &Topology, b: &Topology) -> bool {
     a.nodes.len() == b.nodes.len()
         && a.last_failover_at_ms == b.last_failover_at_ms
+        && a.failovers == b.failovers
         && a.db_primary == b.db_primary
         && a.nodes.iter().zip(&b.nodes).all(|(x, y)| {
             x.name == y.name

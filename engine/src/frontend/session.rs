@@ -24,8 +24,7 @@ use crate::backend::server::{BackendKey, ServerConn};
 use crate::error::{Blame, ProxyError, SqlState};
 use crate::ids::ClientPid;
 use crate::net::codec::{
-    put_backend_key, put_parameter_status, put_ready, Frame, FrameError, FrameReader,
-    FrameRef,
+    put_backend_key, put_parameter_status, put_ready, Frame, FrameError, FrameReader, FrameRef,
 };
 use crate::net::conn::{Conn, ZERO_COPY_MIN};
 use crate::pipeline::guard::ResultGuard;
@@ -859,7 +858,10 @@ pub(crate) async fn settle_and_release(
             match simple_query(&mut s, "SELECT pg_current_wal_insert_lsn()").await {
                 Ok(v) => c.set(v.as_deref().and_then(parse_lsn)),
                 Err(e) => {
-                    log::warn!("read-your-writes: pg_current_wal_insert_lsn() on {:?}: {e}", s.id);
+                    log::warn!(
+                        "read-your-writes: pg_current_wal_insert_lsn() on {:?}: {e}",
+                        s.id
+                    );
                     c.set(None);
                     return Ok(false);
                 }

@@ -275,7 +275,11 @@ impl Stage for RouteStage {
         }
         if !self.ryw_window.is_zero() {
             self.wrote |= may_write(&ex.sql, &self.read_only_functions);
-            if self.ryw.as_ref().is_some_and(|(_, end)| Instant::now() >= *end) {
+            if self
+                .ryw
+                .as_ref()
+                .is_some_and(|(_, end)| Instant::now() >= *end)
+            {
                 self.ryw = None;
             }
         }
