@@ -386,7 +386,8 @@ fn plugin_route_results_act_on_real_routing() {
         4,
         "nodes = [\"p\", \"r1\", \"r2\"]",
     );
-    let dbs = split_db(&c, "app", "") + &plain;
+    let two = db_section("two", &c.db, "transaction", 4, "nodes = [\"p\", \"r1\"]");
+    let dbs = split_db(&c, "app", "") + &plain + &two;
     let plugins = plugins_section("", &plugin_entry("route", "hooks = [\"route\"]"));
     let proxy = start_proxy(&topo_config(&c, "", &dbs, &plugins), None);
     let mut cl = connect(&proxy, SUPERUSER, "", "plain");
@@ -409,6 +410,20 @@ fn plugin_route_results_act_on_real_routing() {
         .simple_query("/* route: node=ghost */ SELECT 1")
         .unwrap_err();
     assert_eq!(sqlstate(&e), Some("42000"), "{e}");
+    // A database that lists its nodes is routed only to those: r2 is configured, not its.
+    let mut two = connect(&proxy, SUPERUSER, "", "two");
+    let e = two
+        .simple_query("/* route: node=r2 */ SELECT 1")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("42000"), "{e}");
+    assert!(
+        format!("{e:?}").contains("not one of database two's nodes"),
+        "{e:?}"
+    );
+    assert_eq!(
+        one(&mut two, "/* route: node=r1 */ SELECT inet_server_port()"),
+        c.r1.port.to_string()
+    );
 }
 
 #[test]

@@ -749,6 +749,25 @@ impl Session {
         self.pool = match route {
             Some(node) => {
                 let (alias, user) = (self.meta.database.clone(), self.meta.user.clone());
+                // A database that lists its nodes may use only those (a plugin's node{target}).
+                let outside = self
+                    .shard
+                    .config()
+                    .config
+                    .databases
+                    .get(&alias)
+                    .is_some_and(|d| !d.nodes.is_empty() && !d.nodes.iter().any(|n| *n == node));
+                if outside {
+                    self.reject(
+                        ProxyError::error(
+                            SqlState("42000"),
+                            Blame::Client,
+                            format!("route: node {node:?} is not one of database {alias}'s nodes"),
+                        ),
+                        extended,
+                    );
+                    return Ok(false);
+                }
                 match self.shard.pool_on(&alias, &user, Some(&node)) {
                     Some(p) => p,
                     None => {
