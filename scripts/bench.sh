@@ -22,6 +22,8 @@
 # protocol-level prepared statements in transaction mode, so -M prepared runs only against
 # direct and heliosproxy. Everything shares this machine's cores: compare ratios from one run.
 set -euo pipefail
+# SPLIT=1: the read/write split benchmark instead (a primary and a standby, single vs split).
+[ "${SPLIT:-0}" = 1 ] && exec "$(dirname "$0")/bench-split.sh"
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
