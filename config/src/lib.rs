@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod hba;
+pub mod journal;
 pub mod plugins;
 pub mod reload;
 mod userlist;
@@ -97,6 +98,9 @@ pub struct Config {
     /// What happens when a database's primary is lost (docs/topology.md).
     #[serde(default)]
     pub failover: FailoverConfig,
+    /// The opt-in write journal replayed by `POST /api/replay` (docs/replay.md).
+    #[serde(default)]
+    pub journal: journal::JournalConfig,
 }
 
 /// `[tls]`: TLS on client connections.
@@ -818,6 +822,9 @@ impl Config {
                 cfg.auth.hba = Some(base.join(h));
             }
         }
+        if cfg.journal.path.is_relative() {
+            cfg.journal.path = base.join(&cfg.journal.path);
+        }
         let node_paths = cfg
             .nodes
             .iter_mut()
@@ -859,6 +866,7 @@ impl Config {
     /// Checks what the types cannot: cross references and ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.journal.validate().map_err(ConfigError::Invalid)?;
         if self.server.listen.is_empty() {
             return bad("server.listen: at least one address is needed".into());
         }

@@ -138,6 +138,11 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("plugins.kv_max_keys", Reload),
     ("plugins.kv_max_total_bytes", Reload),
     ("plugins.kv_persist_path", Restart),
+    // The journal's writer thread and its file are set up at start-up.
+    ("journal.enabled", Restart),
+    ("journal.path", Restart),
+    ("journal.max_file_bytes", Restart),
+    ("journal.max_files", Restart),
     ("plugins.plugin.name", Reload),
     ("plugins.plugin.source", Reload),
     ("plugins.plugin.hooks", Reload),
@@ -303,6 +308,7 @@ impl Config {
         self.plugins
             .kv_persist_path
             .clone_from(&running.plugins.kv_persist_path);
+        self.journal = running.journal.clone();
     }
 }
 
@@ -356,6 +362,11 @@ mod tests {
         sql_timeout_ms = 70
         [plugins]
         kv_persist_path = "kv.json"
+        [journal]
+        enabled = true
+        path = "j"
+        max_file_bytes = 5000
+        max_files = 2
     "#;
 
     #[test]
