@@ -178,6 +178,7 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
         tls: helios_config::TlsConfig::default(),
         health: Default::default(),
         failover: Default::default(),
+        journal: Default::default(),
     };
     if cli.listen.parse::<std::net::SocketAddr>().is_err() {
         bail!("--listen {:?} is not an IP:port address", cli.listen);

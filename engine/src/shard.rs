@@ -147,6 +147,8 @@ pub struct Shared {
     /// The health checker's results and the chaos overrides (never read on the query path:
     /// shards route by their own copy, `Shard::topology`).
     pub topology: Arc<TopologyHub>,
+    /// The write journal's sink (`[journal] enabled`; pipeline/journal.rs).
+    pub journal: Option<crate::pipeline::journal::JournalSink>,
 }
 
 impl Shared {

@@ -28,6 +28,7 @@ use crate::net::codec::{
 };
 use crate::net::conn::{Conn, ZERO_COPY_MIN};
 use crate::pipeline::guard::ResultGuard;
+use crate::pipeline::journal::JournalStage;
 use crate::pipeline::plugins::PluginStage;
 use crate::pipeline::route::{Commit, RouteStage};
 use crate::pipeline::{Pipeline, Target};
@@ -303,6 +304,7 @@ impl Session {
                 hooks,
                 RouteStage::configured(&shard.config().config, &login.database, &login.user),
                 guard,
+                JournalStage::configured(&shard, &login.database, &login.user, pid.0 as u32),
             ),
             replay: Vec::new(),
             replay_armed: false,

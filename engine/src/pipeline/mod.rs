@@ -33,6 +33,7 @@
 //! (benches/benches/pipeline.rs).
 
 pub mod guard;
+pub mod journal;
 pub mod plugins;
 pub mod route;
 
@@ -116,6 +117,12 @@ pub struct Execution {
     pub plugin: Option<plugins::Facts>,
     /// The portal it runs in (extended protocol).
     portal: Bytes,
+    /// With the journal on: the Bind message (whole frame) and the statement's parameter types
+    /// as its Parse gave them (`i16` count, then `u32` OIDs); empty otherwise.
+    pub bind: Bytes,
+    pub param_types: Bytes,
+    /// Its CommandComplete said ROLLBACK (a COMMIT of a failed transaction does).
+    pub rolled_back: bool,
 }
 
 impl Execution {
@@ -165,6 +172,8 @@ pub struct Pipeline {
     inflight: VecDeque<Execution>,
     /// A route stage is configured (the database has a topology).
     routes: bool,
+    /// A journal stage is configured: executions carry their Bind and parameter types.
+    journals: bool,
 }
 
 impl Pipeline {
@@ -175,6 +184,7 @@ impl Pipeline {
         plugins: Box<plugins::PluginStage>,
         route: Option<route::RouteStage>,
         guard: Option<guard::ResultGuard>,
+        journal: Option<journal::JournalStage>,
     ) -> Pipeline {
         let mut stages: Vec<Box<dyn Stage>> =
             Vec::with_capacity(1 + route.is_some() as usize + guard.is_some() as usize);
@@ -190,6 +200,10 @@ impl Pipeline {
             stages.push(Box::new(g)); // observes rows
         }
         // (audit: here)
+        let journals = journal.is_some();
+        if let Some(j) = journal {
+            stages.push(Box::new(j)); // records what is not a plain read, with its outcome
+        }
         Pipeline {
             stages,
             parsed: HashMap::new(),
@@ -198,6 +212,7 @@ impl Pipeline {
             portals: Vec::new(),
             inflight: VecDeque::new(),
             routes,
+            journals,
         }
     }
 
@@ -263,6 +278,7 @@ impl Pipeline {
         started: Instant,
     ) -> Result<Option<Target>, ProxyError> {
         self.staged = None;
+        let (mut bind, mut param_types) = (Bytes::new(), Bytes::new());
         let (kind, sql, portal) = match then {
             Then::Execute { frame, req } => {
                 if !self.portals.is_empty() {
@@ -285,17 +301,24 @@ impl Pipeline {
                 // An unnamed statement is usually parsed, bound and executed in one batch: its
                 // execution starts here, so that a route is chosen before the Parse takes a
                 // server connection and a rewrite is what gets parsed. Its Bind goes on with it.
-                let ([name, text], _) = read_cstrs::<2>(frame.body(), "Parse")?;
+                let ([name, text], types) = read_cstrs::<2>(frame.body(), "Parse")?;
                 if !name.is_empty() {
                     return Ok(None);
+                }
+                if self.journals {
+                    param_types = frame.bytes.slice_ref(types);
                 }
                 let text = String::from_utf8_lossy(text).into_owned();
                 (Kind::Execute, text, Bytes::new())
             }
             Then::Bind { frame, .. } => {
                 let ([portal, name], _) = read_cstrs::<2>(frame.body(), "Bind")?;
+                if self.journals {
+                    bind = frame.bytes.clone();
+                }
                 if name.is_empty() {
                     if let Some(mut ex) = self.unnamed.take() {
+                        ex.bind = bind;
                         ex.portal = Bytes::copy_from_slice(portal);
                         self.staged = Some((ex, Going::Portal));
                         return Ok(None);
@@ -305,6 +328,9 @@ impl Pipeline {
                     Some(rest) => {
                         let mut r = &rest[..];
                         let t = read_cstr(&mut r).unwrap_or_default();
+                        if self.journals {
+                            param_types = Bytes::copy_from_slice(r);
+                        }
                         String::from_utf8_lossy(t).into_owned()
                     }
                     // Prepared with SQL PREPARE: the stages see what the server will run.
@@ -341,6 +367,9 @@ impl Pipeline {
             observed: false,
             plugin: None,
             portal,
+            bind,
+            param_types,
+            rolled_back: false,
         };
         for s in self.stages.iter_mut() {
             if !s.active(shard) {
@@ -458,6 +487,7 @@ impl Pipeline {
                 // "SELECT 5", "INSERT 0 3", "UPDATE 2": the last word counts rows.
                 let body = frame.get(5..).unwrap_or_default();
                 let body = body.strip_suffix(b"\0").unwrap_or(body);
+                ex.rolled_back |= body == b"ROLLBACK";
                 if let Some(n) = body
                     .rsplit(|b| *b == b' ')
                     .next()
@@ -585,7 +615,12 @@ mod tests {
 
     #[test]
     fn statement_texts_go_with_close_and_stay_bounded() {
-        let mut p = Pipeline::new(plugins::PluginStage::new("u", "db", "", None), None, None);
+        let mut p = Pipeline::new(
+            plugins::PluginStage::new("u", "db", "", None),
+            None,
+            None,
+            None,
+        );
         // rust-postgres names each statement afresh and closes it after use.
         for i in 0..10_000 {
             let name = format!("s{i}");

@@ -165,6 +165,14 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
     let (snap_tx, snap_rx) = crossbeam_channel::bounded(shards * 4);
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(16);
     let admin_cfg = rt.config.admin.clone();
+    let journal = if rt.config.journal.enabled {
+        Some(
+            crate::pipeline::journal::start(&rt.config.journal)
+                .map_err(|e| anyhow!("journal: {}: {e}", rt.config.journal.path.display()))?,
+        )
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         inboxes,
         doorbells: doorbells.clone(),
@@ -180,6 +188,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             addrs: rt.addrs.clone(),
             node_tls: rt.node_tls.clone(),
         })),
+        journal,
     });
     {
         // Snapshots go to every shard's inbox; each shard routes by its own copy.
