@@ -256,11 +256,15 @@ fn plus_group_lets_members_in_and_a_reload_of_the_groups_applies() {
     // A reload with carol in ops and bob out swaps them.
     proxy.write_config(&cfg("\"alice\", \"carol\"")).unwrap();
     proxy.reload().unwrap();
-    poll(Duration::from_secs(10), "the new groups on every shard", || {
-        (0..4)
-            .all(|_| login_as([127, 0, 0, 1], &proxy, "carol", "tx").is_ok())
-            .then_some(())
-    });
+    poll(
+        Duration::from_secs(10),
+        "the new groups on every shard",
+        || {
+            (0..4)
+                .all(|_| login_as([127, 0, 0, 1], &proxy, "carol", "tx").is_ok())
+                .then_some(())
+        },
+    );
     assert!(login_as([127, 0, 0, 1], &proxy, "bob", "tx").is_err());
     login_as([127, 0, 0, 1], &proxy, "alice", "tx").unwrap();
     // A group the file names but the configuration no longer defines fails the reload whole:
