@@ -157,6 +157,38 @@ write("startup_packet", "no_user", startup([("database", "db")]))
 write("startup_packet", "replication", startup([("user", "u"), ("replication", "database")]))
 write("startup_packet", "protocol_2", startup([("user", "u")], 131072))
 
+# --- TLS negotiation (fuzz_targets/tls_negotiation.rs: flags byte, then the client's bytes) ---
+
+# A ClientHello as Python's ssl module (OpenSSL) sends it for localhost with ALPN postgresql,
+# captured once (its random and key share are fixed here, so the seeds stay deterministic).
+CLIENT_HELLO = bytes.fromhex(
+    "1603010200010001fc0303c4b2f4e23076bb83e9678808d0ddef2eb8bbd4b0c91306e52d581fea86b4e82f20"
+    "6fc2749a89e3e2bffb3da6f28524e8ef1321cb522eab9a0e2478d87ddf629f1b0024130213031301c02cc030"
+    "c02bc02fcca9cca8c024c028c023c027009f009e006b006700ff0100018f0000000e000c0000096c6f63616c"
+    "686f7374000b000403000102000a00160014001d0017001e0019001801000101010201030104002300000010"
+    "000d000b0a706f737467726573716c0016000000170000000d002a0028040305030603080708080809080a08"
+    "0b080408050806040105010601030303010302040205020602002b00050403040303002d0002010100330026"
+    "0024001d0020681b177536d8129cca7061027e9f21cf5e3bc591e8481f9b9d3f50fbee3c0b26001500d3"
+    + "00" * 211)
+
+
+def tls_flags(read_size, mtls=False, tls13=False):
+    return bytes([((read_size - 1) << 2) | (1 if mtls else 0) | (2 if tls13 else 0)])
+
+
+# Reads of 8 bytes: the SSLRequest's read holds nothing else, then the ClientHello in pieces.
+write("tls_negotiation", "ssl_request_client_hello", tls_flags(8) + SSL_REQUEST + CLIENT_HELLO)
+write("tls_negotiation", "ssl_request_client_hello_mtls",
+      tls_flags(8, mtls=True) + SSL_REQUEST + CLIENT_HELLO)
+write("tls_negotiation", "ssl_request_client_hello_tls13_bytewise",
+      tls_flags(1, tls13=True) + SSL_REQUEST + CLIENT_HELLO)
+write("tls_negotiation", "direct_client_hello", tls_flags(64) + CLIENT_HELLO)
+write("tls_negotiation", "ssl_request_then_plaintext", tls_flags(64) + SSL_REQUEST + startup(APP))
+write("tls_negotiation", "ssl_request_then_garbage",
+      tls_flags(8) + SSL_REQUEST + b"\x16\x03\x01\xff\xff" + b"garbage" * 20)
+write("tls_negotiation", "gssenc_then_ssl_request",
+      tls_flags(8) + GSSENC_REQUEST + SSL_REQUEST + CLIENT_HELLO)
+
 # --- SCRAM (fuzz_targets/scram_server.rs: PASSWORD, SALT, SERVER_NONCE, 4096 rounds) ---------
 
 PASSWORD = b"pencil"

@@ -18,6 +18,14 @@
 # direct pgbouncer` (each -T DURATION per target in alternating slices, LAT_ROUNDS times), printing
 # the p50 and p99 each proxy adds over direct, in µs, side by side.
 #
+# TLS (BENCH_TLS=1): a throwaway CA and a server certificate for localhost / 127.0.0.1 are made
+# with openssl; heliosproxy (`[tls]`, mode require, from a config file equivalent to the quick
+# start) and PgBouncer (client_tls_sslmode = require, the same key and certificate) serve TLS to
+# pgbench, which connects with sslmode=require to all three (the scratch PostgreSQL gets
+# ssl = on with the same certificate, so direct is TLS too; an existing DATABASE_URL server is
+# reached with sslmode=prefer). Both proxies talk to PostgreSQL in plain text, as without TLS.
+# The latency part is skipped (helios-loadtest has no TLS).
+#
 # PgBouncer (Debian's) is installed with apt if missing. PgBouncer before 1.21 cannot keep
 # protocol-level prepared statements in transaction mode, so -M prepared runs only against
 # direct and heliosproxy. Everything shares this machine's cores: compare ratios from one run.
@@ -45,6 +53,8 @@ THREADS=${THREADS:-2}
 LATENCY=${LATENCY:-1}
 LAT_CLIENTS=${LAT_CLIENTS:-1 50}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BENCH_TLS=${BENCH_TLS:-0}
+[ "$BENCH_TLS" = 1 ] && LATENCY=0
 
 command -v pgbouncer >/dev/null || {
   echo "installing pgbouncer (apt-get)…" >&2
@@ -79,6 +89,38 @@ else
 fi
 export PGPASSWORD
 
+# make_certs DIR: a CA, and a server certificate (ECDSA P-256) for localhost and 127.0.0.1.
+make_certs() {
+  local d=$1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=helios-bench-ca" -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=localhost" -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$d/server.ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 2 -extfile "$d/server.ext" -out "$d/server.crt" 2>/dev/null
+  chmod 600 "$d/server.key"
+}
+SSLMODE_DIRECT=disable SSLMODE_PROXY=disable
+if [ "$BENCH_TLS" = 1 ]; then
+  command -v openssl >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
+  make_certs "$WORK"
+  SSLMODE_PROXY=require SSLMODE_DIRECT=prefer
+  if [ -n "${PG_DIR:-}" ]; then
+    cp "$WORK/server.crt" "$WORK/server.key" "$PG_DIR/"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$PG_DIR/server.crt" "$PG_DIR/server.key"
+    printf "ssl = on\nssl_cert_file = '%s/server.crt'\nssl_key_file = '%s/server.key'\n" \
+      "$PG_DIR" "$PG_DIR" >>"$PG_DIR/data/postgresql.conf"
+    as_postgres "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" reload >/dev/null
+    SSLMODE_DIRECT=require
+    for _ in $(seq 50); do
+      PGSSLMODE=require psql -h "$PGHOST" -p "$PG_PORT" -U "$PGUSER" -Atc 'select 1' "$PGDB" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+  fi
+fi
+
 echo "pgbench -i -s $SCALE …" >&2
 pgbench -i -q -s "$SCALE" -h "$PGHOST" -p "$PG_PORT" -U "$PGUSER" "$PGDB" >/dev/null 2>&1
 
@@ -90,6 +132,38 @@ start_helios() {
   local cores=() port
   [ "$1" = auto ] || cores=(--cores "$1")
   port=$(free_port)
+  if [ "$BENCH_TLS" = 1 ]; then
+    # The quick start's settings, as a file, plus [tls].
+    local cfg=$2.toml
+    printf '"%s" "%s"\n' "$PGUSER" "$PGPASSWORD" >"$WORK/helios-userlist.txt"
+    cat >"$cfg" <<EOF
+[server]
+listen = ["127.0.0.1:$port"]
+cores = $([ "$1" = auto ] && echo '"auto"' || echo "$1")
+[admin]
+listen = "127.0.0.1:$(free_port)"
+[auth]
+method = "scram-sha-256"
+userlist = "$WORK/helios-userlist.txt"
+admin_users = ["$PGUSER"]
+[tls]
+cert = "$WORK/server.crt"
+key = "$WORK/server.key"
+mode = "require"
+[[nodes]]
+name = "upstream"
+host = "$PGHOST"
+port = $PG_PORT
+[databases.$PGDB]
+user = "$PGUSER"
+password = "$PGPASSWORD"
+pool_mode = "transaction"
+pool_size = $POOL
+EOF
+    setsid "$HELIOS" --config "$cfg" >"$2" 2>&1 &
+    STARTED_PID=$!; STARTED_PORT=$port; PIDS+=("$STARTED_PID")
+    return
+  fi
   setsid "$HELIOS" --upstream "postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PG_PORT/$PGDB" --listen "127.0.0.1:$port" \
     ${cores[@]+"${cores[@]}"} --pool-mode transaction --pool-size "$POOL" --admin-listen "127.0.0.1:$(free_port)" \
     >"$2" 2>&1 &
@@ -118,6 +192,14 @@ default_pool_size = $POOL
 max_client_conn = 1000
 logfile = $WORK/pgbouncer.log
 EOF
+if [ "$BENCH_TLS" = 1 ]; then
+  cat >>"$WORK/pgbouncer.ini" <<EOF
+client_tls_sslmode = require
+client_tls_key_file = $WORK/server.key
+client_tls_cert_file = $WORK/server.crt
+server_tls_sslmode = disable
+EOF
+fi
 printf '"%s" "%s"\n' "$PGUSER" "$PGPASSWORD" >"$WORK/userlist.txt"
 chmod 755 "$WORK"; [ "$(id -u)" = 0 ] && chown -R postgres "$WORK"
 setsid ${AS_POSTGRES[@]+"${AS_POSTGRES[@]}"} pgbouncer "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 &
@@ -126,6 +208,18 @@ PB_PID=$(pgrep -n -f "pgbouncer $WORK/pgbouncer.ini")
 PIDS+=("$PB_PID")
 wait_port "$HP_PORT"; wait_port "$PB_PORT"
 [ -z "$ALT" ] || wait_port "$ALT_PORT"
+if [ "$BENCH_TLS" = 1 ]; then
+  # What each target negotiates (psql's \conninfo), and that sslmode=disable is refused.
+  for t in "direct $PG_PORT $SSLMODE_DIRECT" "heliosproxy $HP_PORT require" "pgbouncer $PB_PORT require"; do
+    read -r name port mode <<<"$t"
+    info=$(PGSSLMODE=$mode psql -h 127.0.0.1 -p "$port" -U "$PGUSER" -X -c '\conninfo' "$PGDB" 2>&1 |
+      sed -n 's/^SSL connection (\(.*\))$/\1/p')
+    echo "  TLS to $name: ${info:-none}" >&2
+  done
+  if PGSSLMODE=disable psql -h 127.0.0.1 -p "$HP_PORT" -U "$PGUSER" -Atc 'select 1' "$PGDB" >/dev/null 2>&1; then
+    echo "heliosproxy accepted sslmode=disable with tls.mode = require" >&2; exit 1
+  fi
+fi
 
 # CPU ticks of the scratch cluster's backends alive now (the pooled ones live through a run;
 # direct connections' backends exit with pgbench, so this is only reported for the proxies).
@@ -154,7 +248,9 @@ run() {
   [ -n "$pid" ] && before=$(proc_cpu_ticks "$pid")
   local pg_before pg_after
   pg_before=$(pg_ticks)
-  out=$(pgbench -n -S -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -h 127.0.0.1 -p "$port" -U "$PGUSER" "$PGDB" 2>&1) || {
+  local sslmode=$SSLMODE_PROXY
+  [ "$target" = direct ] && sslmode=$SSLMODE_DIRECT
+  out=$(PGSSLMODE=$sslmode pgbench -n -S -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -h 127.0.0.1 -p "$port" -U "$PGUSER" "$PGDB" 2>&1) || {
     echo "$out" >&2; echo "pgbench against $target failed" >&2; exit 1; }
   [ -n "$pid" ] && after=$(proc_cpu_ticks "$pid")
   pg_after=$(pg_ticks)
@@ -185,7 +281,9 @@ for mode in $MODES; do
 done
 
 echo
-echo "pgbench -S -c $CLIENTS -j $THREADS -T $DURATION x $ROUNDS rounds, scale $SCALE, pool $POOL (transaction mode), heliosproxy cores=$HELIOS_CORES${ALT:+, $ALT cores=$HELIOS_ALT_CORES}"
+TLS_NOTE=""
+[ "$BENCH_TLS" = 1 ] && TLS_NOTE=", client TLS: sslmode=$SSLMODE_PROXY to the proxies, $SSLMODE_DIRECT to direct"
+echo "pgbench -S -c $CLIENTS -j $THREADS -T $DURATION x $ROUNDS rounds, scale $SCALE, pool $POOL (transaction mode), heliosproxy cores=$HELIOS_CORES${ALT:+, $ALT cores=$HELIOS_ALT_CORES}$TLS_NOTE"
 python3 - "$WORK/results" "$CLK" "$ALT" <<'EOF'
 import sys, collections
 rows = [l.split() for l in open(sys.argv[1])]

@@ -99,3 +99,20 @@ ensure_api_fuzz_deps() {
     "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
   fi
 }
+
+# Python drivers (PyPI) in target/py-driver-venv, for engine/tests/tls.rs (psycopg 3 with its
+# bundled libpq, and asyncpg, which speaks the protocol itself over Python's ssl module).
+PSYCOPG_VERSION=3.2.13
+ASYNCPG_VERSION=0.30.0
+ensure_py_driver_deps() {
+  local venv
+  venv="$(dirname "${BASH_SOURCE[0]}")/../target/py-driver-venv"
+  if ! "$venv/bin/python" -c "import psycopg, asyncpg, sys; sys.exit(psycopg.__version__ != '$PSYCOPG_VERSION' or asyncpg.__version__ != '$ASYNCPG_VERSION')" 2>/dev/null; then
+    if ! python3 -m venv --help >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "psycopg[binary]==$PSYCOPG_VERSION" "asyncpg==$ASYNCPG_VERSION"
+  fi
+}

@@ -18,6 +18,8 @@ fi
 ensure_ui_test_deps
 # The admin API fuzzed from its OpenAPI document (engine/tests/api_fuzz.rs): schemathesis.
 ensure_api_fuzz_deps
+# psycopg 3 and asyncpg over TLS through the proxy (engine/tests/tls.rs).
+ensure_py_driver_deps
 if [ -x scripts/build-plugins.sh ]; then
   rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
   scripts/build-plugins.sh

@@ -3,12 +3,16 @@
 //!
 //! One rule per line: `TYPE DATABASE USER ADDRESS METHOD`. TYPE is `host`, `hostssl` (TLS
 //! only) or `hostnossl` (plain text only). DATABASE and USER are comma-separated lists of
-//! names, `all`, or `@file` (names read from a file, relative to the HBA file); DATABASE may
-//! also be `sameuser`. ADDRESS is `all` or a CIDR block (IPv4 or IPv6; a bare address is a
+//! names, `all`, or `@file` (items read from a file, relative to the HBA file); USER may also be
+//! `+group` (the members of `auth.groups.group`, resolved when the file is loaded: an unknown
+//! group is an error), DATABASE `sameuser` or `samerole` / `samegroup` (the user is a member of
+//! the group named like the database). A group is exactly its list: unlike a PostgreSQL role, its
+//! own name is not a member. ADDRESS is `all` or a CIDR block (IPv4 or IPv6; a bare address is a
 //! single host). METHOD is `scram-sha-256`, `md5`, `cert`, `trust` or `reject`. Quoted names
 //! are literal (`"all"` is a database called all); `#` starts a comment. The first matching line
 //! decides; no match is a rejection. A file with an error is refused whole, naming the line.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +22,12 @@ use crate::{AuthMethod, ConfigError};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Hba {
     pub rules: Vec<HbaRule>,
+    /// `auth.groups` as it was when the file was loaded (for `samerole`): group → members.
+    pub groups: BTreeMap<String, BTreeSet<String>>,
 }
+
+/// `auth.groups`: group name → its members (user names).
+pub type Groups = BTreeMap<String, Vec<String>>;
 
 /// One line of the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,7 +53,15 @@ pub enum NameMatch {
     All,
     /// DATABASE only: the database named like the user.
     SameUser,
+    /// DATABASE only (`samerole` / `samegroup`): the user is a member of the group named like
+    /// the database.
+    SameGroup,
     Name(String),
+    /// USER only (`+group`): the group's members, resolved at load.
+    Group {
+        name: String,
+        members: BTreeSet<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,17 +88,19 @@ pub enum HbaDecision {
 }
 
 impl Hba {
-    /// Reads and parses `path`; `@file` lists are read relative to its directory.
-    pub fn load(path: &Path) -> Result<Hba, ConfigError> {
+    /// Reads and parses `path`; `@file` lists are read relative to its directory, `+group`
+    /// names are looked up in `groups` (`auth.groups`).
+    pub fn load(path: &Path, groups: &Groups) -> Result<Hba, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Hba::parse(&text, path)
+        Hba::parse(&text, path, groups)
     }
 
-    /// Parses the text of an HBA file at `path` (which names it in errors and anchors `@file`).
-    pub fn parse(text: &str, path: &Path) -> Result<Hba, ConfigError> {
+    /// Parses the text of an HBA file at `path` (which names it in errors and anchors `@file`),
+    /// resolving `+group` against `groups`.
+    pub fn parse(text: &str, path: &Path, groups: &Groups) -> Result<Hba, ConfigError> {
         let err = |line: usize, message: String| ConfigError::Hba {
             path: path.to_path_buf(),
             line,
@@ -127,8 +146,9 @@ impl Hba {
                 "hostnossl" => ConnType::HostNoSsl,
                 t => return Err(err(line, format!("unknown connection type {t:?}"))),
             };
-            let databases = names(&fields[1], true, base).map_err(|m| err(line, m))?;
-            let users = names(&fields[2], false, base).map_err(|m| err(line, m))?;
+            let ctx = NameCtx { base, groups };
+            let databases = names(&fields[1], true, &ctx).map_err(|m| err(line, m))?;
+            let users = names(&fields[2], false, &ctx).map_err(|m| err(line, m))?;
             let address = parse_addr(&single(&fields[3], "ADDRESS")?).map_err(|m| err(line, m))?;
             let method = match single(&fields[4], "METHOD")?.as_str() {
                 "scram-sha-256" => HbaMethod::Auth(AuthMethod::ScramSha256),
@@ -160,7 +180,11 @@ impl Hba {
                 method,
             });
         }
-        Ok(Hba { rules })
+        let groups = groups
+            .iter()
+            .map(|(g, m)| (g.clone(), m.iter().cloned().collect()))
+            .collect();
+        Ok(Hba { rules, groups })
     }
 
     /// The first rule matching a connection from `addr` over TLS or not, for `user` and
@@ -179,12 +203,15 @@ impl Hba {
             let db_ok = r.databases.iter().any(|m| match m {
                 NameMatch::All => true,
                 NameMatch::SameUser => database == user,
+                NameMatch::SameGroup => self.groups.get(database).is_some_and(|g| g.contains(user)),
                 NameMatch::Name(n) => n == database,
+                NameMatch::Group { .. } => false,
             });
             let user_ok = r.users.iter().any(|m| match m {
                 NameMatch::All => true,
-                NameMatch::SameUser => false,
+                NameMatch::SameUser | NameMatch::SameGroup => false,
                 NameMatch::Name(n) => n == user,
+                NameMatch::Group { members, .. } => members.contains(user),
             });
             if conn_ok && db_ok && user_ok && r.address.contains(addr) {
                 return match r.method {
@@ -337,40 +364,83 @@ fn tokenize(line: &str) -> Result<Vec<Vec<Token>>, String> {
     Ok(fields)
 }
 
-fn names(field: &[Token], database: bool, base: &Path) -> Result<Vec<NameMatch>, String> {
+/// What resolving a name list needs: where `@file` paths are relative to, and the groups.
+struct NameCtx<'a> {
+    base: &'a Path,
+    groups: &'a Groups,
+}
+
+fn names(field: &[Token], database: bool, ctx: &NameCtx) -> Result<Vec<NameMatch>, String> {
     let mut out = Vec::new();
     for t in field {
-        if t.quoted {
-            out.push(NameMatch::Name(t.text.clone()));
-            continue;
-        }
-        match t.text.as_str() {
-            "all" => out.push(NameMatch::All),
-            "sameuser" if database => out.push(NameMatch::SameUser),
-            "samerole" | "samegroup" | "replication" if database => {
-                return Err(format!("database keyword {:?} is not supported", t.text))
-            }
-            s if s.starts_with('+') => {
-                return Err(format!(
-                    "{s}: group membership (+group) is not supported; list the users or use @file"
-                ))
-            }
-            s if s.starts_with('@') => {
-                let p = PathBuf::from(&s[1..]);
-                let p = if p.is_relative() { base.join(p) } else { p };
-                let text = std::fs::read_to_string(&p)
-                    .map_err(|e| format!("{s}: cannot read {}: {e}", p.display()))?;
-                for l in text.lines() {
-                    let l = l.split('#').next().unwrap_or("");
-                    for n in l.split([',', ' ', '\t']).filter(|n| !n.is_empty()) {
-                        out.push(NameMatch::Name(n.trim_matches('"').to_string()));
-                    }
-                }
-            }
-            s => out.push(NameMatch::Name(s.to_string())),
-        }
+        name(t, database, ctx, true, &mut out)?;
     }
     Ok(out)
+}
+
+/// One item of a DATABASE (`database`) or USER list; `top`: on the HBA line itself, not inside
+/// an `@file` (which may not include another).
+fn name(
+    t: &Token,
+    database: bool,
+    ctx: &NameCtx,
+    top: bool,
+    out: &mut Vec<NameMatch>,
+) -> Result<(), String> {
+    if t.quoted {
+        out.push(NameMatch::Name(t.text.clone()));
+        return Ok(());
+    }
+    match t.text.as_str() {
+        "all" => out.push(NameMatch::All),
+        "sameuser" if database => out.push(NameMatch::SameUser),
+        "samerole" | "samegroup" if database => out.push(NameMatch::SameGroup),
+        "replication" if database => {
+            return Err("database keyword \"replication\" is not supported".into())
+        }
+        s if s.starts_with('+') && database => {
+            return Err(format!(
+                "{s}: +group is for the USER column (for the database, use samegroup)"
+            ))
+        }
+        s if s.starts_with('+') => {
+            let g = &s[1..];
+            let Some(members) = ctx.groups.get(g) else {
+                return Err(format!(
+                    "{s}: no group {g:?} in auth.groups ({})",
+                    if ctx.groups.is_empty() {
+                        "none is defined".to_string()
+                    } else {
+                        let known: Vec<&str> = ctx.groups.keys().map(String::as_str).collect();
+                        format!("defined: {}", known.join(", "))
+                    }
+                ));
+            };
+            out.push(NameMatch::Group {
+                name: g.to_string(),
+                members: members.iter().cloned().collect(),
+            });
+        }
+        s if s.starts_with('@') && !top => {
+            return Err(format!("{s}: an @file may not include another @file"))
+        }
+        s if s.starts_with('@') => {
+            let p = PathBuf::from(&s[1..]);
+            let p = if p.is_relative() { ctx.base.join(p) } else { p };
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| format!("{s}: cannot read {}: {e}", p.display()))?;
+            for (i, l) in text.lines().enumerate() {
+                let fields =
+                    tokenize(l).map_err(|e| format!("{s}: {}:{}: {e}", p.display(), i + 1))?;
+                for t in fields.iter().flatten() {
+                    name(t, database, ctx, false, out)
+                        .map_err(|e| format!("{s}: {}:{}: {e}", p.display(), i + 1))?;
+                }
+            }
+        }
+        s => out.push(NameMatch::Name(s.to_string())),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -378,7 +448,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Hba, ConfigError> {
-        Hba::parse(text, Path::new("/nonexistent/hba.conf"))
+        Hba::parse(text, Path::new("/nonexistent/hba.conf"), &Groups::new())
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -449,7 +519,13 @@ mod tests {
                 1,
                 "options",
             ),
-            ("host all +admins all trust\n", 1, "+group"),
+            (
+                "host all +admins all trust\n",
+                1,
+                "no group \"admins\" in auth.groups",
+            ),
+            ("host +admins all all trust\n", 1, "samegroup"),
+            ("host replication all all trust\n", 1, "replication"),
             ("host all all db.example.com trust\n", 1, "host names"),
             ("host all all all cert\n", 1, "hostssl"),
             ("host \"unterminated all all trust\n", 1, "unterminated"),
@@ -468,7 +544,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("helios-hba-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("users.txt"), "carol, dave\n# no one else\nerin\n").unwrap();
-        let h = Hba::parse("host all @users.txt all trust\n", &dir.join("hba.conf")).unwrap();
+        let h = Hba::parse(
+            "host all @users.txt all trust\n",
+            &dir.join("hba.conf"),
+            &Groups::new(),
+        )
+        .unwrap();
         for u in ["carol", "dave", "erin"] {
             assert!(matches!(
                 h.decide(ip("1.2.3.4"), false, u, "d"),
@@ -478,6 +559,132 @@ mod tests {
         assert_eq!(
             h.decide(ip("1.2.3.4"), false, "frank", "d"),
             HbaDecision::NoMatch
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn groups(pairs: &[(&str, &[&str])]) -> Groups {
+        pairs
+            .iter()
+            .map(|(g, m)| (g.to_string(), m.iter().map(|u| u.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn plus_group_matches_its_members_only() {
+        let g = groups(&[("admins", &["alice", "bob"]), ("ops", &["carol"])]);
+        let h = Hba::parse(
+            "host all +admins,dave 10.0.0.0/8 trust\n\
+             host all +ops all md5\n\
+             host all \"+admins\" all scram-sha-256\n",
+            Path::new("/nonexistent/hba.conf"),
+            &g,
+        )
+        .unwrap();
+        let at = |u: &str, a: &str| h.decide(ip(a), false, u, "db");
+        assert_eq!(
+            at("alice", "10.1.1.1"),
+            HbaDecision::Allow(AuthMethod::Trust, 1)
+        );
+        assert_eq!(
+            at("bob", "10.1.1.1"),
+            HbaDecision::Allow(AuthMethod::Trust, 1)
+        );
+        assert_eq!(
+            at("dave", "10.1.1.1"),
+            HbaDecision::Allow(AuthMethod::Trust, 1)
+        );
+        // Outside 10/8 alice is in no group of a matching line.
+        assert_eq!(at("alice", "192.168.0.1"), HbaDecision::NoMatch);
+        assert_eq!(
+            at("carol", "192.168.0.1"),
+            HbaDecision::Allow(AuthMethod::Md5, 2)
+        );
+        // The group's own name is not a member; a quoted "+admins" is a user of that name.
+        assert_eq!(at("admins", "10.1.1.1"), HbaDecision::NoMatch);
+        assert_eq!(
+            at("+admins", "192.168.0.1"),
+            HbaDecision::Allow(AuthMethod::ScramSha256, 3)
+        );
+    }
+
+    #[test]
+    fn samerole_needs_membership_of_the_group_named_like_the_database() {
+        let g = groups(&[("sales", &["alice"])]);
+        let h = Hba::parse(
+            "host samerole all all trust\nhost samegroup all 10.0.0.0/8 md5\n",
+            Path::new("/nonexistent/hba.conf"),
+            &g,
+        )
+        .unwrap();
+        assert_eq!(
+            h.decide(ip("1.2.3.4"), false, "alice", "sales"),
+            HbaDecision::Allow(AuthMethod::Trust, 1)
+        );
+        assert_eq!(
+            h.decide(ip("1.2.3.4"), false, "bob", "sales"),
+            HbaDecision::NoMatch
+        );
+        assert_eq!(
+            h.decide(ip("1.2.3.4"), false, "alice", "other"),
+            HbaDecision::NoMatch
+        );
+        // No group named like the database: no match (not an error: databases come and go).
+        assert_eq!(
+            h.decide(ip("1.2.3.4"), false, "sales", "sales"),
+            HbaDecision::NoMatch
+        );
+        assert_eq!(
+            h.decide(ip("10.2.3.4"), false, "bob", "sales"),
+            HbaDecision::NoMatch
+        );
+    }
+
+    #[test]
+    fn at_file_for_users_may_name_groups_but_not_other_files() {
+        let dir = std::env::temp_dir().join(format!("helios-hba-g-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("users.txt"), "+admins\nfrank # and the admins\n").unwrap();
+        std::fs::write(dir.join("nested.txt"), "@users.txt\n").unwrap();
+        std::fs::write(dir.join("unknown.txt"), "erin\n+nobody\n").unwrap();
+        let g = groups(&[("admins", &["alice"])]);
+        let h = Hba::parse("host all @users.txt all trust\n", &dir.join("hba.conf"), &g).unwrap();
+        for (u, ok) in [
+            ("alice", true),
+            ("frank", true),
+            ("admins", false),
+            ("zed", false),
+        ] {
+            assert_eq!(
+                matches!(
+                    h.decide(ip("1.2.3.4"), false, u, "d"),
+                    HbaDecision::Allow(..)
+                ),
+                ok,
+                "{u}"
+            );
+        }
+        let e = Hba::parse(
+            "\nhost all @nested.txt all trust\n",
+            &dir.join("hba.conf"),
+            &g,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("hba.conf:2:") && e.contains("may not include"),
+            "{e}"
+        );
+        let e = Hba::parse(
+            "host all @unknown.txt all trust\n",
+            &dir.join("hba.conf"),
+            &g,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("hba.conf:1:") && e.contains("unknown.txt:2") && e.contains("nobody"),
+            "{e}"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -557,6 +557,10 @@ pub struct AuthConfig {
     /// to the config file.
     #[serde(default)]
     pub hba: Option<PathBuf>,
+    /// Groups for `+group` (and `samegroup`) in `hba`: `admins = ["alice", "bob"]`. Resolved
+    /// when the HBA file is loaded; a `+name` no group defines is an error there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for AuthConfig {
@@ -566,6 +570,7 @@ impl Default for AuthConfig {
             userlist: None,
             admin_users: Vec::new(),
             hba: None,
+            groups: BTreeMap::new(),
         }
     }
 }
@@ -1031,8 +1036,23 @@ impl Config {
                 return bad("auth.admin_users: empty user name".into());
             }
         }
+        for (g, members) in &self.auth.groups {
+            if g.is_empty() || g.starts_with(['+', '@']) {
+                return bad(format!(
+                    "auth.groups: {g:?} is not a group name (no leading + or @)"
+                ));
+            }
+            if let Some(m) = members
+                .iter()
+                .find(|m| m.is_empty() || m.starts_with(['+', '@']))
+            {
+                return bad(format!(
+                    "auth.groups.{g}: {m:?}: members are user names (groups do not nest)"
+                ));
+            }
+        }
         let hba = match &self.auth.hba {
-            Some(p) => Some(hba::Hba::load(p)?),
+            Some(p) => Some(hba::Hba::load(p, &self.auth.groups)?),
             None => None,
         };
         let methods: Vec<AuthMethod> = match &hba {
@@ -1305,6 +1325,38 @@ mod tests {
         let text = MIN.replace("method = \"trust\"", "method = \"md5\"");
         let e = parse(&text).unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("auth.userlist"), "{e}");
+    }
+
+    #[test]
+    fn hba_groups_are_validated_and_resolved() {
+        let dir = std::env::temp_dir().join(format!("helios-cfg-groups-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hba = dir.join("hba.conf");
+        std::fs::write(&hba, "host all +ops all trust\n").unwrap();
+        let with = |groups: &str| {
+            let text = MIN.replace(
+                "method = \"trust\"",
+                &format!(
+                    "method = \"trust\"\nhba = \"{}\"\n[auth.groups]\n{groups}",
+                    hba.display()
+                ),
+            );
+            parse(&text).unwrap().validate()
+        };
+        with("ops = [\"alice\"]").unwrap();
+        let e = with("dev = [\"alice\"]").unwrap_err().to_string();
+        assert!(
+            e.contains("hba.conf:1:") && e.contains("no group \"ops\"") && e.contains("dev"),
+            "{e}"
+        );
+        let e = with("ops = [\"+dev\"]").unwrap_err().to_string();
+        assert!(
+            e.contains("auth.groups.ops") && e.contains("do not nest"),
+            "{e}"
+        );
+        let e = with("ops = [\"\"]").unwrap_err().to_string();
+        assert!(e.contains("auth.groups.ops"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("auth.admin_users", Reload),
     // Read again on reload; a file with an error fails the reload (the old rules stay).
     ("auth.hba", Reload),
+    // Resolved into the HBA rules, which are loaded again on every reload.
+    ("auth.groups", Reload),
     // Each shard's io_uring ring is built at start-up.
     ("io.backend", Restart),
     ("io.recv_buffers", Restart),
@@ -162,6 +164,8 @@ pub const APPLY: &[(&str, Apply)] = &[
 const FREE_FORM: &str = "plugins.plugin.config";
 /// A node's free labels.
 const TAGS: &str = "nodes.tags";
+/// The HBA groups, each key a group name.
+const GROUPS: &str = "auth.groups";
 
 /// The table's form of a concrete key path: array indices dropped (`nodes[1].host` →
 /// `nodes.host`), the database alias as `<alias>`, and keys inside a plugin's free-form
@@ -185,7 +189,7 @@ pub fn key_of(path: &str) -> String {
             out = format!("databases.<alias>.{key}");
         }
     }
-    for table in [FREE_FORM, TAGS] {
+    for table in [FREE_FORM, TAGS, GROUPS] {
         if out.starts_with(table) && out[table.len()..].starts_with('.') {
             out.truncate(table.len());
         }

@@ -125,7 +125,7 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             method: AuthMethod::ScramSha256,
             userlist: None,
             admin_users: vec![u.user.clone()],
-            hba: None,
+            ..AuthConfig::default()
         },
         nodes: vec![NodeConfig {
             name: "upstream".into(),

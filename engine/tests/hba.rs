@@ -49,10 +49,15 @@ fn connect_from(src: [u8; 4], port: u16) -> TcpStream {
 /// A trust login in plain text from `src`: `Ok` at ReadyForQuery, `Err(message)` on an
 /// ErrorResponse.
 fn login_from(src: [u8; 4], proxy: &Proxy, db: &str) -> Result<(), String> {
+    login_as(src, proxy, SUPERUSER, db)
+}
+
+/// [`login_from`] as `user`.
+fn login_as(src: [u8; 4], proxy: &Proxy, user: &str, db: &str) -> Result<(), String> {
     let mut s = connect_from(src, proxy.port());
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut p = vec![0, 0, 0, 0, 0, 3, 0, 0];
-    for (k, v) in [("user", SUPERUSER), ("database", db)] {
+    for (k, v) in [("user", user), ("database", db)] {
         p.extend_from_slice(k.as_bytes());
         p.push(0);
         p.extend_from_slice(v.as_bytes());
@@ -213,4 +218,65 @@ fn hostssl_lines_refuse_plain_text() {
         );
         login_from([127, 0, 0, 9], &proxy, "tx").unwrap();
     }
+}
+
+#[test]
+fn plus_group_lets_members_in_and_a_reload_of_the_groups_applies() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "hba_group");
+    let dir = std::env::temp_dir().join(format!("helios-hba-group-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hba_path = dir.join("hba.conf");
+    // Members of ops from anywhere on loopback; everyone else only from 127.0.0.2.
+    std::fs::write(
+        &hba_path,
+        "host all +ops 127.0.0.0/8 trust\nhost all all 127.0.0.2/32 trust\n",
+    )
+    .unwrap();
+    let cfg = |members: &str| {
+        hba_config(&pg, &db, "").replace(
+            "hba = \"hba.conf\"",
+            &format!(
+                "hba = \"{}\"\n[auth.groups]\nops = [{members}]",
+                hba_path.display()
+            ),
+        )
+    };
+    let mut proxy = start_proxy(&cfg("\"alice\", \"bob\""), None);
+    login_as([127, 0, 0, 1], &proxy, "alice", "tx").unwrap();
+    login_as([127, 0, 0, 1], &proxy, "bob", "tx").unwrap();
+    let e = login_as([127, 0, 0, 1], &proxy, "carol", "tx").unwrap_err();
+    assert_eq!(
+        e,
+        "28000 no pg_hba.conf entry for host \"127.0.0.1\", user \"carol\", database \"tx\", no encryption"
+    );
+    // The group's own name is no member.
+    assert!(login_as([127, 0, 0, 1], &proxy, "ops", "tx").is_err());
+    login_as([127, 0, 0, 2], &proxy, "carol", "tx").unwrap();
+    // A reload with carol in ops and bob out swaps them.
+    proxy.write_config(&cfg("\"alice\", \"carol\"")).unwrap();
+    proxy.reload().unwrap();
+    poll(
+        Duration::from_secs(10),
+        "the new groups on every shard",
+        || {
+            (0..4)
+                .all(|_| login_as([127, 0, 0, 1], &proxy, "carol", "tx").is_ok())
+                .then_some(())
+        },
+    );
+    assert!(login_as([127, 0, 0, 1], &proxy, "bob", "tx").is_err());
+    login_as([127, 0, 0, 1], &proxy, "alice", "tx").unwrap();
+    // A group the file names but the configuration no longer defines fails the reload whole:
+    // the groups in force stay.
+    proxy
+        .write_config(&cfg("\"alice\"").replace("[auth.groups]\nops", "[auth.groups]\ndev"))
+        .unwrap();
+    proxy.signal(libc::SIGHUP);
+    poll(Duration::from_secs(10), "the failed reload", || {
+        let log = proxy.log();
+        (log.contains("reload failed") && log.contains("no group \"ops\"")).then_some(())
+    });
+    login_as([127, 0, 0, 1], &proxy, "carol", "tx").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

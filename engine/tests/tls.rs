@@ -1,6 +1,7 @@
 //! TLS between clients and the proxy, with a CA and certificates the harness makes (openssl):
 //! psql with `sslmode=verify-full`, plain text refused when TLS is required, pgbench over TLS in
-//! both pool modes, bad bytes around the handshake, direct TLS (ALPN `postgresql`). Each test
+//! both pool modes, bad bytes around the handshake, direct TLS (ALPN `postgresql`), Python
+//! drivers (psycopg2 from Debian, psycopg 3 and asyncpg from PyPI). Each test
 //! runs on both socket backends (the io_uring ring and glommio's streams).
 
 mod common;
@@ -723,4 +724,160 @@ print(row[0], row[1], agg[0], agg[1], conn.info.ssl_in_use)
             assert_eq!(stdout.trim(), "42 über 200 19900 True", "{backend}/{alias}");
         }
     }
+}
+
+/// The Python of `target/py-driver-venv` (psycopg 3 and asyncpg from PyPI), made by
+/// `scripts/lib.sh: ensure_py_driver_deps` — by scripts/test.sh before the suite, or here if it
+/// is missing. `None` only when PyPI cannot be reached (the test then says so and passes; CI
+/// runs scripts/test.sh, which fails instead).
+fn py_driver_python() -> Option<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(". scripts/lib.sh && ensure_py_driver_deps")
+        .current_dir(&root)
+        .output()
+        .expect("run bash");
+    if out.status.success() {
+        return Some(root.join("target/py-driver-venv/bin/python"));
+    }
+    let reach = Command::new("python3")
+        .args([
+            "-c",
+            "import urllib.request; urllib.request.urlopen('https://pypi.org/simple/psycopg/', timeout=15)",
+        ])
+        .output()
+        .expect("run python3");
+    assert!(
+        !reach.status.success(),
+        "PyPI is reachable, yet installing psycopg and asyncpg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "SKIPPED: PyPI cannot be reached, so there is no psycopg 3 / asyncpg venv: {}",
+        String::from_utf8_lossy(&reach.stderr)
+    );
+    None
+}
+
+#[test]
+fn psycopg3_and_asyncpg_verify_full_prepared_statements_and_transactions() {
+    let Some(python) = py_driver_python() else {
+        return;
+    };
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "tls_pydrivers");
+    pg.psql(&db, "create table t (i int, s text, who text)")
+        .unwrap();
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    // psycopg 3 (its own libpq): every parameterised query server-side prepared (named
+    // Parse/Bind/Execute), run ten times; a transaction committed and one rolled back.
+    let psycopg = r#"
+import sys, psycopg
+who = sys.argv[2]
+with psycopg.connect(sys.argv[1], prepare_threshold=0, autocommit=True) as conn:
+    assert conn.pgconn.ssl_in_use
+    for i in range(10):
+        r = conn.execute("select %s::int * 2, %s::text || 'x'", (i, "ü"), prepare=True).fetchone()
+        assert r == (i * 2, "üx"), r
+    with conn.transaction():
+        for i in range(50):
+            conn.execute("insert into t values (%s, %s, %s)", (i, "x" * i, who), prepare=True)
+    class Undo(Exception):
+        pass
+    try:
+        with conn.transaction():
+            conn.execute("insert into t values (%s, %s, %s)", (999, "no", who), prepare=True)
+            raise Undo()
+    except Undo:
+        pass
+    n, total = conn.execute("select count(*), sum(length(s)) from t where who = %s", (who,), prepare=True).fetchone()
+    print(n, total, "TLS" if conn.pgconn.ssl_in_use else "plain")
+"#;
+    // asyncpg (the protocol in Python, TLS from the ssl module; a default context is
+    // verify-full): a prepared statement run ten times, its statement cache, executemany in a
+    // transaction, and a rolled-back one.
+    let asyncpg = r#"
+import sys, ssl, asyncio, asyncpg
+async def main(port, user, db, ca, who):
+    ctx = ssl.create_default_context(cafile=ca)
+    conn = await asyncpg.connect(host="localhost", port=int(port), user=user, database=db, ssl=ctx)
+    stmt = await conn.prepare("select $1::int * 2, $2::text || 'x'")
+    for i in range(10):
+        r = await stmt.fetchrow(i, "ü")
+        assert tuple(r) == (i * 2, "üx"), r
+    for i in range(10):
+        assert await conn.fetchval("select $1::int + 1", i) == i + 1
+    async with conn.transaction():
+        await conn.executemany("insert into t values ($1, $2, $3)", [(i, "y" * i, who) for i in range(50)])
+    try:
+        async with conn.transaction():
+            await conn.execute("insert into t values (999, 'no', $1)", who)
+            raise RuntimeError("undo")
+    except RuntimeError:
+        pass
+    n, total = await conn.fetchrow("select count(*), sum(length(s)) from t where who = $1", who)
+    tls = conn._transport.get_extra_info("ssl_object").version()
+    await conn.close()
+    print(n, total, tls)
+asyncio.run(main(*sys.argv[1:]))
+"#;
+    for backend in BACKENDS {
+        let proxy = tls_proxy(&pg, &db, backend, &tls_section(&server, ""));
+        for alias in ["tx", "sess"] {
+            let who = format!("psycopg-{backend}-{alias}");
+            let out = Command::new(&python)
+                .args(["-c", psycopg])
+                .arg(libpq(&proxy, "localhost", alias, &verify_full(&ca)))
+                .arg(&who)
+                .output()
+                .expect("run python");
+            assert!(
+                out.status.success(),
+                "psycopg {backend}/{alias}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                proxy.log()
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "50 1225 TLS",
+                "psycopg {backend}/{alias}"
+            );
+            let who = format!("asyncpg-{backend}-{alias}");
+            let out = Command::new(&python)
+                .args(["-c", asyncpg])
+                .arg(proxy.port().to_string())
+                .args([SUPERUSER, alias])
+                .arg(ca.cert())
+                .arg(&who)
+                .output()
+                .expect("run python");
+            assert!(
+                out.status.success(),
+                "asyncpg {backend}/{alias}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                proxy.log()
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "50 1225 TLSv1.3",
+                "asyncpg {backend}/{alias}"
+            );
+        }
+    }
+    // The same server certificate, without the CA that issued it: verify-full refuses.
+    let proxy = tls_proxy(&pg, &db, "uring", &tls_section(&server, ""));
+    let other = TestCa::new("another-ca").unwrap();
+    let out = Command::new(&python)
+        .args(["-c", psycopg])
+        .arg(libpq(&proxy, "localhost", "tx", &verify_full(&other)))
+        .arg("nobody")
+        .output()
+        .expect("run python");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("certificate verify failed"),
+        "{err}"
+    );
 }

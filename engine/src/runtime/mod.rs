@@ -60,7 +60,7 @@ pub fn runtime_config(config: Config, users: Userlist, shards: usize) -> Result<
     }
     let hba = match &config.auth.hba {
         Some(p) => Some(Arc::new(
-            helios_config::hba::Hba::load(p).map_err(|e| anyhow!("{e}"))?,
+            helios_config::hba::Hba::load(p, &config.auth.groups).map_err(|e| anyhow!("{e}"))?,
         )),
         None => None,
     };
