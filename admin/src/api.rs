@@ -47,7 +47,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/api/edge/{path}", &["GET", "POST", "PUT", "DELETE"]),
     ("/api/shadow", &["POST"]),
     ("/api/sql", &["POST"]),
-    ("/api/replay", &["POST"]),
+    ("/api/replay", &["GET", "POST"]),
     ("/config", &["GET"]),
     ("/version", &["GET"]),
     ("/reload", &["POST"]),
@@ -346,10 +346,7 @@ impl Api {
                 "edge cache",
                 "the cache/edge tier is not built into this proxy yet",
             ),
-            "/api/replay" => not_enabled(
-                "replay",
-                "the write journal is not built into this proxy yet",
-            ),
+            "/api/replay" => self.api_replay(method, req),
             "/api/sql" => self.api_sql(req),
             "/api/shadow" => self.api_shadow(req),
             "/health" => self.health(now),
@@ -838,6 +835,113 @@ impl Api {
                 v["row_count"] = json!(r.rows.len());
                 v["max_rows"] = json!(max_rows);
                 json_ok(v)
+            }
+            Err(e) => Response::json(e.status(), &e.to_json(&target.node)),
+        }
+    }
+
+    /// The journal's directory, if `[journal] enabled`.
+    fn journal_dir(&self) -> Option<std::path::PathBuf> {
+        let cfg = self
+            .info
+            .config_json
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let j = &cfg["journal"];
+        (j["enabled"] == true)
+            .then(|| j["path"].as_str().map(std::path::PathBuf::from))
+            .flatten()
+    }
+
+    /// `GET /api/replay`: the journal's extent. `POST /api/replay` `{"node", "from_ms",
+    /// "to_ms", "database", "dry_run"}`: its writes in that window applied to the node
+    /// (admin/src/replay.rs). 200 when the window was applied whole, 422 with the same report
+    /// when it stopped at an error.
+    fn api_replay(&mut self, method: &str, req: &Request) -> Response {
+        let Some(dir) = self.journal_dir() else {
+            return not_enabled(
+                "replay",
+                "set [journal] enabled = true: writes are journaled from then on",
+            );
+        };
+        if method == "GET" {
+            return json_ok(crate::replay::status(&dir));
+        }
+        if self.token_digest.is_none() {
+            return Response::error(
+                403,
+                "POST /api/replay writes to a node: it always requires the bearer token: set admin.token",
+            );
+        }
+        let o = match json_body(req, &["node", "from_ms", "to_ms", "database", "dry_run"]) {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        let ms = |k: &str, default: u64| match o.get(k) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_u64().ok_or_else(|| {
+                Response::error(400, format!("'{k}' must be unix milliseconds (an integer)"))
+            }),
+        };
+        let fields = (|| {
+            let node = str_field(&o, "node", true)?.unwrap_or_default().to_string();
+            let database = str_field(&o, "database", false)?.map(str::to_string);
+            let dry_run = match o.get("dry_run") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(Response::error(400, "'dry_run' must be a boolean")),
+            };
+            let (from_ms, to_ms) = (ms("from_ms", 0)?, ms("to_ms", u64::MAX)?);
+            if from_ms > to_ms {
+                return Err(Response::error(400, "'from_ms' is after 'to_ms'"));
+            }
+            Ok(crate::replay::Request {
+                from_ms,
+                to_ms,
+                database: database.clone(),
+                dry_run,
+            }
+            .with_node(node))
+        })();
+        let (node, request) = match fields {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        let routing = self.routing();
+        let Some(target) = routing.target(&node, None) else {
+            return Response::error(404, format!("no node named {node:?} is configured"));
+        };
+        if let Some(d) = &request.database {
+            if !routing.databases.contains_key(d) {
+                return Response::error(404, format!("no database alias {d:?} is configured"));
+            }
+        }
+        let dbs: BTreeMap<String, String> = routing
+            .databases
+            .iter()
+            .map(|(a, (_, d))| (a.clone(), d.clone()))
+            .collect();
+        let settings = self.sql.clone();
+        let result = self.off_thread(|| {
+            let dbname = |alias: &str| dbs.get(alias).cloned().unwrap_or_else(|| alias.to_string());
+            crate::replay::replay(&settings, &target, &dbname, &dir, &request)
+        });
+        match result {
+            Ok(r) => {
+                let status = if r.stopped.is_some() { 422 } else { 200 };
+                if !r.dry_run {
+                    log::warn!(
+                        "admin API: replay onto {}: {} applied, {} skipped (failed originally){}",
+                        r.node,
+                        r.applied,
+                        r.skipped_failed,
+                        r.stopped
+                            .as_ref()
+                            .map(|s| format!(", stopped at seq {}: {}", s.seq, s.message))
+                            .unwrap_or_default()
+                    );
+                }
+                Response::json(status, &to_value(&r))
             }
             Err(e) => Response::json(e.status(), &e.to_json(&target.node)),
         }

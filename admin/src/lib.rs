@@ -15,6 +15,7 @@ pub mod api;
 pub mod http;
 pub mod openapi;
 pub mod render;
+pub mod replay;
 pub mod snapshot;
 pub mod sql;
 pub mod state;

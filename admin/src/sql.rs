@@ -99,7 +99,7 @@ pub struct ResultSet {
     pub elapsed_ms: u64,
 }
 
-fn connect(s: &SqlSettings, t: &Target) -> Result<Client, SqlFailure> {
+pub(crate) fn connect(s: &SqlSettings, t: &Target) -> Result<Client, SqlFailure> {
     let user = s.user.as_deref().ok_or(SqlFailure::NotConfigured)?;
     let mut c = postgres::Config::new();
     c.host(&t.host)

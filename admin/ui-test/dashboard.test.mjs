@@ -71,7 +71,7 @@ const browser = await chromium.launch({
 // (the page then asks for it), 503 from the routes of features not built (the panel says
 // "<feature> not enabled"), and the 400 of the read-only refusal this test provokes. Any other
 // console error fails the test.
-const NOT_BUILT = ["/anomalies", "/drift", "/api/edge", "/api/replay"];
+const NOT_BUILT = ["/anomalies", "/drift", "/api/edge"];
 let phase = "before-token";
 function expected(text, url) {
   const m = /^Failed to load resource: the server responded with a status of (\d+)/.exec(text);
@@ -128,7 +128,7 @@ try {
   ok((await page.locator("#topology-body").textContent()).includes("primary"), "Topology renders");
   await page.locator("#plugins-body tbody tr").first().waitFor({ timeout: WAIT });
   ok((await page.locator("#plugins-body").textContent()).includes("block-drop"), "Plugins lists block-drop");
-  for (const [panel, feature] of [["anomalies", "signal plane"], ["edge", "edge cache"], ["replay", "replay"]]) {
+  for (const [panel, feature] of [["anomalies", "signal plane"], ["edge", "edge cache"]]) {
     await page.locator(`#${panel}-body .off-note`).waitFor({ timeout: WAIT });
     const t = await page.locator(`#${panel}-body`).textContent();
     ok(t.startsWith(`${feature} not enabled`), `${panel} says "${feature} not enabled"`);
@@ -174,6 +174,16 @@ try {
   await page.getByRole("button", { name: "Force unhealthy rep" }).waitFor({ timeout: WAIT });
   await until(() => valueThroughProxy(SPLIT, "select pg_is_in_recovery()") === "t", "split reads back on the replica");
   ok(true, "restored: reads run on the replica again");
+
+  // Replay: the journal's extent, and a dry run onto pg counts the journaled writes.
+  await until(async () => (await page.locator("#replay-body").textContent()).includes("journaled"), "Replay shows the journal");
+  const journaled = Number((await page.locator("#replay-body .kv div", { hasText: "journaled" }).locator("b").textContent()).replace(/,/g, ""));
+  ok(journaled >= 1, `Replay: ${journaled} write(s) journaled`);
+  await page.selectOption("#replay-node", "pg");
+  await page.getByRole("button", { name: "Replay" }).click();
+  await page.locator("#replay-result [data-replay-applied]").waitFor({ timeout: WAIT });
+  const applied = Number(await page.locator("#replay-result [data-replay-applied]").getAttribute("data-replay-applied"));
+  ok(applied === journaled, `Replay: a dry run would apply ${applied} (${await page.locator("#replay-result").textContent()})`);
 
   // Shadow: the same rows on both nodes (inserted in different orders) match.
   await page.selectOption("#shadow-source", "pg");

@@ -41,7 +41,14 @@ fn dashboard_works_in_a_real_browser() {
             "nodes = [\"pg\", \"rep\"]\nread_write_split = true"
         )
     );
-    let plugins = plugins_section("", &plugin_entry("block-drop", "")) + &topology;
+    let journal = std::env::temp_dir().join(format!("helios-dash-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&journal);
+    let plugins = plugins_section("", &plugin_entry("block-drop", ""))
+        + &topology
+        + &format!(
+            "\n[journal]\nenabled = true\npath = \"{}\"\n",
+            journal.display()
+        );
     let proxy = two_node_admin_proxy(&pg, "", &plugins);
     // Some traffic for the counters, the chart and the pools of both nodes.
     for db in ["app", "app2"] {
@@ -50,6 +57,10 @@ fn dashboard_works_in_a_real_browser() {
             c.simple_query("select 1").unwrap();
         }
     }
+    // Writes for the journal (the Replay panel): a table the shadow test does not compare.
+    let mut c = connect(&proxy, SUPERUSER, "", "app");
+    c.batch_execute("create table jr(x int); insert into jr values (1), (2)")
+        .unwrap();
     // Only this run's screenshots (a -failed.png of an earlier run would mislead).
     let _ = std::fs::remove_dir_all(root.join("target/ui-test"));
     let shot = root.join("target/ui-test/dashboard.png");
@@ -72,4 +83,5 @@ fn dashboard_works_in_a_real_browser() {
     eprintln!("{stdout}{stderr}");
     assert!(out.status.success(), "the browser test failed: {stderr}");
     assert!(shot.exists(), "no screenshot at {}", shot.display());
+    let _ = std::fs::remove_dir_all(&journal);
 }

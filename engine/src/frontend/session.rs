@@ -758,7 +758,7 @@ impl Session {
                     .config
                     .databases
                     .get(&alias)
-                    .is_some_and(|d| !d.nodes.is_empty() && !d.nodes.iter().any(|n| *n == node));
+                    .is_some_and(|d| !d.nodes.is_empty() && !d.nodes.contains(&node));
                 if outside {
                     self.reject(
                         ProxyError::error(
