@@ -13,6 +13,7 @@ pub mod admin;
 pub mod hba;
 pub mod plugins;
 pub mod reload;
+pub mod signal;
 mod userlist;
 
 use std::collections::BTreeMap;
@@ -97,6 +98,15 @@ pub struct Config {
     /// What happens when a database's primary is lost (docs/topology.md).
     #[serde(default)]
     pub failover: FailoverConfig,
+    /// Per-session audit summaries (docs/signal.md).
+    #[serde(default)]
+    pub audit: signal::AuditConfig,
+    /// In-process anomaly detection (docs/signal.md).
+    #[serde(default)]
+    pub anomaly: signal::AnomalyConfig,
+    /// Drift alerts over the audit summaries (docs/signal.md).
+    #[serde(default)]
+    pub drift: signal::DriftConfig,
 }
 
 /// `[tls]`: TLS on client connections.
@@ -719,6 +729,12 @@ pub struct DatabaseConfig {
     /// The same for the result's bytes as sent to the client (0: no limit).
     #[serde(default)]
     pub max_result_bytes: u64,
+    /// Anomaly detection watches this database's sessions (when `[anomaly] enabled`).
+    #[serde(default = "default_true")]
+    pub anomaly: bool,
+    /// Drift alerts cover this database (when `[drift] enabled`).
+    #[serde(default)]
+    pub drift: bool,
 }
 
 /// Transaction mode's answer to a statement whose session state the proxy cannot track
@@ -775,6 +791,8 @@ impl Default for DatabaseConfig {
             unsafe_statements: UnsafeStatements::default(),
             max_result_rows: 0,
             max_result_bytes: 0,
+            anomaly: true,
+            drift: false,
         }
     }
 }
@@ -995,6 +1013,9 @@ impl Config {
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("; "));
+        }
+        if let Err(e) = signal::validate(&self.audit, &self.anomaly, &self.drift) {
+            return bad(e);
         }
         if self.admin.snapshot_interval_ms < 100 {
             return bad("admin.snapshot_interval_ms: must be at least 100".into());
