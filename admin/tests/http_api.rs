@@ -46,6 +46,7 @@ impl Admin {
             plugin_kv: None,
             shards: 2,
             node_switches: Default::default(),
+            signal: None,
         };
         let thread = helios_admin::spawn_on(listener, &cfg, srx, ctx, info).unwrap();
         Admin {
@@ -688,6 +689,7 @@ fn spawn_refuses_a_taken_port_and_open_listen_without_token() {
         plugin_kv: None,
         shards: 1,
         node_switches: Default::default(),
+        signal: None,
     };
     let cfg = AdminConfig {
         listen: taken.local_addr().unwrap().to_string(),
@@ -735,6 +737,7 @@ fn spawn_binds_and_stops_when_the_engine_goes() {
         plugin_kv: None,
         shards: 1,
         node_switches: Default::default(),
+        signal: None,
     };
     let handle = helios_admin::spawn(&cfg, srx, ctx, info).unwrap();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -235,6 +235,7 @@ pub fn shared_with_inboxes(n: usize) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
         pauses: Default::default(),
         node_switches: Default::default(),
         topology: Arc::new(helios_engine::backend::topology::TopologyHub::empty()),
+        signal: Default::default(),
     };
     (Arc::new(shared), receivers)
 }

@@ -61,7 +61,10 @@ pub enum AuditSink {
     File(std::path::PathBuf),
     Stdout,
     /// `host:port` and the request path.
-    Http { authority: String, path: String },
+    Http {
+        authority: String,
+        path: String,
+    },
 }
 
 impl AuditConfig {

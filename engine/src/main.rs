@@ -149,6 +149,9 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             },
             ..IoConfig::default()
         },
+        audit: Default::default(),
+        anomaly: Default::default(),
+        drift: Default::default(),
         plugins: helios_config::plugins::PluginsConfig {
             enabled: !cli.plugins.is_empty(),
             trust_root: cli.trust_root.clone(),

@@ -147,6 +147,8 @@ pub struct Shared {
     /// The health checker's results and the chaos overrides (never read on the query path:
     /// shards route by their own copy, `Shard::topology`).
     pub topology: Arc<TopologyHub>,
+    /// The signal plane's board and audit queue (docs/signal.md).
+    pub signal: crate::signal::SignalShared,
 }
 
 impl Shared {
@@ -280,6 +282,8 @@ pub struct Shard {
     pub topology: RefCell<Arc<Topology>>,
     /// The shard's turn counter for spreading reads over replicas.
     pub route_seq: Cell<u64>,
+    /// Anomaly detection's windows, fingerprints and pending events (docs/signal.md).
+    pub signal: RefCell<crate::signal::ShardSignal>,
 }
 
 /// Session parameters by name, values quoted as SQL literals.
@@ -309,6 +313,7 @@ impl Shard {
             param_sets: RefCell::new(Vec::new()),
             topology: RefCell::new(shared.topology.snapshot()),
             route_seq: Cell::new(0),
+            signal: RefCell::new(crate::signal::ShardSignal::new(id)),
             shared,
         })
     }

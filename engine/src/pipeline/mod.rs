@@ -35,6 +35,7 @@
 pub mod guard;
 pub mod plugins;
 pub mod route;
+pub mod signal;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -169,12 +170,16 @@ impl Pipeline {
         plugins: Box<plugins::PluginStage>,
         route: Option<route::RouteStage>,
         guard: Option<guard::ResultGuard>,
+        signal: Option<signal::SignalStage>,
     ) -> Pipeline {
         let mut stages: Vec<Box<dyn Stage>> =
             Vec::with_capacity(1 + route.is_some() as usize + guard.is_some() as usize);
         let routes = route.is_some();
         // classify: the protocol core, before any stage.
-        // (anomaly, access guards: here)
+        if let Some(s) = signal {
+            stages.push(Box::new(s)); // anomaly detection, audit: before pre_query
+        }
+        // (access guards: here)
         stages.push(plugins); // pre_query, route … post_query
         if let Some(r) = route {
             stages.push(Box::new(r)); // the node, after the plugins' say
@@ -570,7 +575,12 @@ mod tests {
 
     #[test]
     fn statement_texts_go_with_close_and_stay_bounded() {
-        let mut p = Pipeline::new(plugins::PluginStage::new("u", "db", "", None), None, None);
+        let mut p = Pipeline::new(
+            plugins::PluginStage::new("u", "db", "", None),
+            None,
+            None,
+            None,
+        );
         // rust-postgres names each statement afresh and closes it after use.
         for i in 0..10_000 {
             let name = format!("s{i}");

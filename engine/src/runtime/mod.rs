@@ -180,6 +180,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             addrs: rt.addrs.clone(),
             node_tls: rt.node_tls.clone(),
         })),
+        signal: start_signal(&rt.config)?,
     });
     {
         // Snapshots go to every shard's inbox; each shard routes by its own copy.
@@ -203,6 +204,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             }),
             shards,
             node_switches: shared.node_switches.clone(),
+            signal: Some(shared.signal.board.clone()),
         };
         helios_admin::spawn(&admin_cfg, snap_rx, cmd_tx, info).map_err(|e| anyhow!("{e}"))?;
         let shared = shared.clone();
@@ -397,6 +399,34 @@ fn log_tls(rt: &RuntimeConfig) {
     }
 }
 
+/// The signal plane's shared part: the board the admin reads and, with `[audit] sink` or
+/// `[drift] enabled`, the audit thread (docs/signal.md).
+fn start_signal(c: &helios_config::Config) -> Result<crate::signal::SignalShared> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let board = Arc::new(helios_admin::SignalBoard::default());
+    board.anomaly_enabled.store(c.anomaly.enabled, Relaxed);
+    board.drift_enabled.store(c.drift.enabled, Relaxed);
+    let sink = c.audit.parsed_sink().map_err(|e| anyhow!("{e}"))?;
+    let audit = if sink.is_some() || c.drift.enabled {
+        if let Some(s) = &sink {
+            log::info!("audit: session summaries to {s:?}");
+        }
+        Some(crate::signal::audit::start(
+            sink,
+            c.audit.max_file_bytes,
+            c.drift.enabled.then(|| c.drift.clone()),
+            board.clone(),
+        )?)
+    } else {
+        None
+    };
+    Ok(crate::signal::SignalShared {
+        board,
+        audit,
+        audit_interval_ms: c.audit.interval_s.saturating_mul(1000),
+    })
+}
+
 fn signal_loop(
     shared: &Arc<Shared>,
     rt: &Arc<RuntimeConfig>,
@@ -424,6 +454,10 @@ fn signal_loop(
                         *live_config.write().unwrap_or_else(|e| e.into_inner()) =
                             serde_json::to_value(&new.config).unwrap_or_default();
                         shared.broadcast(|| ShardMsg::Reload(new.clone()));
+                        shared.signal.board.anomaly_enabled.store(
+                            new.config.anomaly.enabled,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                         shared.topology.reconfigure(HealthInput {
                             config: new.config.clone(),
                             addrs: new.addrs.clone(),
