@@ -3,6 +3,8 @@
 //! ```text
 //!   classify      proto::Exchange + sql::classify: session-state effects (tracked, dirty,
 //!                 pinned, refused), LISTEN, DEALLOCATE answered locally
+//!   anomaly       signal::SignalStage ([anomaly] / [audit]): detection (may refuse, 42501),
+//!                 the session's audit tally at the outcome (docs/signal.md)
 //!   pre_query     plugins::PluginStage: the WASM pre_query chain (may rewrite or refuse)
 //!   route         plugins::PluginStage: the WASM route chain (may pick a node, say primary or
 //!                 replica, or refuse); then route::RouteStage (databases with a topology):
@@ -17,9 +19,8 @@
 //!                 CommandComplete, response bytes, elapsed time, SQLSTATE and message)
 //! ```
 //!
-//! Later stages (anomaly detection and access guards before `pre_query`, a result cache after
-//! it, audit after `post_query`) are one more [`Stage`] in [`Pipeline::new`]; the session loop
-//! does not change.
+//! Later stages (access guards before `pre_query`, a result cache after it) are one more
+//! [`Stage`] in [`Pipeline::new`]; the session loop does not change.
 //!
 //! An *execution* is one simple Query, one Bind+Execute of the extended protocol (the statement
 //! text comes from its Parse, however long ago), or one FunctionCall. Each has its own request
