@@ -479,3 +479,122 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The other switches, each changing what happens: `block` for credential stuffing (the
+/// login) and rate spikes (the tenant's statements), a database with `anomaly = false` (no
+/// events), `audit.interval_s` (interim summaries of a long session), and `[drift]` with
+/// `drift = true` (`/drift` serves an `error_rate_high` alert).
+#[test]
+fn blocks_opt_outs_interim_summaries_and_drift() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "sig_switch");
+    let dir = tempdir();
+    let path = dir.join("audit.jsonl");
+    let userlist = format!("\"{SUPERUSER}\" \"{PW}\"\n");
+    let cfg = config_fast_snapshots(
+        &pg,
+        "method = \"scram-sha-256\"\nuserlist = \"userlist.txt\"",
+        "",
+        &(db_section("app", &db, "transaction", 4, "drift = true")
+            + &db_section("quiet", &db, "transaction", 4, "anomaly = false")),
+    )
+    .replace("cores = 2", "cores = 1")
+        + &format!(
+            "\n[anomaly]\nenabled = true\nwarmup_s = 1\nmin_count = 20\nauth_failures_per_address = 4\n\n\
+             [anomaly.action]\nrate_spike = \"block\"\ncredential_stuffing = \"block\"\n\n\
+             [audit]\nsink = \"file:{}\"\ninterval_s = 1\n\n\
+             [drift]\nenabled = true\nwindow_s = 2\ntick_s = 1\nbaseline_windows = 3\n",
+            path.display()
+        );
+    let proxy = start_proxy(&cfg, Some(&userlist));
+    let admin = proxy.admin_port();
+
+    // anomaly = false: the same payload gives no event.
+    let mut q = connect(&proxy, SUPERUSER, PW, "quiet");
+    q.simple_query("select 1 where '' = '' or 1=1").unwrap();
+    // A long session: 3 s of statements, some failing (for drift's error rate).
+    let mut c = connect(&proxy, SUPERUSER, PW, "app");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3200) {
+        c.simple_query("select 1").unwrap();
+        let _ = c.simple_query("select nosuch_col_zz");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.simple_query("select 1 where '' = '' or 1=1").unwrap();
+    let events = poll(WAIT, "the tautology event", || {
+        let ev = anomalies(admin);
+        ev.iter().any(|e| e["class"] == "tautology").then_some(ev)
+    });
+    assert!(
+        events.iter().all(|e| e["database"] != "quiet"),
+        "an event for the opted-out database: {events:?}"
+    );
+
+    // interval_s = 1: the long session wrote interim summaries (final: false) before its end.
+    let interim = poll(WAIT, "interim summaries", || {
+        let t = std::fs::read_to_string(&path).unwrap_or_default();
+        let n = t
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["final"] == false && v["context"] == "app")
+            .count();
+        (n >= 2).then_some(n)
+    });
+    println!("interim summaries of a 3 s session at interval_s = 1: {interim}");
+
+    // Drift: half the statements failed → error_rate_high for (app, postgres).
+    let alert = poll(WAIT, "an error_rate_high alert at /drift", || {
+        let d = admin_json(admin, "/drift");
+        d["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["rule"] == "error_rate_high" && a["context"] == "app")
+            .cloned()
+    });
+    assert_eq!(alert["user"], SUPERUSER);
+    assert!(
+        alert["value"]["error_rate"].as_f64().unwrap() >= 0.2,
+        "{alert}"
+    );
+
+    // rate_spike = "block": after a steady second or two, a burst is refused with 42501.
+    let mut t = connect(&proxy, SUPERUSER, PW, "app");
+    t.simple_query("set helios.tenant_id = 'burst'").unwrap();
+    for _ in 0..2 {
+        let s = Instant::now();
+        t.simple_query("select 1").unwrap();
+        std::thread::sleep(Duration::from_millis(1000).saturating_sub(s.elapsed()));
+    }
+    let mut refused = None;
+    for _ in 0..200 {
+        if let Err(e) = t.simple_query("select 1") {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("a 200-statement burst was not refused");
+    assert_eq!(sqlstate(&e), Some("42501"), "{e}");
+    let m = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(m.contains("rate_spike"), "{m}");
+
+    // credential_stuffing = "block": past 4 failures from the address, even the right
+    // password is refused (42501), before any password exchange.
+    for _ in 0..4 {
+        let Err(e) = try_connect(&proxy, "nobody", "x", "app") else {
+            panic!("a wrong password logged in")
+        };
+        assert_eq!(sqlstate(&e), Some("28P01"), "{e}");
+    }
+    let Err(e) = try_connect(&proxy, SUPERUSER, PW, "app") else {
+        panic!("logged in from an address flagged for credential stuffing")
+    };
+    assert_eq!(sqlstate(&e), Some("42501"), "{e}");
+    let m = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(m.contains("credential_stuffing"), "{m}");
+}
