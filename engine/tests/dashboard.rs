@@ -26,7 +26,9 @@ fn dashboard_works_in_a_real_browser() {
          (apt-get install chromium; npm ci in admin/ui-test)"
     );
     let pg = shared_pg();
-    let plugins = plugins_section("", &plugin_entry("block-drop", ""));
+    // With anomaly detection on: the Anomalies panel has an event to list.
+    let plugins =
+        plugins_section("", &plugin_entry("block-drop", "")) + "\n[anomaly]\nenabled = true\n";
     let proxy = two_node_admin_proxy(&pg, "", &plugins);
     // Some traffic for the counters, the chart and the pools of both nodes.
     for db in ["app", "app2"] {
@@ -35,6 +37,9 @@ fn dashboard_works_in_a_real_browser() {
             c.simple_query("select 1").unwrap();
         }
     }
+    connect(&proxy, SUPERUSER, "", "app")
+        .simple_query("select 1 where '' = '' or 1=1")
+        .unwrap();
     // Only this run's screenshots (a -failed.png of an earlier run would mislead).
     let _ = std::fs::remove_dir_all(root.join("target/ui-test"));
     let shot = root.join("target/ui-test/dashboard.png");

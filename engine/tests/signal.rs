@@ -429,8 +429,29 @@ fn the_http_sink_posts_batches() {
         let mut c = connect(&proxy, SUPERUSER, PW, "app");
         c.simple_query("select 'zz-http-literal'").unwrap();
     }
-    listener.set_nonblocking(false).unwrap();
-    let (mut s, _) = listener.accept().unwrap();
+    // A batch leaves within a second of its first summary.
+    let batch = accept_post(&listener);
+    assert!(!batch.is_empty());
+    assert_eq!(batch[0]["event"], "session_summary");
+    // At shutdown the last batch is sent before the process exits.
+    let mut c = connect(&proxy, SUPERUSER, PW, "app");
+    c.simple_query("select 1").unwrap();
+    drop(c);
+    let mut proxy = proxy;
+    proxy.signal(libc::SIGTERM);
+    let last = accept_post(&listener);
+    assert!(!last.is_empty(), "no batch at shutdown");
+    assert!(proxy.wait_exit(WAIT).is_some());
+}
+
+/// Accepts one POST, answers 204, and returns its JSON array.
+fn accept_post(listener: &std::net::TcpListener) -> Vec<Value> {
+    listener.set_nonblocking(true).unwrap();
+    let mut s = poll(WAIT, "a POST from the audit sink", || {
+        listener.accept().ok()
+    })
+    .0;
+    s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = Vec::new();
     let mut buf = [0u8; 4096];
@@ -457,15 +478,15 @@ fn the_http_sink_posts_batches() {
     let text = String::from_utf8_lossy(&req).into_owned();
     assert!(text.starts_with("POST /audit HTTP/1.1\r\n"), "{text}");
     let body = text.split_once("\r\n\r\n").unwrap().1;
-    let v: Value = serde_json::from_str(body).unwrap();
-    let batch = v.as_array().unwrap();
-    assert!(!batch.is_empty());
-    assert_eq!(batch[0]["event"], "session_summary");
     assert!(
         !body.contains("zz-http"),
         "a statement's value in the audit: {body}"
     );
-    drop(proxy);
+    serde_json::from_str::<Value>(body)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap()
 }
 
 fn tempdir() -> std::path::PathBuf {

@@ -407,23 +407,25 @@ fn start_signal(c: &helios_config::Config) -> Result<crate::signal::SignalShared
     board.anomaly_enabled.store(c.anomaly.enabled, Relaxed);
     board.drift_enabled.store(c.drift.enabled, Relaxed);
     let sink = c.audit.parsed_sink().map_err(|e| anyhow!("{e}"))?;
-    let audit = if sink.is_some() || c.drift.enabled {
+    let (audit, audit_thread) = if sink.is_some() || c.drift.enabled {
         if let Some(s) = &sink {
             log::info!("audit: session summaries to {s:?}");
         }
-        Some(crate::signal::audit::start(
+        let (tx, t) = crate::signal::audit::start(
             sink,
             c.audit.max_file_bytes,
             c.drift.enabled.then(|| c.drift.clone()),
             board.clone(),
-        )?)
+        )?;
+        (Some(tx), Some(t))
     } else {
-        None
+        (None, None)
     };
     Ok(crate::signal::SignalShared {
         board,
         audit,
         audit_interval_ms: c.audit.interval_s.saturating_mul(1000),
+        audit_thread,
     })
 }
 
@@ -514,6 +516,8 @@ fn signal_loop(
                         Err(_) => break,
                     }
                 }
+                // The sessions' last audit summaries are queued: write them.
+                shared.signal.finish();
                 log::info!("shutdown complete");
                 return Ok(());
             }

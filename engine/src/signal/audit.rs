@@ -471,19 +471,52 @@ fn post(authority: &str, path: &str, body: &[u8]) -> std::io::Result<()> {
     }
 }
 
+/// The running audit thread: told to stop at shutdown.
+pub struct AuditThread {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl AuditThread {
+    /// Asks the thread to write what is queued and end; waits up to `wait`.
+    pub fn stop(&self, wait: Duration) {
+        self.stop.store(true, Ordering::Release);
+        let Some(h) = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let deadline = Instant::now() + wait;
+        while !h.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        } else {
+            log::warn!("audit: the sink did not finish within {wait:?}; exiting without it");
+        }
+    }
+}
+
 /// Starts the audit thread; the shards send to the returned channel.
 pub fn start(
     sink: Option<AuditSink>,
     max_file_bytes: u64,
     drift: Option<DriftConfig>,
     board: Arc<SignalBoard>,
-) -> std::io::Result<Sender<Summary>> {
+) -> std::io::Result<(Sender<Summary>, Arc<AuditThread>)> {
     let (tx, rx) = crossbeam_channel::bounded(QUEUE);
     let writer = Writer::new(sink, max_file_bytes);
-    std::thread::Builder::new()
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let handle = std::thread::Builder::new()
         .name("helios-audit".into())
-        .spawn(move || run(rx, writer, drift.map(Drift::new), board))?;
-    Ok(tx)
+        .spawn(move || run(rx, writer, drift.map(Drift::new), board, s))?;
+    Ok((
+        tx,
+        Arc::new(AuditThread {
+            stop,
+            handle: std::sync::Mutex::new(Some(handle)),
+        }),
+    ))
 }
 
 fn unix_s() -> u64 {
@@ -493,10 +526,20 @@ fn unix_s() -> u64 {
         .unwrap_or(0)
 }
 
-fn run(rx: Receiver<Summary>, mut w: Writer, mut drift: Option<Drift>, board: Arc<SignalBoard>) {
+fn run(
+    rx: Receiver<Summary>,
+    mut w: Writer,
+    mut drift: Option<Drift>,
+    board: Arc<SignalBoard>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut next_tick = drift.as_ref().map(|d| unix_s() + d.tick_s());
     loop {
-        match rx.recv_timeout(Duration::from_millis(250)) {
+        if stop.load(Ordering::Acquire) && rx.is_empty() {
+            w.flush_due(&board, true);
+            return;
+        }
+        match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(s) => {
                 if w.write(&s, &board) {
                     if !matches!(w, Writer::Http { .. } | Writer::None) {

@@ -19,6 +19,7 @@ pub mod windows;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use helios_admin::{AnomalyEvent, SignalBoard};
@@ -43,9 +44,19 @@ pub struct SignalShared {
     pub audit: Option<Sender<audit::Summary>>,
     /// `audit.interval_s` in milliseconds (0: only at the end).
     pub audit_interval_ms: u64,
+    /// The audit thread, to stop (after writing what is queued) at shutdown.
+    pub audit_thread: Option<Arc<audit::AuditThread>>,
 }
 
 impl SignalShared {
+    /// At shutdown, once the shards have sent their last summaries: the audit thread writes
+    /// what is queued, sends its last HTTP batch, and ends (waited for up to 5 s).
+    pub fn finish(&self) {
+        if let Some(t) = &self.audit_thread {
+            t.stop(Duration::from_secs(5));
+        }
+    }
+
     /// Hands a summary to the audit thread; never waits (a full queue drops it, counted).
     pub fn audit(&self, s: audit::Summary) {
         if let Some(tx) = &self.audit {
