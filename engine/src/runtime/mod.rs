@@ -411,8 +411,25 @@ fn start_signal(c: &helios_config::Config) -> Result<crate::signal::SignalShared
         if let Some(s) = &sink {
             log::info!("audit: session summaries to {s:?}");
         }
+        // The HTTP sink's host is resolved here, once, like the nodes' (never on another
+        // thread); one that does not resolve stops the start.
+        let http_addrs = match &sink {
+            Some(helios_config::signal::AuditSink::Http { authority, .. }) => {
+                use std::net::ToSocketAddrs;
+                let a: Vec<std::net::SocketAddr> = authority
+                    .to_socket_addrs()
+                    .map_err(|e| anyhow!("audit.sink: {authority}: {e}"))?
+                    .collect();
+                if a.is_empty() {
+                    bail!("audit.sink: {authority} has no address");
+                }
+                a
+            }
+            _ => Vec::new(),
+        };
         let (tx, t) = crate::signal::audit::start(
             sink,
+            http_addrs,
             c.audit.max_file_bytes,
             c.drift.enabled.then(|| c.drift.clone()),
             board.clone(),

@@ -290,6 +290,8 @@ pub enum Writer {
     Stdout,
     Http {
         authority: String,
+        /// `authority` resolved where the configuration is loaded (runtime), never here.
+        addrs: Vec<std::net::SocketAddr>,
         path: String,
         batch: Vec<u8>,
         count: usize,
@@ -300,7 +302,11 @@ pub enum Writer {
 }
 
 impl Writer {
-    pub fn new(sink: Option<AuditSink>, max_file_bytes: u64) -> Writer {
+    pub fn new(
+        sink: Option<AuditSink>,
+        max_file_bytes: u64,
+        http_addrs: Vec<std::net::SocketAddr>,
+    ) -> Writer {
         match sink {
             Some(AuditSink::File(path)) => Writer::File {
                 path,
@@ -311,6 +317,7 @@ impl Writer {
             Some(AuditSink::Stdout) => Writer::Stdout,
             Some(AuditSink::Http { authority, path }) => Writer::Http {
                 authority,
+                addrs: http_addrs,
                 path,
                 batch: Vec::new(),
                 count: 0,
@@ -403,6 +410,7 @@ impl Writer {
     fn flush(&mut self, board: &SignalBoard) {
         let Writer::Http {
             authority,
+            addrs,
             path,
             batch,
             count,
@@ -413,7 +421,7 @@ impl Writer {
         };
         batch.push(b']');
         let n = *count as u64;
-        match post(authority, path, batch) {
+        match post(addrs, authority, path, batch) {
             Ok(()) => {
                 board.audit_written.fetch_add(n, Ordering::Relaxed);
             }
@@ -432,13 +440,16 @@ impl Writer {
 }
 
 /// One POST of a JSON body; Ok on a 2xx status.
-fn post(authority: &str, path: &str, body: &[u8]) -> std::io::Result<()> {
-    use std::net::ToSocketAddrs;
-    let addr = authority
-        .to_socket_addrs()?
-        .next()
+fn post(
+    addrs: &[std::net::SocketAddr],
+    authority: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let addr = addrs
+        .first()
         .ok_or_else(|| std::io::Error::other("no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
+    let mut s = TcpStream::connect_timeout(addr, HTTP_TIMEOUT)?;
     s.set_write_timeout(Some(HTTP_TIMEOUT))?;
     s.set_read_timeout(Some(HTTP_TIMEOUT))?;
     let head = format!(
@@ -499,12 +510,13 @@ impl AuditThread {
 /// Starts the audit thread; the shards send to the returned channel.
 pub fn start(
     sink: Option<AuditSink>,
+    http_addrs: Vec<std::net::SocketAddr>,
     max_file_bytes: u64,
     drift: Option<DriftConfig>,
     board: Arc<SignalBoard>,
 ) -> std::io::Result<(Sender<Summary>, Arc<AuditThread>)> {
     let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-    let writer = Writer::new(sink, max_file_bytes);
+    let writer = Writer::new(sink, max_file_bytes, http_addrs);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
     let handle = std::thread::Builder::new()

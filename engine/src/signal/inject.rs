@@ -334,6 +334,16 @@ const CATALOG_WORDS: &[&[u8]] = &[
     b"pg_user",
 ];
 
+/// Where the fingerprint is in a list of literals.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FpList {
+    None,
+    /// Just hashed (or folded) a literal.
+    Literal,
+    /// A comma after a literal, not hashed yet.
+    Comma,
+}
+
 /// What a UNION's select list holds so far.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Union {
@@ -369,6 +379,7 @@ pub fn scan(sql: &str) -> Scan {
     let mut union_seen = false;
     // A UNION that follows a WHERE: what an appended `UNION SELECT …` looks like.
     let mut union_after_where = false;
+    let mut fp_state = FpList::None;
     while let Some(t) = lx.next() {
         match t.kind {
             Tok::LineComment => {
@@ -395,12 +406,25 @@ pub fn scan(sql: &str) -> Scan {
             }
             _ => {}
         }
-        // Fingerprint: literals and parameters as `?`.
-        match t.kind {
-            Tok::Str | Tok::Num | Tok::Param => fnv(&mut out.fingerprint, b"?"),
-            _ => fnv(&mut out.fingerprint, &b[t.start..t.end]),
+        // Fingerprint: literals and parameters as `?`, and a list of them (`IN (1, 2, 3)`,
+        // `VALUES (?, ?)`) as one, so the list's length does not make a new shape.
+        let lit = matches!(t.kind, Tok::Str | Tok::Num | Tok::Param);
+        match (t.kind, lit, fp_state) {
+            (Tok::Comma, _, FpList::Literal) => fp_state = FpList::Comma,
+            (_, true, FpList::Comma) => fp_state = FpList::Literal,
+            (_, true, _) => {
+                fnv(&mut out.fingerprint, b"? ");
+                fp_state = FpList::Literal;
+            }
+            (_, false, st) => {
+                if st == FpList::Comma {
+                    fnv(&mut out.fingerprint, b", ");
+                }
+                fnv(&mut out.fingerprint, &b[t.start..t.end]);
+                fnv(&mut out.fingerprint, b" ");
+                fp_state = FpList::None;
+            }
         }
-        fnv(&mut out.fingerprint, b" ");
         if t.kind == Tok::Param {
             out.params = true;
         }
@@ -680,6 +704,19 @@ mod tests {
         assert_ne!(
             scan("SELECT a FROM t WHERE id = 5").fingerprint,
             scan("SELECT b FROM t WHERE id = 5").fingerprint
+        );
+        // A list of literals is one shape whatever its length; other commas still count.
+        assert_eq!(
+            scan("SELECT a FROM t WHERE id IN (1, 2, 3)").fingerprint,
+            scan("SELECT a FROM t WHERE id IN ($1)").fingerprint
+        );
+        assert_ne!(
+            scan("SELECT a, b FROM t").fingerprint,
+            scan("SELECT a FROM t").fingerprint
+        );
+        assert_ne!(
+            scan("SELECT f(1, a) FROM t").fingerprint,
+            scan("SELECT f(1) FROM t").fingerprint
         );
     }
 
