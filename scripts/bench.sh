@@ -10,7 +10,8 @@
 # ROUNDS (5; this VM's speed drifts by ±10 % within minutes, so many short alternations compare
 # better than a few long ones), LAT_ROUNDS (3), HELIOS_CORES (auto: one shard per CPU, the
 # default of the config; or a number), HELIOS_ALT_CORES (1: a second heliosproxy with this many
-# shards takes part in the simple-protocol rounds as `heliosproxy-N`; empty: none), MODES ("simple prepared"), DATABASE_URL (use an existing
+# shards takes part in the simple-protocol rounds as `heliosproxy-N`; empty: none), ANOMALY (1: the
+# second heliosproxy is instead one with anomaly detection on, and the ratio on/off is printed), MODES ("simple prepared"), DATABASE_URL (use an existing
 # server instead of a scratch cluster; it must accept postgres://USER:PASS@HOST:PORT/DB logins).
 #
 # Latency (after the pgbench table; LATENCY=0 skips it): helios-loadtest, select-only, closed
@@ -48,6 +49,12 @@ HELIOS_ALT_CORES=${HELIOS_ALT_CORES-1}
 [ "$HELIOS_ALT_CORES" = "$HELIOS_CORES" ] && HELIOS_ALT_CORES=""
 ALT=""
 [ -n "$HELIOS_ALT_CORES" ] && ALT="heliosproxy-$HELIOS_ALT_CORES"
+# ANOMALY=1: the second heliosproxy is the first one with anomaly detection on (`--anomaly`,
+# docs/signal.md), and the summary prints detection on / off.
+ALT_ARGS=()
+if [ "${ANOMALY:-0}" = 1 ]; then
+  HELIOS_ALT_CORES=$HELIOS_CORES; ALT="heliosproxy-anomaly"; ALT_ARGS=(--anomaly)
+fi
 MODES=${MODES:-simple prepared}
 THREADS=${THREADS:-2}
 LATENCY=${LATENCY:-1}
@@ -165,7 +172,7 @@ EOF
     return
   fi
   setsid "$HELIOS" --upstream "postgres://$PGUSER:$PGPASSWORD@$PGHOST:$PG_PORT/$PGDB" --listen "127.0.0.1:$port" \
-    ${cores[@]+"${cores[@]}"} --pool-mode transaction --pool-size "$POOL" --admin-listen "127.0.0.1:$(free_port)" \
+    ${cores[@]+"${cores[@]}"} ${3:+$3} --pool-mode transaction --pool-size "$POOL" --admin-listen "127.0.0.1:$(free_port)" \
     >"$2" 2>&1 &
   STARTED_PID=$!; STARTED_PORT=$port; PIDS+=("$STARTED_PID")
 }
@@ -173,7 +180,7 @@ start_helios "$HELIOS_CORES" "$WORK/helios.log"
 HP_PORT=$STARTED_PORT; HP_PID=$STARTED_PID
 ALT_PORT=""; ALT_PID=""
 if [ -n "$ALT" ]; then
-  start_helios "$HELIOS_ALT_CORES" "$WORK/helios-alt.log"
+  start_helios "$HELIOS_ALT_CORES" "$WORK/helios-alt.log" "${ALT_ARGS[*]:-}"
   ALT_PORT=$STARTED_PORT; ALT_PID=$STARTED_PID
 fi
 
@@ -311,6 +318,9 @@ for t in ("heliosproxy", alt):
     x = agg.get((t, "simple"))
     if x and b and x[1] and b[1]:
         print(f"simple: {t}/pgbouncer TPS {x[0]/x[3]/(b[0]/b[3]):.3f}, CPU per txn {(x[2]/x[1])/(b[2]/b[1]):.3f}")
+an = agg.get(("heliosproxy-anomaly", "simple"))
+if h and an:
+    print(f"anomaly detection on/off: TPS {an[0]/an[3]/(h[0]/h[3]):.3f}, CPU per txn {(an[2]/an[1])/(h[2]/h[1]):.3f}")
 hp = agg.get(("heliosproxy", "prepared"))
 if h and hp:
     print(f"heliosproxy prepared/simple TPS {hp[0]/hp[3]/(h[0]/h[3]):.3f}")

@@ -17,6 +17,8 @@ use crate::StaticInfo;
 
 /// The Prometheus text exposition content type.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Server-sent events (`/anomalies/stream`): the admin loop keeps such a response open.
+pub const EVENT_STREAM: &str = "text/event-stream";
 
 /// Every endpoint and the methods it takes (for 405 and its `Allow` header; HEAD is answered
 /// wherever GET is). `{x}` matches one path segment; a last `{key}` or `{path}` matches the rest.
@@ -41,6 +43,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/plugins", &["GET"]),
     ("/plugins/{name}/kv/{key}", &["GET", "PUT", "DELETE"]),
     ("/anomalies", &["GET"]),
+    ("/anomalies/stream", &["GET"]),
     ("/drift", &["GET"]),
     ("/api/chaos", &["GET", "POST"]),
     ("/api/edge", &["GET"]),
@@ -302,7 +305,7 @@ impl Api {
         }
         let params_allowed: &[&str] = match pattern {
             "/histograms" => &["metric", "db", "format", "window"],
-            "/anomalies" => &["limit"],
+            "/anomalies" | "/drift" => &["limit"],
             _ => &[],
         };
         let params = match parse_query(query, params_allowed) {
@@ -337,10 +340,9 @@ impl Api {
             "/plugins" => self.plugins(),
             "/nodes/{name}/enable" => self.switch_node(caps[0], true),
             "/nodes/{name}/disable" => self.switch_node(caps[0], false),
-            "/anomalies" | "/drift" => not_enabled(
-                "signal plane",
-                "anomaly and drift detection is not built into this proxy yet",
-            ),
+            "/anomalies" => self.anomalies(&params),
+            "/anomalies/stream" => self.anomaly_stream(),
+            "/drift" => self.drift(&params),
             "/api/chaos" => self.chaos(method, &req.body),
             "/api/edge" | "/api/edge/{path}" => not_enabled(
                 "edge cache",
@@ -353,6 +355,7 @@ impl Api {
             "/ready" => self.ready(),
             "/metrics" => {
                 let mut text = render::prometheus(&self.state);
+                crate::signal::prometheus(&mut text, &self.state.signal, self.info.signal.as_deref());
                 if let Some(t) = self.info.topology.as_ref().and_then(|t| t.topology()) {
                     render::prometheus_topology(&mut text, &t);
                 }
@@ -397,6 +400,102 @@ impl Api {
             "/reload" => self.reload(),
             _ => Response::error(500, format!("{pattern} has no handler")),
         }
+    }
+
+    /// `[anomaly] enabled` as in effect.
+    fn anomaly_on(&self) -> bool {
+        self.info
+            .signal
+            .as_ref()
+            .is_some_and(|b| b.anomaly_enabled.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// `?limit=N` (1..=1000, default 100), or 400.
+    fn limit(params: &BTreeMap<String, String>) -> Result<usize, Response> {
+        match params.get("limit") {
+            None => Ok(100),
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=crate::signal::EVENT_BUFFER).contains(&n) => Ok(n),
+                _ => Err(Response::error(
+                    400,
+                    format!(
+                        "limit: {v:?} is not a number from 1 to {}",
+                        crate::signal::EVENT_BUFFER
+                    ),
+                )),
+            },
+        }
+    }
+
+    fn anomalies(&self, params: &BTreeMap<String, String>) -> Response {
+        if !self.anomaly_on() {
+            return not_enabled(
+                "anomaly detection",
+                "set [anomaly] enabled = true in the configuration (docs/signal.md)",
+            );
+        }
+        let limit = match Self::limit(params) {
+            Ok(l) => l,
+            Err(r) => return r,
+        };
+        let events = self.state.signal.recent(limit);
+        json_ok(json!({
+            "count": events.len(),
+            "limit": limit,
+            "events": events,
+            "buffer_total": self.state.signal.total,
+        }))
+    }
+
+    /// The head of `/anomalies/stream`: the admin loop keeps the connection (lib.rs) and
+    /// writes each new event to it as a server-sent event.
+    fn anomaly_stream(&mut self) -> Response {
+        if !self.anomaly_on() {
+            return not_enabled(
+                "anomaly detection",
+                "set [anomaly] enabled = true in the configuration (docs/signal.md)",
+            );
+        }
+        // Only what arrives from now on.
+        self.state.signal.take_fresh();
+        if let Some(b) = &self.info.signal {
+            b.take_fresh();
+        }
+        Response::text(200, EVENT_STREAM, ": heliosproxy anomaly events\n\n".into())
+    }
+
+    /// Drift alerts not streamed yet.
+    pub fn drift_alerts_fresh(&self) -> Vec<crate::signal::DriftAlert> {
+        self.info
+            .signal
+            .as_ref()
+            .map(|b| b.take_fresh())
+            .unwrap_or_default()
+    }
+
+    fn drift(&self, params: &BTreeMap<String, String>) -> Response {
+        let board = self
+            .info
+            .signal
+            .as_ref()
+            .filter(|b| b.drift_enabled.load(std::sync::atomic::Ordering::Relaxed));
+        let Some(board) = board else {
+            return not_enabled(
+                "drift detection",
+                "set [drift] enabled = true and drift = true on a database (docs/signal.md)",
+            );
+        };
+        let limit = match Self::limit(params) {
+            Ok(l) => l,
+            Err(r) => return r,
+        };
+        let (alerts, total) = board.alerts(limit);
+        json_ok(json!({
+            "count": alerts.len(),
+            "limit": limit,
+            "alerts": alerts,
+            "total": total,
+        }))
     }
 
     fn health(&self, now: Instant) -> Response {
@@ -1086,6 +1185,7 @@ mod tests {
             shards: 1,
             node_switches: Default::default(),
             topology: None,
+            signal: None,
         };
         let (tx, _rx) = crossbeam_channel::bounded(1);
         let mut api =

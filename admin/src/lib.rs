@@ -16,6 +16,7 @@ pub mod http;
 pub mod openapi;
 pub mod render;
 pub mod replay;
+pub mod signal;
 pub mod snapshot;
 pub mod sql;
 pub mod state;
@@ -31,6 +32,7 @@ use helios_config::AdminConfig;
 
 pub use api::Api;
 pub use render::{hgrm, hgrm_scaled, prometheus, LatencySummary};
+pub use signal::{AnomalyEvent, DriftAlert, SignalBoard};
 pub use snapshot::{
     new_histogram, record_us, AdminCommand, ClientInfo, Counters, Metric, NodeStatus,
     PluginShardStats, PoolStats, ServerInfo, ShardSnapshot,
@@ -150,6 +152,8 @@ pub struct StaticInfo {
     pub node_switches: std::sync::Arc<NodeSwitches>,
     /// The engine's topology (`/topology`, `/api/chaos`; 503 without).
     pub topology: Option<std::sync::Arc<dyn TopologyControl>>,
+    /// The signal plane's shared state (`/anomalies`, `/drift`; 503 while off).
+    pub signal: Option<std::sync::Arc<SignalBoard>>,
 }
 
 /// Binds `cfg.listen` and starts the admin thread.
@@ -256,12 +260,16 @@ fn run(
     max_body: usize,
     tick: Duration,
 ) {
+    let mut streams = Streams::default();
     while drain(&snapshots, &mut api.state) {
+        streams.push_events(&mut api);
         wait_readable(&listener, tick);
         loop {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    serve(stream, &mut api, &snapshots, max_body);
+                    if let Some(s) = serve(stream, &mut api, &snapshots, max_body) {
+                        streams.add(s);
+                    }
                     if !drain(&snapshots, &mut api.state) {
                         return;
                     }
@@ -280,20 +288,89 @@ fn run(
     }
 }
 
+/// Open `/anomalies/stream` connections: each new event (and drift alert) is written to every
+/// one as a server-sent event. Writes never block the admin thread: a client that does not
+/// keep up (its socket buffer full) or went away is dropped.
+#[derive(Default)]
+struct Streams {
+    open: Vec<TcpStream>,
+    /// When the last keep-alive comment went out.
+    ping: Option<Instant>,
+}
+
+/// Most `/anomalies/stream` clients at once; a new one replaces the oldest.
+const MAX_STREAMS: usize = 8;
+
+impl Streams {
+    fn add(&mut self, s: TcpStream) {
+        if self.open.len() == MAX_STREAMS {
+            self.open.remove(0);
+        }
+        self.open.push(s);
+    }
+
+    fn push_events(&mut self, api: &mut Api) {
+        if self.open.is_empty() {
+            return;
+        }
+        let mut out = Vec::new();
+        for e in api.state.signal.take_fresh() {
+            out.extend_from_slice(b"event: anomaly\ndata: ");
+            out.extend_from_slice(&serde_json::to_vec(&e).unwrap_or_default());
+            out.extend_from_slice(b"\n\n");
+        }
+        for a in api.drift_alerts_fresh() {
+            out.extend_from_slice(b"event: drift\ndata: ");
+            out.extend_from_slice(&serde_json::to_vec(&a).unwrap_or_default());
+            out.extend_from_slice(b"\n\n");
+        }
+        if out.is_empty()
+            && self
+                .ping
+                .is_some_and(|p| p.elapsed() < Duration::from_secs(15))
+        {
+            return;
+        }
+        if out.is_empty() {
+            out.extend_from_slice(b": keep-alive\n\n");
+        }
+        self.ping = Some(Instant::now());
+        self.open.retain_mut(|s| {
+            use std::io::Write;
+            matches!(s.write(&out), Ok(n) if n == out.len())
+        });
+    }
+}
+
+/// Serves one request; a `/anomalies/stream` connection is handed back to stay open.
 fn serve(
     mut stream: TcpStream,
     api: &mut Api,
     snapshots: &Receiver<ShardSnapshot>,
     max_body: usize,
-) {
+) -> Option<TcpStream> {
     if stream.set_nonblocking(false).is_err() {
-        return;
+        return None;
     }
     let _ = stream.set_nodelay(true);
     match http::read_request(&mut stream, max_body) {
         Ok(req) => {
             drain(snapshots, &mut api.state);
             let resp = api.handle(&req, Instant::now());
+            if resp.status == 200 && resp.content_type == api::EVENT_STREAM && req.method == "GET" {
+                use std::io::Write;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: keep-alive\r\n\r\n{}",
+                    String::from_utf8_lossy(&resp.body)
+                );
+                let _ = stream.set_write_timeout(Some(http::REQUEST_DEADLINE));
+                if stream.write_all(head.as_bytes()).is_err()
+                    || stream.set_nonblocking(true).is_err()
+                {
+                    return None;
+                }
+                return Some(stream);
+            }
             http::write_response(&mut stream, &resp, req.method == "HEAD", false);
         }
         Err(http::ReadError::Reject(resp)) => {
@@ -301,4 +378,5 @@ fn serve(
         }
         Err(http::ReadError::Io(e)) => log::debug!("admin API: reading a request: {e}"),
     }
+    None
 }

@@ -217,6 +217,8 @@ pub struct ShardSnapshot {
     pub nodes: Vec<NodeStatus>,
     /// Per plugin, in call order (empty without plugins).
     pub plugins: Vec<PluginShardStats>,
+    /// Anomaly events detected since the last snapshot (empty without `[anomaly]`).
+    pub anomalies: Vec<crate::signal::AnomalyEvent>,
 }
 
 impl ShardSnapshot {
@@ -231,6 +233,7 @@ impl ShardSnapshot {
             servers: Vec::new(),
             nodes: Vec::new(),
             plugins: Vec::new(),
+            anomalies: Vec::new(),
         }
     }
 }

@@ -102,6 +102,8 @@ pub struct AdminState {
     /// Plugin hook call times since start (or reset), by plugin name.
     plugin_time: BTreeMap<String, Histogram<u64>>,
     reset_at: Option<Instant>,
+    /// Anomaly events merged from every shard (admin/src/signal.rs).
+    pub signal: crate::signal::SignalState,
 }
 
 /// A histogram that accepts anything the shards send (it resizes rather than refusing values).
@@ -128,12 +130,14 @@ impl AdminState {
             total: BTreeMap::new(),
             plugin_time: BTreeMap::new(),
             reset_at: None,
+            signal: Default::default(),
         }
     }
 
     /// Takes in one shard's snapshot: its interval histograms are added to the totals and kept as
     /// that shard's current interval; everything else replaces what the shard sent last.
     pub fn ingest(&mut self, mut snap: ShardSnapshot, now: Instant) {
+        self.signal.ingest(std::mem::take(&mut snap.anomalies));
         for p in &mut snap.plugins {
             if !p.time_us.is_empty() {
                 add_into(

@@ -47,6 +47,7 @@ impl Admin {
             shards: 2,
             node_switches: Default::default(),
             topology: None,
+            signal: None,
         };
         let thread = helios_admin::spawn_on(listener, &cfg, srx, ctx, info).unwrap();
         Admin {
@@ -690,6 +691,7 @@ fn spawn_refuses_a_taken_port_and_open_listen_without_token() {
         shards: 1,
         node_switches: Default::default(),
         topology: None,
+        signal: None,
     };
     let cfg = AdminConfig {
         listen: taken.local_addr().unwrap().to_string(),
@@ -738,6 +740,7 @@ fn spawn_binds_and_stops_when_the_engine_goes() {
         shards: 1,
         node_switches: Default::default(),
         topology: None,
+        signal: None,
     };
     let handle = helios_admin::spawn(&cfg, srx, ctx, info).unwrap();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

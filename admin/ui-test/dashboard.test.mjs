@@ -71,7 +71,7 @@ const browser = await chromium.launch({
 // (the page then asks for it), 503 from the routes of features not built (the panel says
 // "<feature> not enabled"), and the 400 of the read-only refusal this test provokes. Any other
 // console error fails the test.
-const NOT_BUILT = ["/anomalies", "/drift", "/api/edge"];
+const NOT_BUILT = ["/drift", "/api/edge"];
 let phase = "before-token";
 function expected(text, url) {
   const m = /^Failed to load resource: the server responded with a status of (\d+)/.exec(text);
@@ -128,7 +128,10 @@ try {
   ok((await page.locator("#topology-body").textContent()).includes("primary"), "Topology renders");
   await page.locator("#plugins-body tbody tr").first().waitFor({ timeout: WAIT });
   ok((await page.locator("#plugins-body").textContent()).includes("block-drop"), "Plugins lists block-drop");
-  for (const [panel, feature] of [["anomalies", "signal plane"], ["edge", "edge cache"]]) {
+  // Anomalies: the proxy runs with [anomaly] on and the Rust side sent a tautology.
+  await page.locator("#anomalies-body tbody tr").first().waitFor({ timeout: WAIT });
+  ok((await page.locator("#anomalies-body").textContent()).includes("tautology"), "Anomalies lists the tautology event");
+  for (const [panel, feature] of [["edge", "edge cache"]]) {
     await page.locator(`#${panel}-body .off-note`).waitFor({ timeout: WAIT });
     const t = await page.locator(`#${panel}-body`).textContent();
     ok(t.startsWith(`${feature} not enabled`), `${panel} says "${feature} not enabled"`);

@@ -236,6 +236,7 @@ pub fn shared_with_inboxes(n: usize) -> (Arc<Shared>, Vec<Receiver<ShardMsg>>) {
         node_switches: Default::default(),
         topology: Arc::new(helios_engine::backend::topology::TopologyHub::empty()),
         journal: None,
+        signal: Default::default(),
     };
     (Arc::new(shared), receivers)
 }

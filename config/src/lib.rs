@@ -14,6 +14,7 @@ pub mod hba;
 pub mod journal;
 pub mod plugins;
 pub mod reload;
+pub mod signal;
 mod userlist;
 
 use std::collections::BTreeMap;
@@ -101,6 +102,15 @@ pub struct Config {
     /// The opt-in write journal replayed by `POST /api/replay` (docs/replay.md).
     #[serde(default)]
     pub journal: journal::JournalConfig,
+    /// Per-session audit summaries (docs/signal.md).
+    #[serde(default)]
+    pub audit: signal::AuditConfig,
+    /// In-process anomaly detection (docs/signal.md).
+    #[serde(default)]
+    pub anomaly: signal::AnomalyConfig,
+    /// Drift alerts over the audit summaries (docs/signal.md).
+    #[serde(default)]
+    pub drift: signal::DriftConfig,
 }
 
 /// `[tls]`: TLS on client connections.
@@ -737,6 +747,12 @@ pub struct DatabaseConfig {
     /// The same for the result's bytes as sent to the client (0: no limit).
     #[serde(default)]
     pub max_result_bytes: u64,
+    /// Anomaly detection watches this database's sessions (when `[anomaly] enabled`).
+    #[serde(default = "default_true")]
+    pub anomaly: bool,
+    /// Drift alerts cover this database (when `[drift] enabled`).
+    #[serde(default)]
+    pub drift: bool,
 }
 
 /// Transaction mode's answer to a statement whose session state the proxy cannot track
@@ -795,6 +811,8 @@ impl Default for DatabaseConfig {
             unsafe_statements: UnsafeStatements::default(),
             max_result_rows: 0,
             max_result_bytes: 0,
+            anomaly: true,
+            drift: false,
         }
     }
 }
@@ -1019,6 +1037,9 @@ impl Config {
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("; "));
+        }
+        if let Err(e) = signal::validate(&self.audit, &self.anomaly, &self.drift) {
+            return bad(e);
         }
         if self.admin.snapshot_interval_ms < 100 {
             return bad("admin.snapshot_interval_ms: must be at least 100".into());

@@ -125,6 +125,8 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("databases.<alias>.unsafe_statements", Reload),
     ("databases.<alias>.max_result_rows", Reload),
     ("databases.<alias>.max_result_bytes", Reload),
+    ("databases.<alias>.anomaly", Reload),
+    ("databases.<alias>.drift", Reload),
     // The plugin host reloads in place. It keeps the start-up value of memory_limit_mb and
     // max_plugins when a reload raises them, and of fuel_per_call when a reload switches fuel
     // on or off (and logs that); lowering them, or changing the budget, applies.
@@ -158,6 +160,34 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("tls.min_version", Reload),
     ("tls.client_ca", Reload),
     ("tls.client_cert", Reload),
+    // The audit thread and its sink start once.
+    ("audit.sink", Restart),
+    ("audit.interval_s", Restart),
+    ("audit.max_file_bytes", Restart),
+    // Read by sessions opened after the reload (thresholds: at each check).
+    ("anomaly.enabled", Reload),
+    ("anomaly.z", Reload),
+    ("anomaly.min_count", Reload),
+    ("anomaly.warmup_s", Reload),
+    ("anomaly.auth_window_s", Reload),
+    ("anomaly.auth_failures_per_user", Reload),
+    ("anomaly.auth_failures_per_address", Reload),
+    ("anomaly.max_fingerprints", Reload),
+    ("anomaly.action.tautology", Reload),
+    ("anomaly.action.union_probe", Reload),
+    ("anomaly.action.comment_truncation", Reload),
+    ("anomaly.action.stacked_query", Reload),
+    ("anomaly.action.time_based", Reload),
+    ("anomaly.action.catalog_probe", Reload),
+    ("anomaly.action.rate_spike", Reload),
+    ("anomaly.action.credential_stuffing", Reload),
+    // The drift engine runs on the audit thread, set up once.
+    ("drift.enabled", Restart),
+    ("drift.window_s", Restart),
+    ("drift.tick_s", Restart),
+    ("drift.baseline_windows", Restart),
+    ("drift.z", Restart),
+    ("drift.error_rate_high", Restart),
 ];
 
 /// The free-form table under which every key is the plugin's own (its KV seed).
@@ -313,6 +343,8 @@ impl Config {
             .kv_persist_path
             .clone_from(&running.plugins.kv_persist_path);
         self.journal = running.journal.clone();
+        self.audit = running.audit.clone();
+        self.drift = running.drift.clone();
     }
 }
 
@@ -371,6 +403,17 @@ mod tests {
         path = "j"
         max_file_bytes = 5000
         max_files = 2
+        [audit]
+        sink = "stdout"
+        interval_s = 9
+        max_file_bytes = 5000
+        [drift]
+        enabled = true
+        window_s = 9
+        tick_s = 3
+        baseline_windows = 4
+        z = 2.5
+        error_rate_high = 0.5
     "#;
 
     #[test]

@@ -10,6 +10,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("sql", 0),
     ("auth", 0),
     ("net", 1),
+    ("signal", 1),
     ("proto", 2),
     ("backend", 3),
     ("shard", 4),

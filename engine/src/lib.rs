@@ -7,7 +7,7 @@
 //! | layer | what |
 //! |---|---|
 //! | `error`, `ids`, `stats`, `sql`, `auth` | plain data and pure functions: errors, ids, counters, SQL scanning, SCRAM |
-//! | `net` | the wire: frame codec and sockets |
+//! | `net`, `signal` | the wire: frame codec and sockets; the signal plane's detectors, audit and drift |
 //! | `proto` | the sans-io protocol core: frames in, actions out |
 //! | `backend` | the server side: connections and pools |
 //! | `shard` | one core's state: pools, registry, cancel keys, channels |
@@ -28,5 +28,6 @@ pub mod pipeline;
 pub mod proto;
 pub mod runtime;
 pub mod shard;
+pub mod signal;
 pub mod sql;
 pub mod stats;

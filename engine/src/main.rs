@@ -49,6 +49,9 @@ struct Cli {
     /// Quick start: only load plugins signed by a key in this directory (`<signer>.pub`).
     #[arg(long, requires = "upstream")]
     trust_root: Option<PathBuf>,
+    /// Quick start: turn anomaly detection on (`[anomaly] enabled = true`, docs/signal.md).
+    #[arg(long, requires = "upstream")]
+    anomaly: bool,
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -149,6 +152,12 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
             },
             ..IoConfig::default()
         },
+        audit: Default::default(),
+        anomaly: helios_config::signal::AnomalyConfig {
+            enabled: cli.anomaly,
+            ..Default::default()
+        },
+        drift: Default::default(),
         plugins: helios_config::plugins::PluginsConfig {
             enabled: !cli.plugins.is_empty(),
             trust_root: cli.trust_root.clone(),

@@ -149,6 +149,8 @@ pub struct Shared {
     pub topology: Arc<TopologyHub>,
     /// The write journal's sink (`[journal] enabled`; pipeline/journal.rs).
     pub journal: Option<crate::pipeline::journal::JournalSink>,
+    /// The signal plane's board and audit queue (docs/signal.md).
+    pub signal: crate::signal::SignalShared,
 }
 
 impl Shared {
@@ -282,6 +284,8 @@ pub struct Shard {
     pub topology: RefCell<Arc<Topology>>,
     /// The shard's turn counter for spreading reads over replicas.
     pub route_seq: Cell<u64>,
+    /// Anomaly detection's windows, fingerprints and pending events (docs/signal.md).
+    pub signal: RefCell<crate::signal::ShardSignal>,
 }
 
 /// Session parameters by name, values quoted as SQL literals.
@@ -311,6 +315,7 @@ impl Shard {
             param_sets: RefCell::new(Vec::new()),
             topology: RefCell::new(shared.topology.snapshot()),
             route_seq: Cell::new(0),
+            signal: RefCell::new(crate::signal::ShardSignal::new(id)),
             shared,
         })
     }

@@ -48,7 +48,9 @@ fn dashboard_works_in_a_real_browser() {
         + &format!(
             "\n[journal]\nenabled = true\npath = \"{}\"\n",
             journal.display()
-        );
+        )
+        // With anomaly detection on: the Anomalies panel has an event to list.
+        + "\n[anomaly]\nenabled = true\n";
     let proxy = two_node_admin_proxy(&pg, "", &plugins);
     // Some traffic for the counters, the chart and the pools of both nodes.
     for db in ["app", "app2"] {
@@ -57,6 +59,9 @@ fn dashboard_works_in_a_real_browser() {
             c.simple_query("select 1").unwrap();
         }
     }
+    connect(&proxy, SUPERUSER, "", "app")
+        .simple_query("select 1 where '' = '' or 1=1")
+        .unwrap();
     // Writes for the journal (the Replay panel): a table the shadow test does not compare.
     let mut c = connect(&proxy, SUPERUSER, "", "app");
     c.batch_execute("create table jr(x int); insert into jr values (1), (2)")

@@ -244,7 +244,49 @@ pub async fn startup(
         )));
     }
     let method = access(&cfg, client, &user, &database)?;
-    authenticate(shard, client, reader, &user, method).await?;
+    let watch = cfg.config.anomaly.enabled;
+    let address = if watch {
+        client
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    if watch {
+        let sig = shard.signal.borrow();
+        let now = sig.seconds(std::time::Instant::now());
+        if sig.login_blocked(&cfg.config.anomaly, &address, now) {
+            log::info!("login of {user:?} from {address} refused: credential stuffing");
+            return Err(Some(ProxyError::fatal(
+                SqlState("42501"),
+                Blame::Client,
+                "heliosproxy refused the login: anomaly detection (credential_stuffing)",
+            )));
+        }
+    }
+    let auth = authenticate(shard, client, reader, &user, method).await;
+    if watch {
+        // The real outcome of the password check feeds credential stuffing.
+        let mut sig = shard.signal.borrow_mut();
+        match &auth {
+            Ok(()) => sig.login_succeeded(&user, &address),
+            Err(Some(e)) if e.code == SqlState::INVALID_PASSWORD => {
+                let now = sig.seconds(std::time::Instant::now());
+                let view = crate::signal::SessionView {
+                    database: database.clone(),
+                    user: user.clone(),
+                    tenant: user.clone(),
+                    address: address.clone(),
+                    statements: 0,
+                    uses_catalog: false,
+                };
+                sig.login_failed(&cfg.config.anomaly, &view, now);
+            }
+            _ => {}
+        }
+    }
+    auth?;
     Ok(Startup::Login(Login {
         user,
         database,

@@ -31,6 +31,7 @@ use crate::pipeline::guard::ResultGuard;
 use crate::pipeline::journal::JournalStage;
 use crate::pipeline::plugins::PluginStage;
 use crate::pipeline::route::{Commit, RouteStage};
+use crate::pipeline::signal::SignalStage;
 use crate::pipeline::{Pipeline, Target};
 use crate::proto::exchange::{
     kind_and_name, Ended, Exchange, Io, Observer, RowAction, Server, Step, Then, Tx,
@@ -116,6 +117,8 @@ struct Session {
     replay_armed: bool,
     /// Transaction mode: the client's LISTEN subscriptions (dropped with the session).
     listener: Listener,
+    /// The session's audit counters, while the audit thread runs (docs/signal.md).
+    tally: Option<Rc<crate::signal::audit::Tally>>,
 }
 
 /// The session's side of [`Observer`]: statistics and the pipeline's stages as responses pass.
@@ -125,10 +128,14 @@ struct Watch<'a> {
     pipeline: &'a mut Pipeline,
     request_start: &'a mut Option<Instant>,
     server_sent: &'a mut Option<Instant>,
+    tally: Option<&'a crate::signal::audit::Tally>,
 }
 
 impl Observer for Watch<'_> {
     fn forwarded(&mut self, tag: u8, frame: &[u8]) {
+        if let Some(t) = self.tally {
+            crate::signal::audit::Tally::add(&t.backend_messages, 1);
+        }
         self.pipeline.forwarded(tag, frame);
     }
 
@@ -195,6 +202,7 @@ macro_rules! io {
                 pipeline: &mut $s.pipeline,
                 request_start: &mut $s.request_start,
                 server_sent: &mut $s.server_sent,
+                tally: $s.tally.as_deref(),
             },
             registry: &$s.shard.statements,
             shard: $s.shard.id,
@@ -286,6 +294,7 @@ impl Session {
         };
         let default_pool = pool.clone();
         let desired = shard.shared_params(desired);
+        let (signal, tally) = signal_stage(&shard, &login, &client, &pool);
         Ok(Session {
             client,
             creader,
@@ -304,6 +313,7 @@ impl Session {
                 hooks,
                 RouteStage::configured(&shard.config().config, &login.database, &login.user),
                 guard,
+                signal,
                 JournalStage::configured(&shard, &login.database, &login.user, pid.0 as u32),
             ),
             replay: Vec::new(),
@@ -311,6 +321,7 @@ impl Session {
             request_start: None,
             server_sent: None,
             listener: Listener::default(),
+            tally,
             shard,
         })
     }
@@ -327,6 +338,10 @@ impl Session {
         }
         self.pipeline
             .abandon(&self.shard, "the session ended before its outcome");
+        if let Some(t) = self.tally.take() {
+            let s = t.cut(crate::signal::unix_ms(), self.shard.id, true);
+            self.shard.shared.signal.audit(s);
+        }
         self.shard.unregister_client(self.pid);
         self.cancel_target.set(None);
         if let Some(server) = self.server.take() {
@@ -393,6 +408,9 @@ impl Session {
                 Event::Client(Ok(0)) | Event::Client(Err(_)) => return End::ClientGone,
                 Event::Client(Ok(n)) => {
                     Counters::add(&self.shard.stats.counters.bytes_in, n as u64);
+                    if let Some(t) = &self.tally {
+                        crate::signal::audit::Tally::add(&t.bytes_in, n as u64);
+                    }
                     if self.request_start.is_none() {
                         self.request_start = Some(helios_uring::turn_time());
                     }
@@ -441,6 +459,9 @@ impl Session {
                 }
                 Event::Server(Ok(n)) if n > 0 => {
                     Counters::add(&self.shard.stats.counters.bytes_out, n as u64);
+                    if let Some(t) = &self.tally {
+                        crate::signal::audit::Tally::add(&t.bytes_out, n as u64);
+                    }
                     if self.replay_armed {
                         match self.first_answer_is_fatal() {
                             // A connection killed while idle says FATAL (57P01 …) and closes.
@@ -648,6 +669,9 @@ impl Session {
     /// One client message: the core's checks (classify, local answers, refusals), then the
     /// pipeline's stages for a message on its way to a server (pipeline/mod.rs).
     fn on_client(&mut self, frame: Frame) -> Result<Step, ProxyError> {
+        if let Some(t) = &self.tally {
+            crate::signal::audit::Tally::add(&t.frontend_messages, 1);
+        }
         if self.ex.drops(frame.tag) {
             return Ok(Step::Done);
         }
@@ -932,4 +956,49 @@ async fn wait_for_primary(shard: Rc<Shard>, alias: String) -> Result<String, Pro
         }
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The signal stage and audit tally of a session, when `[anomaly]` watches its database or the
+/// audit thread runs (docs/signal.md).
+fn signal_stage(
+    shard: &Shard,
+    login: &Login,
+    client: &Conn,
+    pool: &Pool,
+) -> (Option<SignalStage>, Option<Rc<crate::signal::audit::Tally>>) {
+    let cfg = shard.config.borrow();
+    let db = cfg.config.databases.get(&login.database);
+    let detect = cfg.config.anomaly.enabled && db.is_some_and(|d| d.anomaly);
+    let audit = shard.shared.signal.audit.is_some();
+    if !detect && !audit {
+        return (None, None);
+    }
+    let peer = client.peer_addr();
+    let address = peer.map(|a| a.ip().to_string()).unwrap_or_default();
+    let tally = audit.then(|| {
+        Rc::new(crate::signal::audit::Tally::new(
+            crate::signal::audit::Identity {
+                context: login.database.clone(),
+                user: login.user.clone(),
+                upstream_user: pool.settings.borrow().target.user.clone(),
+                client_addr: peer.map(|a| a.to_string()).unwrap_or_default(),
+                tls: client.is_tls(),
+                started_ms: crate::signal::unix_ms(),
+                drift: cfg.config.drift.enabled && db.is_some_and(|d| d.drift),
+            },
+        ))
+    });
+    let view = crate::signal::SessionView {
+        database: login.database.clone(),
+        user: login.user.clone(),
+        tenant: if login.user.is_empty() {
+            address.clone()
+        } else {
+            login.user.clone()
+        },
+        address,
+        statements: 0,
+        uses_catalog: false,
+    };
+    (SignalStage::configured(detect, view, tally.clone()), tally)
 }

@@ -16,6 +16,7 @@ use crate::shard::Shard;
 
 pub fn build(shard: &Shard) -> ShardSnapshot {
     let mut snap = ShardSnapshot::new(shard.id);
+    snap.anomalies = shard.signal.borrow_mut().take_events();
     for (db, [q, c, s]) in shard.stats.take_histograms() {
         snap.histograms.push((Metric::Query, db.clone(), q));
         snap.histograms.push((Metric::Checkout, db.clone(), c));

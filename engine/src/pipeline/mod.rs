@@ -3,6 +3,8 @@
 //! ```text
 //!   classify      proto::Exchange + sql::classify: session-state effects (tracked, dirty,
 //!                 pinned, refused), LISTEN, DEALLOCATE answered locally
+//!   anomaly       signal::SignalStage ([anomaly] / [audit]): detection (may refuse, 42501),
+//!                 the session's audit tally at the outcome (docs/signal.md)
 //!   pre_query     plugins::PluginStage: the WASM pre_query chain (may rewrite or refuse)
 //!   route         plugins::PluginStage: the WASM route chain (may pick a node, say primary or
 //!                 replica, or refuse); then route::RouteStage (databases with a topology):
@@ -17,9 +19,8 @@
 //!                 CommandComplete, response bytes, elapsed time, SQLSTATE and message)
 //! ```
 //!
-//! Later stages (anomaly detection and access guards before `pre_query`, a result cache after
-//! it, audit after `post_query`) are one more [`Stage`] in [`Pipeline::new`]; the session loop
-//! does not change.
+//! Later stages (access guards before `pre_query`, a result cache after it) are one more
+//! [`Stage`] in [`Pipeline::new`]; the session loop does not change.
 //!
 //! An *execution* is one simple Query, one Bind+Execute of the extended protocol (the statement
 //! text comes from its Parse, however long ago), or one FunctionCall. Each has its own request
@@ -36,6 +37,7 @@ pub mod guard;
 pub mod journal;
 pub mod plugins;
 pub mod route;
+pub mod signal;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -184,13 +186,17 @@ impl Pipeline {
         plugins: Box<plugins::PluginStage>,
         route: Option<route::RouteStage>,
         guard: Option<guard::ResultGuard>,
+        signal: Option<signal::SignalStage>,
         journal: Option<journal::JournalStage>,
     ) -> Pipeline {
         let mut stages: Vec<Box<dyn Stage>> =
             Vec::with_capacity(1 + route.is_some() as usize + guard.is_some() as usize);
         let routes = route.is_some();
         // classify: the protocol core, before any stage.
-        // (anomaly, access guards: here)
+        if let Some(s) = signal {
+            stages.push(Box::new(s)); // anomaly detection, audit: before pre_query
+        }
+        // (access guards: here)
         stages.push(plugins); // pre_query, route … post_query
         if let Some(r) = route {
             stages.push(Box::new(r)); // the node, after the plugins' say
@@ -617,6 +623,7 @@ mod tests {
     fn statement_texts_go_with_close_and_stay_bounded() {
         let mut p = Pipeline::new(
             plugins::PluginStage::new("u", "db", "", None),
+            None,
             None,
             None,
             None,

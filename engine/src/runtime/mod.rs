@@ -189,6 +189,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             node_tls: rt.node_tls.clone(),
         })),
         journal,
+        signal: start_signal(&rt.config)?,
     });
     {
         // Snapshots go to every shard's inbox; each shard routes by its own copy.
@@ -213,6 +214,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
             shards,
             node_switches: shared.node_switches.clone(),
             topology: Some(std::sync::Arc::new(TopologyBridge(shared.topology.clone()))),
+            signal: Some(shared.signal.board.clone()),
         };
         helios_admin::spawn(&admin_cfg, snap_rx, cmd_tx, info).map_err(|e| anyhow!("{e}"))?;
         let shared = shared.clone();
@@ -407,6 +409,53 @@ fn log_tls(rt: &RuntimeConfig) {
     }
 }
 
+/// The signal plane's shared part: the board the admin reads and, with `[audit] sink` or
+/// `[drift] enabled`, the audit thread (docs/signal.md).
+fn start_signal(c: &helios_config::Config) -> Result<crate::signal::SignalShared> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let board = Arc::new(helios_admin::SignalBoard::default());
+    board.anomaly_enabled.store(c.anomaly.enabled, Relaxed);
+    board.drift_enabled.store(c.drift.enabled, Relaxed);
+    let sink = c.audit.parsed_sink().map_err(|e| anyhow!("{e}"))?;
+    let (audit, audit_thread) = if sink.is_some() || c.drift.enabled {
+        if let Some(s) = &sink {
+            log::info!("audit: session summaries to {s:?}");
+        }
+        // The HTTP sink's host is resolved here, once, like the nodes' (never on another
+        // thread); one that does not resolve stops the start.
+        let http_addrs = match &sink {
+            Some(helios_config::signal::AuditSink::Http { authority, .. }) => {
+                use std::net::ToSocketAddrs;
+                let a: Vec<std::net::SocketAddr> = authority
+                    .to_socket_addrs()
+                    .map_err(|e| anyhow!("audit.sink: {authority}: {e}"))?
+                    .collect();
+                if a.is_empty() {
+                    bail!("audit.sink: {authority} has no address");
+                }
+                a
+            }
+            _ => Vec::new(),
+        };
+        let (tx, t) = crate::signal::audit::start(
+            sink,
+            http_addrs,
+            c.audit.max_file_bytes,
+            c.drift.enabled.then(|| c.drift.clone()),
+            board.clone(),
+        )?;
+        (Some(tx), Some(t))
+    } else {
+        (None, None)
+    };
+    Ok(crate::signal::SignalShared {
+        board,
+        audit,
+        audit_interval_ms: c.audit.interval_s.saturating_mul(1000),
+        audit_thread,
+    })
+}
+
 fn signal_loop(
     shared: &Arc<Shared>,
     rt: &Arc<RuntimeConfig>,
@@ -434,6 +483,10 @@ fn signal_loop(
                         *live_config.write().unwrap_or_else(|e| e.into_inner()) =
                             serde_json::to_value(&new.config).unwrap_or_default();
                         shared.broadcast(|| ShardMsg::Reload(new.clone()));
+                        shared.signal.board.anomaly_enabled.store(
+                            new.config.anomaly.enabled,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                         shared.topology.reconfigure(HealthInput {
                             config: new.config.clone(),
                             addrs: new.addrs.clone(),
@@ -490,6 +543,8 @@ fn signal_loop(
                         Err(_) => break,
                     }
                 }
+                // The sessions' last audit summaries are queued: write them.
+                shared.signal.finish();
                 log::info!("shutdown complete");
                 return Ok(());
             }
