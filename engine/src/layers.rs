@@ -11,6 +11,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("auth", 0),
     ("net", 1),
     ("signal", 1),
+    ("journal", 1),
     ("proto", 2),
     ("backend", 3),
     ("shard", 4),

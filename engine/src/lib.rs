@@ -7,7 +7,7 @@
 //! | layer | what |
 //! |---|---|
 //! | `error`, `ids`, `stats`, `sql`, `auth` | plain data and pure functions: errors, ids, counters, SQL scanning, SCRAM |
-//! | `net`, `signal` | the wire: frame codec and sockets; the signal plane's detectors, audit and drift |
+//! | `net`, `signal`, `journal` | the wire: frame codec and sockets; the signal plane's detectors, audit and drift; the write journal's writer thread |
 //! | `proto` | the sans-io protocol core: frames in, actions out |
 //! | `backend` | the server side: connections and pools |
 //! | `shard` | one core's state: pools, registry, cancel keys, channels |
@@ -21,6 +21,7 @@ pub mod backend;
 pub mod error;
 pub mod frontend;
 pub mod ids;
+pub mod journal;
 pub mod layers;
 pub mod net;
 pub mod ops;

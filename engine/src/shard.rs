@@ -148,7 +148,7 @@ pub struct Shared {
     /// shards route by their own copy, `Shard::topology`).
     pub topology: Arc<TopologyHub>,
     /// The write journal's sink (`[journal] enabled`; pipeline/journal.rs).
-    pub journal: Option<crate::pipeline::journal::JournalSink>,
+    pub journal: Option<crate::journal::JournalSink>,
     /// The signal plane's board and audit queue (docs/signal.md).
     pub signal: crate::signal::SignalShared,
 }

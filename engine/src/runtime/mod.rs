@@ -167,7 +167,7 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
     let admin_cfg = rt.config.admin.clone();
     let journal = if rt.config.journal.enabled {
         Some(
-            crate::pipeline::journal::start(&rt.config.journal)
+            crate::journal::start(&rt.config.journal)
                 .map_err(|e| anyhow!("journal: {}: {e}", rt.config.journal.path.display()))?,
         )
     } else {
