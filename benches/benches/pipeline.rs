@@ -38,7 +38,13 @@ fn pipeline(c: &mut Criterion) {
     )
     .expect("a minimal configuration");
     let shard = bench_shard(shared, &config);
-    let mut p = Pipeline::new(PluginStage::new("u", "db", "bench", None), None, None, None);
+    let mut p = Pipeline::new(
+        PluginStage::new("u", "db", "bench", None),
+        None,
+        None,
+        None,
+        None,
+    );
     assert!(!p.active(&shard), "no stage is configured");
     let query = frame(b'Q', b"select aid from pgbench_accounts where aid = 1\0");
     let bind = frame(b'B', b"\0P0_1\0\0\0\0\x01\0\0\0\x011\0\0");

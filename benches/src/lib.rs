@@ -272,6 +272,7 @@ pub fn pool_settings(max_size: usize) -> PoolSettings {
             password: None,
             connect_timeout: Duration::from_secs(1),
             tls: None,
+            startup: Vec::new(),
         },
         max_size,
         min_idle: 0,

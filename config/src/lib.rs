@@ -10,6 +10,7 @@
 //! ([`Config::keep_restart_only`]).
 
 pub mod admin;
+pub mod context;
 pub mod hba;
 pub mod journal;
 pub mod plugins;
@@ -737,6 +738,18 @@ pub struct DatabaseConfig {
     /// The same for the result's bytes as sent to the client (0: no limit).
     #[serde(default)]
     pub max_result_bytes: u64,
+    /// Access context: the role every server connection acts as (sent as the startup
+    /// parameter `role`, i.e. `SET ROLE` that `RESET`/`DISCARD ALL` return to). Clients may
+    /// not change it (42501). docs/contexts.md.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Access context: session defaults (GUC → value) every server connection starts with.
+    #[serde(default)]
+    pub defaults: context::Defaults,
+    /// Clients may not change `defaults` (`SET`, `RESET`, `set_config`, startup options:
+    /// 42501). Default: true when `role` is set.
+    #[serde(default)]
+    pub enforce_defaults: Option<bool>,
 }
 
 /// Transaction mode's answer to a statement whose session state the proxy cannot track
@@ -795,6 +808,9 @@ impl Default for DatabaseConfig {
             unsafe_statements: UnsafeStatements::default(),
             max_result_rows: 0,
             max_result_bytes: 0,
+            role: None,
+            defaults: Default::default(),
+            enforce_defaults: None,
         }
     }
 }
@@ -968,6 +984,7 @@ impl Config {
                     "databases.{alias}.prepared_statements_per_connection: must be at least 1"
                 ));
             }
+            db.validate_context(alias).map_err(ConfigError::Invalid)?;
         }
         if !self.io.recv_buffers.is_power_of_two() || self.io.recv_buffers > 32768 {
             return bad(format!(

@@ -647,6 +647,7 @@ mod tests {
                 password: None,
                 connect_timeout: Duration::from_secs(1),
                 tls: None,
+                startup: Vec::new(),
             },
             max_size: 1,
             min_idle: 0,

@@ -36,6 +36,9 @@ pub struct ServerTarget {
     pub connect_timeout: Duration,
     /// `nodes.tls` and its files, loaded; `None`: plain text.
     pub tls: Option<crate::net::tls::UpstreamTls>,
+    /// Extra startup parameters: an access context's `role` and `defaults`
+    /// (`DatabaseConfig::context_startup`), which become the session's own defaults.
+    pub startup: Vec<(String, String)>,
 }
 
 /// Identifies a server connection in logs and the cancel path.
@@ -283,7 +286,9 @@ async fn login(
         [
             ("user", target.user.as_str()),
             ("database", target.dbname.as_str()),
-        ],
+        ]
+        .into_iter()
+        .chain(target.startup.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
         conn.queue(),
     )
     .map_err(encode_err)?;

@@ -27,6 +27,7 @@ use crate::net::codec::{
     put_backend_key, put_parameter_status, put_ready, Frame, FrameError, FrameReader, FrameRef,
 };
 use crate::net::conn::{Conn, ZERO_COPY_MIN};
+use crate::pipeline::context::ContextGuard;
 use crate::pipeline::guard::ResultGuard;
 use crate::pipeline::journal::JournalStage;
 use crate::pipeline::plugins::PluginStage;
@@ -305,6 +306,7 @@ impl Session {
                 RouteStage::configured(&shard.config().config, &login.database, &login.user),
                 guard,
                 JournalStage::configured(&shard, &login.database, &login.user, pid.0 as u32),
+                ContextGuard::configured(&shard.config().config, &login.database),
             ),
             replay: Vec::new(),
             replay_armed: false,
@@ -758,7 +760,7 @@ impl Session {
                     .config
                     .databases
                     .get(&alias)
-                    .is_some_and(|d| !d.nodes.is_empty() && !d.nodes.iter().any(|n| *n == node));
+                    .is_some_and(|d| !d.nodes.is_empty() && !d.nodes.contains(&node));
                 if outside {
                     self.reject(
                         ProxyError::error(

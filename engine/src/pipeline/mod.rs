@@ -3,6 +3,9 @@
 //! ```text
 //!   classify      proto::Exchange + sql::classify: session-state effects (tracked, dirty,
 //!                 pinned, refused), LISTEN, DEALLOCATE answered locally
+//!   context       context::ContextGuard (databases whose access context fixes a role or
+//!                 defaults): SET ROLE, SET/RESET/set_config of a fixed setting, BEGIN READ
+//!                 WRITE in a read-only context → 42501 / 25006 (sql::fixed)
 //!   pre_query     plugins::PluginStage: the WASM pre_query chain (may rewrite or refuse)
 //!   route         plugins::PluginStage: the WASM route chain (may pick a node, say primary or
 //!                 replica, or refuse); then route::RouteStage (databases with a topology):
@@ -32,6 +35,7 @@
 //! nothing is recorded per execution; the cost is one check per statement
 //! (benches/benches/pipeline.rs).
 
+pub mod context;
 pub mod guard;
 pub mod journal;
 pub mod plugins;
@@ -185,12 +189,16 @@ impl Pipeline {
         route: Option<route::RouteStage>,
         guard: Option<guard::ResultGuard>,
         journal: Option<journal::JournalStage>,
+        context: Option<context::ContextGuard>,
     ) -> Pipeline {
         let mut stages: Vec<Box<dyn Stage>> =
             Vec::with_capacity(1 + route.is_some() as usize + guard.is_some() as usize);
         let routes = route.is_some();
         // classify: the protocol core, before any stage.
-        // (anomaly, access guards: here)
+        // (anomaly: here)
+        if let Some(c) = context {
+            stages.push(Box::new(c)); // access context: refuses changes of what it fixes
+        }
         stages.push(plugins); // pre_query, route … post_query
         if let Some(r) = route {
             stages.push(Box::new(r)); // the node, after the plugins' say
@@ -617,6 +625,7 @@ mod tests {
     fn statement_texts_go_with_close_and_stay_bounded() {
         let mut p = Pipeline::new(
             plugins::PluginStage::new("u", "db", "", None),
+            None,
             None,
             None,
             None,

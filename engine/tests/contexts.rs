@@ -1,0 +1,316 @@
+//! Access contexts (docs/contexts.md) against real PostgreSQL: a database alias that fixes the
+//! upstream role and session defaults. Clients cannot change what the context fixes — through
+//! psql (simple protocol), the postgres crate (extended protocol), inside multi-statement
+//! queries and transactions, nor at login — and two contexts on one database with different
+//! roles see different tables and never share a server connection.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+
+use common::*;
+use helios_testkit::proxy::Proxy;
+use helios_testkit::{PgCluster, SUPERUSER};
+use postgres::{Client, NoTls};
+
+const LOGIN_PW: &str = "ctx-login-pw";
+
+/// A database with table `t` (ro may read, rw may read and write) and `rw_only` (rw alone), the
+/// roles `<p>_ro` and `<p>_rw` (no login), and the proxy's login `<p>_login`, a NOINHERIT member
+/// of both that has no privileges of its own.
+fn setup(pg: &PgCluster, p: &str) -> String {
+    let db = fresh_db(pg, p);
+    pg.psql(
+        "postgres",
+        &format!(
+            "create role {p}_ro nologin; create role {p}_rw nologin; \
+             create role {p}_login login noinherit password '{LOGIN_PW}' in role {p}_ro, {p}_rw"
+        ),
+    )
+    .unwrap();
+    pg.psql(
+        &db,
+        &format!(
+            "create table t (x int); insert into t values (1); create table rw_only (y int); \
+             grant select on t to {p}_ro; grant select, insert on t, rw_only to {p}_rw"
+        ),
+    )
+    .unwrap();
+    db
+}
+
+fn section(alias: &str, db: &str, p: &str, role: &str, extra: &str) -> String {
+    format!(
+        "[databases.{alias}]\ndbname = \"{db}\"\nuser = \"{p}_login\"\npassword = \"{LOGIN_PW}\"\n\
+         pool_mode = \"transaction\"\npool_size = 2\nrole = \"{p}_{role}\"\n{extra}\n"
+    )
+}
+
+const READ_ONLY: &str =
+    "defaults = { default_transaction_read_only = \"on\", statement_timeout = \"7s\" }";
+
+fn proxy(pg: &PgCluster, p: &str) -> (Proxy, String) {
+    let db = setup(pg, p);
+    let dbs = section("ro", &db, p, "ro", READ_ONLY) + &section("rw", &db, p, "rw", "");
+    (start_proxy(&config(pg, TRUST, "", &dbs), None), db)
+}
+
+/// psql, verbose errors (the SQLSTATE in the message), one session running each command.
+fn psql_run(url: &str, commands: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new("psql");
+    cmd.arg(url).args([
+        "-X",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-v",
+        "VERBOSITY=verbose",
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    let out = cmd.output().expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The statement fails in psql with `code`, and the message contains `names`.
+fn psql_refused(url: &str, sql: &str, code: &str, names: &str) {
+    let (ok, _, err) = psql_run(url, &[sql], &[]);
+    assert!(!ok, "psql {sql:?} succeeded");
+    assert!(
+        err.contains(&format!("{code}:")) && err.contains(names),
+        "psql {sql:?}: want {code} naming {names:?}, got: {err}"
+    );
+}
+
+fn err_code(r: Result<impl Sized, postgres::Error>) -> (String, String) {
+    match r {
+        Ok(_) => ("succeeded".into(), String::new()),
+        Err(e) => (
+            sqlstate(&e).unwrap_or("none").to_string(),
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string()),
+        ),
+    }
+}
+
+#[test]
+fn a_read_only_context_cannot_be_escaped() {
+    let pg = shared_pg();
+    let (proxy, _db) = proxy(&pg, "ctxa");
+    let url = proxy.url(SUPERUSER, PW, "ro");
+
+    // The context is applied in the server session.
+    let (ok, out, err) = psql_run(
+        &url,
+        &[
+            "select current_user, session_user, current_setting('default_transaction_read_only'), current_setting('statement_timeout')",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "ctxa_ro|ctxa_login|on|7s");
+    // PostgreSQL's own read-only transaction error.
+    psql_refused(&url, "insert into t values (2)", "25006", "read-only");
+    // Each way out of the context, through psql (simple protocol).
+    for (sql, code, names) in [
+        (
+            "SET default_transaction_read_only = off",
+            "42501",
+            "default_transaction_read_only",
+        ),
+        ("SET ROLE postgres", "42501", "\"role\""),
+        ("RESET ROLE", "42501", "\"role\""),
+        (
+            "SET SESSION AUTHORIZATION postgres",
+            "42501",
+            "session_authorization",
+        ),
+        (
+            "select set_config('default_transaction_read_only', 'off', false)",
+            "42501",
+            "default_transaction_read_only",
+        ),
+        ("RESET statement_timeout", "42501", "statement_timeout"),
+        ("BEGIN READ WRITE", "25006", "default_transaction_read_only"),
+        // Inside multi-statement queries.
+        (
+            "select 1; SET default_transaction_read_only = off; select 2",
+            "42501",
+            "default_transaction_read_only",
+        ),
+        ("select 1; SET ROLE postgres", "42501", "\"role\""),
+        (
+            "select 1; RESET ROLE; insert into t values (3)",
+            "42501",
+            "\"role\"",
+        ),
+        (
+            "DO $$ BEGIN EXECUTE 'RESET ROLE'; END $$",
+            "42501",
+            "DO block",
+        ),
+    ] {
+        psql_refused(&url, sql, code, names);
+    }
+    // Inside a transaction the refusal fails the transaction, as a server error would.
+    let (ok, _, err) = psql_run(&url, &["BEGIN", "SET ROLE postgres", "select 1"], &[]);
+    assert!(!ok && err.contains("42501"), "{err}");
+    // Startup options and parameters that would override a fixed setting: refused at login.
+    for (env, names) in [
+        (
+            ("PGOPTIONS", "-c default_transaction_read_only=off"),
+            "default_transaction_read_only",
+        ),
+        (("PGOPTIONS", "-c role=postgres"), "\"role\""),
+        (("PGOPTIONS", "--statement-timeout=0"), "statement_timeout"),
+    ] {
+        // psql prints no SQLSTATE for a failed login; the postgres crate below checks 42501.
+        let (ok, _, err) = psql_run(&url, &["select 1"], &[env]);
+        assert!(
+            !ok && err.contains("FATAL:  permission denied") && err.contains(names),
+            "{env:?}: {err}"
+        );
+    }
+    // What is allowed still works, and RESET ALL / DISCARD ALL return to the context.
+    let (ok, out, err) = psql_run(
+        &url,
+        &[
+            "SET work_mem = '8MB'",
+            "RESET ALL",
+            "DISCARD ALL",
+            "select current_user, current_setting('default_transaction_read_only'), count(*) from t",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().last(), Some("ctxa_ro|on|1"), "{out}");
+
+    // The same through the extended protocol (the postgres crate).
+    let mut c = connect(&proxy, SUPERUSER, PW, "ro");
+    let who: String = c
+        .query_one("select current_user::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "ctxa_ro");
+    let (code, msg) = err_code(c.execute("insert into t values ($1)", &[&5i32]));
+    assert_eq!(code, "25006", "{msg}");
+    for (sql, code, names) in [
+        (
+            "SET default_transaction_read_only = off",
+            "42501",
+            "default_transaction_read_only",
+        ),
+        ("SET ROLE postgres", "42501", "\"role\""),
+        ("RESET ROLE", "42501", "\"role\""),
+        (
+            "SET SESSION AUTHORIZATION postgres",
+            "42501",
+            "session_authorization",
+        ),
+        ("BEGIN READ WRITE", "25006", "default_transaction_read_only"),
+    ] {
+        let (got, msg) = err_code(c.execute(sql, &[]));
+        assert!(got == code && msg.contains(names), "{sql}: {got} {msg}");
+    }
+    let (got, msg) = err_code(c.query_one(
+        "select set_config($1, 'off', false)",
+        &[&"default_transaction_read_only"],
+    ));
+    assert_eq!(got, "42501", "set_config with a bound name: {msg}");
+    // Simple-protocol batches through the crate too.
+    let (got, msg) = err_code(c.batch_execute("select 1; SET ROLE postgres; select 2"));
+    assert!(got == "42501" && msg.contains("role"), "{got} {msg}");
+    let who: String = c
+        .query_one("select current_user::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        who, "ctxa_ro",
+        "still the context's role after the refusals"
+    );
+    // Startup options through the crate.
+    let r = Client::connect(
+        &format!(
+            "{} options='-c default_transaction_read_only=off'",
+            proxy.conn_str(SUPERUSER, PW, "ro")
+        ),
+        NoTls,
+    );
+    let (got, msg) = err_code(r);
+    assert!(
+        got == "42501" && msg.contains("default_transaction_read_only"),
+        "{got} {msg}"
+    );
+
+    // The read-write context of the same database and login is not read-only.
+    let mut rw = connect(&proxy, SUPERUSER, PW, "rw");
+    rw.execute("insert into t values (10)", &[]).unwrap();
+    let (got, _) = err_code(rw.execute("SET ROLE postgres", &[]));
+    assert_eq!(got, "42501", "a context with a role fixes it");
+    // Defaults it does not set stay the client's.
+    rw.batch_execute("SET statement_timeout = '3s'").unwrap();
+}
+
+#[test]
+fn two_contexts_see_different_tables_and_never_share_connections() {
+    let pg = shared_pg();
+    let (proxy, db) = proxy(&pg, "ctxb");
+    let mut pids: [HashSet<i32>; 2] = Default::default();
+    let mut clients: Vec<(usize, Client)> = Vec::new();
+    for i in 0..6 {
+        let alias = if i % 2 == 0 { "ro" } else { "rw" };
+        clients.push((i % 2, connect(&proxy, SUPERUSER, PW, alias)));
+    }
+    for _ in 0..10 {
+        for (k, c) in clients.iter_mut() {
+            let row = c
+                .query_one("select pg_backend_pid(), current_user::text", &[])
+                .unwrap();
+            let who: String = row.get(1);
+            assert_eq!(who, if *k == 0 { "ctxb_ro" } else { "ctxb_rw" });
+            pids[*k].insert(row.get(0));
+        }
+    }
+    assert!(
+        pids[0].is_disjoint(&pids[1]),
+        "a server connection served both contexts: {pids:?}"
+    );
+    // Each context's server connections are its own in pg_stat_activity: the proxy's login, in
+    // the database, at most pool_size of them per context.
+    let mut d = direct(&pg, &db);
+    let live: HashSet<i32> = d
+        .query(
+            "select pid from pg_stat_activity where usename = 'ctxb_login' and datname = $1",
+            &[&db],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        pids[0].is_subset(&live) && pids[1].is_subset(&live),
+        "{pids:?} {live:?}"
+    );
+    assert!(pids[0].len() <= 2 && pids[1].len() <= 2, "{pids:?}");
+    // Privileges come from the context, not the client's credentials.
+    let (first, second) = clients.split_at_mut(1);
+    let (ro, rw) = (&mut first[0].1, &mut second[0].1);
+    let (got, msg) = err_code(ro.query("select count(*) from rw_only", &[]));
+    assert_eq!(got, "42501", "{msg}");
+    let n: i64 = rw
+        .query_one("select count(*) from rw_only", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    rw.execute("insert into rw_only values (1)", &[]).unwrap();
+}
