@@ -15,7 +15,60 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::{DatabaseConfig, TagValue};
+
+/// `lease_refresh_jitter`: a fraction in `0.0..=1.0`.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Fraction(pub f64);
+
+// Validation keeps it a finite number in 0..=1 (never NaN), so equality is total.
+impl Eq for Fraction {}
+
+pub(crate) fn default_lease_ttl_s() -> u64 {
+    1800
+}
+pub(crate) fn default_lease_refresh_window_s() -> u64 {
+    300
+}
+pub(crate) fn default_lease_refresh_jitter() -> Fraction {
+    Fraction(0.2)
+}
+
+/// Where a context's upstream credentials come from (`databases.<alias>.credentials`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `env:NAME`: the password in environment variable NAME (read at every refresh), the user
+    /// from `user`.
+    Env(String),
+    /// `file:PATH`: the file is re-read at every refresh; it holds either the password alone
+    /// (the user from `user`) or a JSON lease `{"user","password","expires_at"}`.
+    File(String),
+    /// `command:PROGRAM ARGS…`: run (no shell) at every refresh; it prints a JSON lease
+    /// `{"user","password","expires_at"}` (`expires_at` in unix seconds, optional).
+    Command(String),
+}
+
+impl CredentialSource {
+    pub fn parse(s: &str) -> Result<CredentialSource, String> {
+        let (kind, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not env:NAME, file:PATH or command:PROGRAM"))?;
+        if rest.trim().is_empty() {
+            return Err(format!("{s:?}: nothing after {kind:?}"));
+        }
+        match kind {
+            "env" => Ok(CredentialSource::Env(rest.to_string())),
+            "file" => Ok(CredentialSource::File(rest.to_string())),
+            "command" => Ok(CredentialSource::Command(rest.to_string())),
+            _ => Err(format!(
+                "{s:?}: the source must start with env:, file: or command:"
+            )),
+        }
+    }
+}
 
 /// A GUC name as PostgreSQL accepts it in a startup packet: letters, digits, `_`, `.`.
 fn guc_name_ok(n: &str) -> bool {
@@ -102,6 +155,35 @@ impl DatabaseConfig {
                 "databases.{alias}.enforce_defaults: nothing to enforce (no role, no defaults)"
             ));
         }
+        if let Some(c) = &self.credentials {
+            CredentialSource::parse(c)
+                .map_err(|e| format!("databases.{alias}.credentials: {e}"))?;
+            if self.password.is_some() {
+                return Err(format!(
+                    "databases.{alias}: set either password or credentials, not both"
+                ));
+            }
+            if c.starts_with("env:") && self.user.is_none() {
+                return Err(format!(
+                    "databases.{alias}.credentials: env: gives a password only; set databases.{alias}.user"
+                ));
+            }
+        }
+        if self.lease_ttl_s == 0 {
+            return Err(format!("databases.{alias}.lease_ttl_s: must be at least 1"));
+        }
+        if self.lease_refresh_window_s >= self.lease_ttl_s {
+            return Err(format!(
+                "databases.{alias}.lease_refresh_window_s: {} must be less than lease_ttl_s {}",
+                self.lease_refresh_window_s, self.lease_ttl_s
+            ));
+        }
+        let j = self.lease_refresh_jitter.0;
+        if !(0.0..=1.0).contains(&j) {
+            return Err(format!(
+                "databases.{alias}.lease_refresh_jitter: {j} is outside 0.0..=1.0"
+            ));
+        }
         Ok(())
     }
 }
@@ -162,9 +244,24 @@ mod tests {
             ("defaults = { \"a b\" = 1 }\n", "defaults"),
             ("defaults = { role = \"x\" }\n", "defaults"),
             ("enforce_defaults = true\n", "enforce_defaults"),
+            ("credentials = \"vault:x\"\n", "credentials"),
+            ("credentials = \"env:X\"\n", "credentials"),
+            (
+                "user = \"u\"\npassword = \"p\"\ncredentials = \"env:X\"\n",
+                "not both",
+            ),
+            (
+                "lease_ttl_s = 10\nlease_refresh_window_s = 10\n",
+                "lease_refresh_window_s",
+            ),
+            ("lease_refresh_jitter = 1.5\n", "lease_refresh_jitter"),
         ] {
             let e = db(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
         }
+        assert_eq!(
+            CredentialSource::parse("command:/bin/lease --ctx a").unwrap(),
+            CredentialSource::Command("/bin/lease --ctx a".into())
+        );
     }
 }

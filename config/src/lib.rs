@@ -750,6 +750,19 @@ pub struct DatabaseConfig {
     /// 42501). Default: true when `role` is set.
     #[serde(default)]
     pub enforce_defaults: Option<bool>,
+    /// Where the upstream login's credentials come from: `env:NAME`, `file:PATH` or
+    /// `command:PROGRAM` (a JSON lease); instead of `password`.
+    #[serde(default)]
+    pub credentials: Option<String>,
+    /// A lease without `expires_at` lasts this long.
+    #[serde(default = "context::default_lease_ttl_s")]
+    pub lease_ttl_s: u64,
+    /// A lease is refreshed this long before it expires.
+    #[serde(default = "context::default_lease_refresh_window_s")]
+    pub lease_refresh_window_s: u64,
+    /// The refresh moment is moved earlier by up to this fraction of the window (random).
+    #[serde(default = "context::default_lease_refresh_jitter")]
+    pub lease_refresh_jitter: context::Fraction,
 }
 
 /// Transaction mode's answer to a statement whose session state the proxy cannot track
@@ -811,6 +824,10 @@ impl Default for DatabaseConfig {
             role: None,
             defaults: Default::default(),
             enforce_defaults: None,
+            credentials: None,
+            lease_ttl_s: context::default_lease_ttl_s(),
+            lease_refresh_window_s: context::default_lease_refresh_window_s(),
+            lease_refresh_jitter: context::default_lease_refresh_jitter(),
         }
     }
 }

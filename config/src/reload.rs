@@ -131,6 +131,11 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("databases.<alias>.role", Reload),
     ("databases.<alias>.defaults", Reload),
     ("databases.<alias>.enforce_defaults", Reload),
+    // Read by the lease registry at the reload: a changed source is fetched at once.
+    ("databases.<alias>.credentials", Reload),
+    ("databases.<alias>.lease_ttl_s", Reload),
+    ("databases.<alias>.lease_refresh_window_s", Reload),
+    ("databases.<alias>.lease_refresh_jitter", Reload),
     // The plugin host reloads in place. It keeps the start-up value of memory_limit_mb and
     // max_plugins when a reload raises them, and of fuel_per_call when a reload switches fuel
     // on or off (and logs that); lowering them, or changing the budget, applies.

@@ -314,3 +314,151 @@ fn two_contexts_see_different_tables_and_never_share_connections() {
     assert_eq!(n, 0);
     rw.execute("insert into rw_only values (1)", &[]).unwrap();
 }
+
+/// A lease file the test rewrites: the control plane's stand-in (`command:cat <file>`).
+fn write_lease(path: &std::path::Path, user: &str, password: &str, ttl_s: u64) {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + ttl_s;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        format!("{{\"user\":\"{user}\",\"password\":\"{password}\",\"expires_at\":{exp}}}"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn login_pids(d: &mut Client, login: &str) -> HashSet<i32> {
+    d.query(
+        "select pid from pg_stat_activity where usename = $1",
+        &[&login],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[test]
+fn credential_leases_rotate_drain_and_fail_closed() {
+    let pg = shared_pg();
+    let p = "ctxc";
+    let db = fresh_db(&pg, p);
+    pg.psql(
+        "postgres",
+        &format!("create role {p}_rw nologin; create role {p}_login login noinherit password 'lease-pw-1' in role {p}_rw"),
+    )
+    .unwrap();
+    pg.psql(
+        &db,
+        &format!("create table t (x int); grant select, insert on t to {p}_rw"),
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("helios-ctx-lease-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lease = dir.join("lease.json");
+    // Leases of 6 s, refreshed 3 s before they expire: a new one every ~3 s.
+    write_lease(&lease, &format!("{p}_login"), "lease-pw-1", 6);
+    let dbs = format!(
+        "[databases.leased]\ndbname = \"{db}\"\nuser = \"{p}_login\"\nrole = \"{p}_rw\"\n\
+         pool_mode = \"transaction\"\npool_size = 4\nidle_timeout_ms = 300\n\
+         credentials = \"command:cat {}\"\nlease_ttl_s = 6\nlease_refresh_window_s = 3\n\
+         lease_refresh_jitter = 0.0\n",
+        lease.display()
+    );
+    let proxy = start_proxy(&config(&pg, TRUST, "", &dbs), None);
+    let login = format!("{p}_login");
+    let mut d = direct(&pg, &db);
+
+    // Served with the first lease.
+    let mut a = connect(&proxy, SUPERUSER, PW, "leased");
+    let pid1: i32 = a.query_one("select pg_backend_pid()", &[]).unwrap().get(0);
+    let who: String = a
+        .query_one("select current_user::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(who, format!("{p}_rw"));
+
+    // The control plane rotates: a new password, the old one invalid from now on.
+    pg.psql(
+        "postgres",
+        &format!("alter role {login} password 'lease-pw-2'"),
+    )
+    .unwrap();
+    write_lease(&lease, &login, "lease-pw-2", 6);
+    // The old lease's connection drains (closed once idle) and new ones log in with the new
+    // password; the client notices nothing.
+    poll(
+        std::time::Duration::from_secs(15),
+        "the old lease's connection to drain",
+        || {
+            a.execute("insert into t values (1)", &[]).unwrap();
+            let live = login_pids(&mut d, &login);
+            (!live.contains(&pid1)).then_some(())
+        },
+    );
+    let pid2: i32 = a.query_one("select pg_backend_pid()", &[]).unwrap().get(0);
+    assert_ne!(pid1, pid2);
+
+    // The control plane goes down. A transaction open on its connection keeps working.
+    a.batch_execute("begin; insert into t values (2)").unwrap();
+    let in_tx: i32 = a.query_one("select pg_backend_pid()", &[]).unwrap().get(0);
+    std::fs::remove_file(&lease).unwrap();
+    // Once the lease expires, a new server connection fails closed, naming the context and the
+    // expiry. (An open idle connection would go on serving new clients: each try closes the
+    // login's other connections first, so it needs a new one.)
+    let msg = poll(
+        std::time::Duration::from_secs(20),
+        "new connections to fail closed",
+        || {
+            for pid in login_pids(&mut d, &login) {
+                if pid != in_tx {
+                    terminate_backend(&mut d, pid);
+                }
+            }
+            let r = try_connect(&proxy, SUPERUSER, PW, "leased")
+                .and_then(|mut c| c.query_one("select 1", &[]).map(|_| ()));
+            match r {
+                Ok(_) => None,
+                // The terminated connection itself, handed out before the pool noticed.
+                Err(e)
+                    if e.as_db_error().is_none()
+                        || matches!(sqlstate(&e), Some("08006" | "57P01")) =>
+                {
+                    eprintln!("not yet: {e}");
+                    None
+                }
+                Err(e) => Some(format!(
+                    "{} {}",
+                    sqlstate(&e).unwrap_or(""),
+                    e.as_db_error().map(|d| d.message()).unwrap_or("")
+                )),
+            }
+        },
+    );
+    assert!(
+        msg.starts_with("28000") && msg.contains("\"leased\"") && msg.contains("expired at"),
+        "{msg}"
+    );
+    a.batch_execute("insert into t values (3); commit").unwrap();
+    let n: i64 = d.query_one("select count(*) from t", &[]).unwrap().get(0);
+    assert!(n >= 3, "{n}");
+
+    // The source comes back: new connections work again.
+    write_lease(&lease, &login, "lease-pw-2", 6);
+    poll(std::time::Duration::from_secs(10), "recovery", || {
+        let mut c = try_connect(&proxy, SUPERUSER, PW, "leased").ok()?;
+        c.query_one("select 1", &[]).ok()
+    });
+    // Secrets are never logged.
+    let log = proxy.log();
+    assert!(
+        !log.contains("lease-pw-1") && !log.contains("lease-pw-2"),
+        "{log}"
+    );
+    assert!(log.contains("new upstream credential lease"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

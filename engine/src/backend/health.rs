@@ -277,6 +277,7 @@ fn target(cfg: &Config, input: &HealthInput, node: &str) -> ServerTarget {
         connect_timeout: Duration::from_millis(cfg.health.timeout_ms),
         tls: input.node_tls.get(node).cloned(),
         startup: Vec::new(),
+        lease: None,
     }
 }
 
