@@ -369,8 +369,24 @@ fn credential_leases_rotate_drain_and_fail_closed() {
          lease_refresh_jitter = 0.0\n",
         lease.display()
     );
-    let proxy = start_proxy(&config(&pg, TRUST, "", &dbs), None);
+    let auth = format!("method = \"trust\"\nadmin_users = [\"{SUPERUSER}\"]");
+    let proxy = start_proxy(&config_fast_snapshots(&pg, &auth, "", &dbs), None);
     let login = format!("{p}_login");
+    // The lease as /pools shows it (the pools of database "leased").
+    let pools = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        poll(
+            std::time::Duration::from_secs(15),
+            "/pools to show the lease",
+            || {
+                let v = admin_json(proxy.admin_port(), "/pools");
+                v["pools"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["database"] == "leased" && want(p))
+                    .cloned()
+            },
+        )
+    };
     let mut d = direct(&pg, &db);
 
     // Served with the first lease.
@@ -402,6 +418,11 @@ fn credential_leases_rotate_drain_and_fail_closed() {
     );
     let pid2: i32 = a.query_one("select pg_backend_pid()", &[]).unwrap().get(0);
     assert_ne!(pid1, pid2);
+    let p = pools(&|p| p["lease_generation"].as_u64() >= Some(2));
+    assert!(
+        p["lease_expires_at"].as_u64().is_some() && p["lease_error"].is_null(),
+        "{p}"
+    );
 
     // The control plane goes down. A transaction open on its connection keeps working.
     a.batch_execute("begin; insert into t values (2)").unwrap();
@@ -442,6 +463,17 @@ fn credential_leases_rotate_drain_and_fail_closed() {
     assert!(
         msg.starts_with("28000") && msg.contains("\"leased\"") && msg.contains("expired at"),
         "{msg}"
+    );
+    let p = pools(&|p| p["lease_error"].is_string());
+    assert!(
+        p["lease_error"].as_str().unwrap().contains("lease.json"),
+        "{p}"
+    );
+    // The console shows the same, never the secret.
+    let shown = psql_ok(&proxy.url(SUPERUSER, PW, "heliosproxy"), "SHOW LEASES");
+    assert!(
+        shown.starts_with("leased|command|ctxc_login|") && !shown.contains("lease-pw"),
+        "{shown}"
     );
     a.batch_execute("insert into t values (3); commit").unwrap();
     let n: i64 = d.query_one("select count(*) from t", &[]).unwrap().get(0);
