@@ -539,7 +539,7 @@ fn leases_rotate_under_pgbench_load_without_failures() {
     let proxy = start_proxy(&config(&pg, TRUST, "", &dbs), None);
     // A window of 3599 s on a 3600 s lease: refreshed every second, a new generation only when
     // the test rotates.
-    let mut bench = Command::new("pgbench")
+    let bench = Command::new("pgbench")
         .args([
             "-n",
             "-c",
