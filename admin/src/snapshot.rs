@@ -137,6 +137,13 @@ pub struct PoolStats {
     pub server_connects: u64,
     /// Monotonic since start: server connection attempts that failed.
     pub connect_failures: u64,
+    /// Access contexts with `credentials`: the active lease's generation (0: no lease). Server
+    /// connections of an older generation are draining (docs/contexts.md).
+    pub lease_generation: u64,
+    /// When the active lease expires (unix seconds).
+    pub lease_expires_at: Option<u64>,
+    /// The last credential refresh's failure, until one succeeds (never a secret).
+    pub lease_error: Option<String>,
 }
 
 /// One client connection.

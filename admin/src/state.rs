@@ -294,6 +294,10 @@ impl AdminState {
             m.checkout_timeouts += p.checkout_timeouts;
             m.server_connects += p.server_connects;
             m.connect_failures += p.connect_failures;
+            // The lease is process-wide: every shard reports the same one.
+            m.lease_generation = m.lease_generation.max(p.lease_generation);
+            m.lease_expires_at = m.lease_expires_at.max(p.lease_expires_at);
+            m.lease_error = m.lease_error.take().or_else(|| p.lease_error.clone());
         }
         by.into_values().collect()
     }

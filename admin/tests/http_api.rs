@@ -196,6 +196,7 @@ fn shard_snapshot(shard: usize, query_us: &[u64]) -> ShardSnapshot {
         checkout_timeouts: 0,
         server_connects: 3,
         connect_failures: 0,
+        ..PoolStats::default()
     });
     s.clients.push(ClientInfo {
         id: 1000 + shard as i32,

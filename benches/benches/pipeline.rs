@@ -44,6 +44,7 @@ fn pipeline(c: &mut Criterion) {
         None,
         None,
         None,
+        None,
     );
     assert!(!p.active(&shard), "no stage is configured");
     let query = frame(b'Q', b"select aid from pgbench_accounts where aid = 1\0");

@@ -273,6 +273,8 @@ pub fn pool_settings(max_size: usize) -> PoolSettings {
             password: None,
             connect_timeout: Duration::from_secs(1),
             tls: None,
+            startup: Vec::new(),
+            lease: None,
         },
         max_size,
         min_idle: 0,
@@ -311,6 +313,7 @@ pub async fn pool_with_one_idle() -> (Rc<Pool>, glommio::net::TcpStream) {
         created: now,
         created_unix: 0,
         last_used: now,
+        lease_gen: 0,
     };
     // The connection was not opened by the pool, so the pool's private count of open
     // connections stays 0: a `max_size` of 0 makes that count mean "at its size", so a

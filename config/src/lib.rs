@@ -10,6 +10,7 @@
 //! ([`Config::keep_restart_only`]).
 
 pub mod admin;
+pub mod context;
 pub mod hba;
 pub mod journal;
 pub mod plugins;
@@ -753,6 +754,31 @@ pub struct DatabaseConfig {
     /// Drift alerts cover this database (when `[drift] enabled`).
     #[serde(default)]
     pub drift: bool,
+    /// Access context: the role every server connection acts as (sent as the startup
+    /// parameter `role`, i.e. `SET ROLE` that `RESET`/`DISCARD ALL` return to). Clients may
+    /// not change it (42501). docs/contexts.md.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Access context: session defaults (GUC → value) every server connection starts with.
+    #[serde(default)]
+    pub defaults: context::Defaults,
+    /// Clients may not change `defaults` (`SET`, `RESET`, `set_config`, startup options:
+    /// 42501). Default: true when `role` is set.
+    #[serde(default)]
+    pub enforce_defaults: Option<bool>,
+    /// Where the upstream login's credentials come from: `env:NAME`, `file:PATH` or
+    /// `command:PROGRAM` (a JSON lease); instead of `password`.
+    #[serde(default)]
+    pub credentials: Option<String>,
+    /// A lease without `expires_at` lasts this long.
+    #[serde(default = "context::default_lease_ttl_s")]
+    pub lease_ttl_s: u64,
+    /// A lease is refreshed this long before it expires.
+    #[serde(default = "context::default_lease_refresh_window_s")]
+    pub lease_refresh_window_s: u64,
+    /// The refresh moment is moved earlier by up to this fraction of the window (random).
+    #[serde(default = "context::default_lease_refresh_jitter")]
+    pub lease_refresh_jitter: context::Fraction,
 }
 
 /// Transaction mode's answer to a statement whose session state the proxy cannot track
@@ -813,6 +839,13 @@ impl Default for DatabaseConfig {
             max_result_bytes: 0,
             anomaly: true,
             drift: false,
+            role: None,
+            defaults: Default::default(),
+            enforce_defaults: None,
+            credentials: None,
+            lease_ttl_s: context::default_lease_ttl_s(),
+            lease_refresh_window_s: context::default_lease_refresh_window_s(),
+            lease_refresh_jitter: context::default_lease_refresh_jitter(),
         }
     }
 }
@@ -986,6 +1019,7 @@ impl Config {
                     "databases.{alias}.prepared_statements_per_connection: must be at least 1"
                 ));
             }
+            db.validate_context(alias).map_err(ConfigError::Invalid)?;
         }
         if !self.io.recv_buffers.is_power_of_two() || self.io.recv_buffers > 32768 {
             return bad(format!(

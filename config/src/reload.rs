@@ -127,6 +127,17 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("databases.<alias>.max_result_bytes", Reload),
     ("databases.<alias>.anomaly", Reload),
     ("databases.<alias>.drift", Reload),
+    // Access contexts: role and defaults are part of the pool's target (a change replaces the
+    // pool's connections as they come back); enforcement applies to sessions that start after
+    // the reload.
+    ("databases.<alias>.role", Reload),
+    ("databases.<alias>.defaults", Reload),
+    ("databases.<alias>.enforce_defaults", Reload),
+    // Read by the lease registry at the reload: a changed source is fetched at once.
+    ("databases.<alias>.credentials", Reload),
+    ("databases.<alias>.lease_ttl_s", Reload),
+    ("databases.<alias>.lease_refresh_window_s", Reload),
+    ("databases.<alias>.lease_refresh_jitter", Reload),
     // The plugin host reloads in place. It keeps the start-up value of memory_limit_mb and
     // max_plugins when a reload raises them, and of fuel_per_call when a reload switches fuel
     // on or off (and logs that); lowering them, or changing the budget, applies.
@@ -196,6 +207,8 @@ const FREE_FORM: &str = "plugins.plugin.config";
 const TAGS: &str = "nodes.tags";
 /// The HBA groups, each key a group name.
 const GROUPS: &str = "auth.groups";
+/// An access context's session defaults, each key a setting name.
+const DEFAULTS: &str = "databases.<alias>.defaults";
 
 /// The table's form of a concrete key path: array indices dropped (`nodes[1].host` →
 /// `nodes.host`), the database alias as `<alias>`, and keys inside a plugin's free-form
@@ -219,7 +232,7 @@ pub fn key_of(path: &str) -> String {
             out = format!("databases.<alias>.{key}");
         }
     }
-    for table in [FREE_FORM, TAGS, GROUPS] {
+    for table in [FREE_FORM, TAGS, GROUPS, DEFAULTS] {
         if out.starts_with(table) && out[table.len()..].starts_with('.') {
             out.truncate(table.len());
         }
@@ -297,7 +310,11 @@ fn flatten(c: &Config) -> BTreeMap<String, toml::Value> {
 
 fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
     match v {
-        toml::Value::Table(t) if key_of(prefix) != FREE_FORM && key_of(prefix) != TAGS => {
+        toml::Value::Table(t)
+            if key_of(prefix) != FREE_FORM
+                && key_of(prefix) != TAGS
+                && key_of(prefix) != DEFAULTS =>
+        {
             for (k, x) in t {
                 let p = if prefix.is_empty() {
                     k.clone()

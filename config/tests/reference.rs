@@ -24,7 +24,11 @@ fn keys(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
                 } else {
                     format!("{prefix}.{k}")
                 };
-                if p == "plugins.plugin.config" || p == "nodes.tags" || p == "auth.groups" {
+                if p == "plugins.plugin.config"
+                    || p == "nodes.tags"
+                    || p == "auth.groups"
+                    || p == "databases.<alias>.defaults"
+                {
                     // Free-form: the plugin's own KV seed.
                     out.insert(p);
                     continue;

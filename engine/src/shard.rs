@@ -87,6 +87,8 @@ impl RuntimeConfig {
                 password,
                 connect_timeout: Duration::from_millis(node.connect_timeout_ms),
                 tls: self.node_tls.get(&node.name).cloned(),
+                startup: db.context_startup(),
+                lease: crate::backend::lease::cell(alias).map(crate::backend::lease::LeaseRef),
             },
             max_size: self.share(db.pool_size, shard),
             min_idle: if db.min_idle == 0 {

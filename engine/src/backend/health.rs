@@ -276,6 +276,8 @@ fn target(cfg: &Config, input: &HealthInput, node: &str) -> ServerTarget {
         password,
         connect_timeout: Duration::from_millis(cfg.health.timeout_ms),
         tls: input.node_tls.get(node).cloned(),
+        startup: Vec::new(),
+        lease: None,
     }
 }
 

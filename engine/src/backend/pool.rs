@@ -618,8 +618,14 @@ impl Pool {
     }
 }
 
+/// Past its lifetime, or draining: opened under a credential lease that is no longer the
+/// active one (backend/lease.rs). Either way it is closed instead of handed out or kept idle.
 fn expired(c: &ServerConn, s: &PoolSettings, now: Instant) -> bool {
-    !s.max_lifetime.is_zero() && now.duration_since(c.created) >= s.max_lifetime
+    (!s.max_lifetime.is_zero() && now.duration_since(c.created) >= s.max_lifetime)
+        || s.target
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.0.stale(c.lease_gen))
 }
 
 #[cfg(test)]
@@ -647,6 +653,8 @@ mod tests {
                 password: None,
                 connect_timeout: Duration::from_secs(1),
                 tls: None,
+                startup: Vec::new(),
+                lease: None,
             },
             max_size: 1,
             min_idle: 0,

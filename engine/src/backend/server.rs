@@ -36,6 +36,12 @@ pub struct ServerTarget {
     pub connect_timeout: Duration,
     /// `nodes.tls` and its files, loaded; `None`: plain text.
     pub tls: Option<crate::net::tls::UpstreamTls>,
+    /// Extra startup parameters: an access context's `role` and `defaults`
+    /// (`DatabaseConfig::context_startup`), which become the session's own defaults.
+    pub startup: Vec<(String, String)>,
+    /// An access context's credential lease (`credentials`): login and password come from it
+    /// when a connection is opened, instead of `user`/`password`.
+    pub lease: Option<crate::backend::lease::LeaseRef>,
 }
 
 /// Identifies a server connection in logs and the cancel path.
@@ -68,6 +74,9 @@ pub struct ServerConn {
     /// `created` in unix seconds (for the console and the admin API).
     pub created_unix: u64,
     pub last_used: Instant,
+    /// The generation of the credential lease it was opened with (0: no lease); a newer
+    /// active lease makes it draining.
+    pub lease_gen: u64,
 }
 
 impl ServerConn {
@@ -88,6 +97,22 @@ impl ServerConn {
                     target.node, target.host, target.port
                 ),
             )
+        };
+        // A context with a credential lease logs in with the active lease; none (the source is
+        // down and the last lease expired): fail closed, naming the context.
+        let leased;
+        let (target, lease_gen) = match &target.lease {
+            None => (target, 0),
+            Some(l) => {
+                let lease = l.0.current().map_err(|m| {
+                    ProxyError::error(SqlState::INVALID_AUTHORIZATION, Blame::Proxy, m)
+                })?;
+                let mut t = target.clone();
+                t.user = lease.user.clone();
+                t.password = Some(lease.password.clone());
+                leased = t;
+                (&leased, lease.generation)
+            }
         };
         let login = async {
             let (stream, addr) = connect_any(&target.addrs).await.map_err(fail)?;
@@ -149,6 +174,7 @@ impl ServerConn {
             created: now,
             created_unix: crate::backend::pool::unix_ms() / 1000,
             last_used: now,
+            lease_gen,
         })
     }
 }
@@ -283,7 +309,9 @@ async fn login(
         [
             ("user", target.user.as_str()),
             ("database", target.dbname.as_str()),
-        ],
+        ]
+        .into_iter()
+        .chain(target.startup.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
         conn.queue(),
     )
     .map_err(encode_err)?;

@@ -287,11 +287,41 @@ pub async fn startup(
         }
     }
     auth?;
+    if let Some(db) = cfg.config.databases.get(&database) {
+        context_startup_allowed(db, &database, &rest)?;
+    }
     Ok(Startup::Login(Login {
         user,
         database,
         params: rest,
     }))
+}
+
+/// An access context that fixes a setting refuses a login whose startup parameters (or
+/// `options=-c …`) would set it: FATAL 42501 naming the setting.
+fn context_startup_allowed(
+    db: &helios_config::DatabaseConfig,
+    alias: &str,
+    params: &[(String, String)],
+) -> Result<(), Option<ProxyError>> {
+    if db.role.is_none() && !db.enforces_defaults() {
+        return Ok(());
+    }
+    let fixed = db.fixed_settings();
+    match params
+        .iter()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .find(|k| fixed.contains(k))
+    {
+        Some(k) => Err(Some(ProxyError::fatal(
+            SqlState("42501"),
+            Blame::Client,
+            format!(
+                "permission denied to set \"{k}\" at login: it is fixed by access context \"{alias}\" (heliosproxy)"
+            ),
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `-c name=value` and `--name=value` from the `options` startup parameter. Public for the

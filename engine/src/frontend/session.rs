@@ -27,6 +27,7 @@ use crate::net::codec::{
     put_backend_key, put_parameter_status, put_ready, Frame, FrameError, FrameReader, FrameRef,
 };
 use crate::net::conn::{Conn, ZERO_COPY_MIN};
+use crate::pipeline::context::ContextGuard;
 use crate::pipeline::guard::ResultGuard;
 use crate::pipeline::journal::JournalStage;
 use crate::pipeline::plugins::PluginStage;
@@ -315,6 +316,7 @@ impl Session {
                 guard,
                 signal,
                 JournalStage::configured(&shard, &login.database, &login.user, pid.0 as u32),
+                ContextGuard::configured(&shard.config().config, &login.database),
             ),
             replay: Vec::new(),
             replay_armed: false,

@@ -187,7 +187,8 @@ fn command(shard: &Shard, sql: &str, out: &mut BytesMut) -> Result<(), String> {
                 "CONFIG" => config(shard),
                 "LATENCY" => latency(&st),
                 "NODES" => nodes(shard),
-                w => return Err(format!("unknown SHOW item {w:?}: try POOLS, STATS, CLIENTS, SERVERS, DATABASES, CONFIG, LATENCY or NODES")),
+                "LEASES" => leases(),
+                w => return Err(format!("unknown SHOW item {w:?}: try POOLS, STATS, CLIENTS, SERVERS, DATABASES, CONFIG, LATENCY, NODES or LEASES")),
             };
             rows.write(out, "SHOW");
         }
@@ -234,7 +235,7 @@ fn command(shard: &Shard, sql: &str, out: &mut BytesMut) -> Result<(), String> {
         [] => put_msg(out, b'I', |_| {}),
         _ => {
             return Err(format!(
-                "invalid command {:?}: the console knows SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|CONFIG|LATENCY|NODES, RELOAD, PAUSE [db], RESUME [db], DISABLE NODE name, ENABLE NODE name, RESET NODES, SHUTDOWN",
+                "invalid command {:?}: the console knows SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|CONFIG|LATENCY|NODES|LEASES, RELOAD, PAUSE [db], RESUME [db], DISABLE NODE name, ENABLE NODE name, RESET NODES, SHUTDOWN",
                 sql.trim()
             ))
         }
@@ -406,6 +407,33 @@ fn databases(shard: &Shard) -> Rows {
 }
 
 /// The nodes as the hub has them now (the checker's view with the chaos overrides).
+/// `SHOW LEASES`: each access context's credential lease (backend/lease.rs); never the secret.
+fn leases() -> Rows {
+    let mut r = Rows::new(&[
+        "database",
+        "source",
+        "user",
+        "generation",
+        "expires_at",
+        "refreshes",
+        "failures",
+        "error",
+    ]);
+    for l in crate::backend::lease::statuses() {
+        r.push(vec![
+            Some(l.database),
+            Some(l.source.to_string()),
+            l.user,
+            Some(l.generation.to_string()),
+            l.expires_at.map(|e| e.to_string()),
+            Some(l.refreshes.to_string()),
+            Some(l.failures.to_string()),
+            l.error,
+        ]);
+    }
+    r
+}
+
 fn nodes(shard: &Shard) -> Rows {
     let t = shard.shared.topology.snapshot();
     let cfg = shard.config();

@@ -93,6 +93,7 @@ pub fn build(shard: &Shard) -> ShardSnapshot {
             checkout_timeouts: cnt.checkout_timeouts,
             server_connects: cnt.connects,
             connect_failures: cnt.connect_failures,
+            ..lease_stats(&st.target)
         });
         for (id, pid, since) in pool.idle_servers() {
             snap.servers.push(ServerInfo {
@@ -178,5 +179,21 @@ pub async fn reporter(
             // never queued without bound.
             log::debug!("shard {}: admin snapshot dropped", shard.id);
         }
+    }
+}
+
+/// The pool's credential lease, if its context has one (no secret).
+fn lease_stats(target: &crate::backend::server::ServerTarget) -> PoolStats {
+    match &target.lease {
+        Some(l) => {
+            let st = l.0.status();
+            PoolStats {
+                lease_generation: st.generation,
+                lease_expires_at: st.expires_at,
+                lease_error: st.error,
+                ..PoolStats::default()
+            }
+        }
+        None => PoolStats::default(),
     }
 }

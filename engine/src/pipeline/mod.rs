@@ -5,6 +5,9 @@
 //!                 pinned, refused), LISTEN, DEALLOCATE answered locally
 //!   anomaly       signal::SignalStage ([anomaly] / [audit]): detection (may refuse, 42501),
 //!                 the session's audit tally at the outcome (docs/signal.md)
+//!   context       context::ContextGuard (databases whose access context fixes a role or
+//!                 defaults): SET ROLE, SET/RESET/set_config of a fixed setting, BEGIN READ
+//!                 WRITE in a read-only context → 42501 / 25006 (sql::fixed)
 //!   pre_query     plugins::PluginStage: the WASM pre_query chain (may rewrite or refuse)
 //!   route         plugins::PluginStage: the WASM route chain (may pick a node, say primary or
 //!                 replica, or refuse); then route::RouteStage (databases with a topology):
@@ -33,6 +36,7 @@
 //! nothing is recorded per execution; the cost is one check per statement
 //! (benches/benches/pipeline.rs).
 
+pub mod context;
 pub mod guard;
 pub mod journal;
 pub mod plugins;
@@ -188,6 +192,7 @@ impl Pipeline {
         guard: Option<guard::ResultGuard>,
         signal: Option<signal::SignalStage>,
         journal: Option<journal::JournalStage>,
+        context: Option<context::ContextGuard>,
     ) -> Pipeline {
         let mut stages: Vec<Box<dyn Stage>> =
             Vec::with_capacity(1 + route.is_some() as usize + guard.is_some() as usize);
@@ -196,7 +201,9 @@ impl Pipeline {
         if let Some(s) = signal {
             stages.push(Box::new(s)); // anomaly detection, audit: before pre_query
         }
-        // (access guards: here)
+        if let Some(c) = context {
+            stages.push(Box::new(c)); // access context: refuses changes of what it fixes
+        }
         stages.push(plugins); // pre_query, route … post_query
         if let Some(r) = route {
             stages.push(Box::new(r)); // the node, after the plugins' say
@@ -623,6 +630,7 @@ mod tests {
     fn statement_texts_go_with_close_and_stay_bounded() {
         let mut p = Pipeline::new(
             plugins::PluginStage::new("u", "db", "", None),
+            None,
             None,
             None,
             None,

@@ -631,6 +631,9 @@ impl Exchange {
         extended: bool,
         io: &mut Io<'_, C, S>,
     ) {
+        // The refused message never reaches a server: what it would have done to the session
+        // (a SET ROLE or DO a stage refused) does not taint the connection.
+        self.taint = None;
         let mut b = BytesMut::new();
         put_proxy_error(&mut b, e);
         if extended {

@@ -152,6 +152,8 @@ pub fn run(rt: RuntimeConfig, config_path: Option<PathBuf>) -> Result<()> {
     check_memlock(shards + usize::from(rt.config.has_topology()))?;
     log_budget(&rt);
     log_tls(&rt);
+    // Access contexts' credential leases: fetched before any shard opens a connection.
+    crate::backend::lease::configure(&rt.config);
     let plugins = start_plugins(&rt)?;
     let mut inboxes = Vec::new();
     let mut receivers = Vec::new();
@@ -480,6 +482,7 @@ fn signal_loop(
                         let new = Arc::new(new);
                         log_budget(&new);
                         log_tls(&new);
+                        crate::backend::lease::configure(&new.config);
                         *live_config.write().unwrap_or_else(|e| e.into_inner()) =
                             serde_json::to_value(&new.config).unwrap_or_default();
                         shared.broadcast(|| ShardMsg::Reload(new.clone()));

@@ -1303,6 +1303,40 @@ fn set_config(stmt: &str) -> Effect {
 }
 
 /// The text of a `'…'` or `$$…$$` literal (`E'…'` only without backslashes).
+/// The setting each `set_config(…)` call of a statement names (lowercased), for access
+/// contexts (`sql::fixed`); `None` when a call's first argument is not a string literal (or the
+/// name is not followed by `(`): it could name anything.
+pub(crate) fn set_config_names(stmt: &str) -> Option<Vec<String>> {
+    let b = stmt.as_bytes();
+    let mut toks = Vec::new();
+    let mut i = 0;
+    while let Some(t) = next_token(b, i) {
+        i = t.end;
+        toks.push(t);
+    }
+    let text = |t: &Token| slice(stmt, t.start, t.end);
+    let mut names = Vec::new();
+    for (at, t) in toks.iter().enumerate() {
+        let named = match t.kind {
+            Kind::Word => text(t).eq_ignore_ascii_case("set_config"),
+            Kind::QIdent => text(t).eq_ignore_ascii_case("\"set_config\""),
+            _ => false,
+        };
+        if !named {
+            continue;
+        }
+        match (toks.get(at + 1), toks.get(at + 2), toks.get(at + 3)) {
+            (Some(o), Some(n), Some(c))
+                if o.kind == Kind::Open && n.kind == Kind::Str && c.kind == Kind::Punct(b',') =>
+            {
+                names.push(literal_text(text(n))?.to_ascii_lowercase());
+            }
+            _ => return None,
+        }
+    }
+    Some(names)
+}
+
 fn literal_text(lit: &str) -> Option<String> {
     if let Some(inner) = lit.strip_prefix('\'').and_then(|l| l.strip_suffix('\'')) {
         return Some(inner.replace("''", "'"));

@@ -6,6 +6,7 @@
 
 pub mod analyze;
 pub mod classify;
+pub mod fixed;
 pub mod read;
 
 use classify::{Effect, Unsafe};
