@@ -80,6 +80,38 @@ fn guc_name_ok(n: &str) -> bool {
 }
 
 impl DatabaseConfig {
+    /// Whether the upstream credentials are leases (`credentials` set).
+    pub fn leased(&self) -> bool {
+        self.credentials.is_some()
+    }
+
+    /// `min_idle` as configured, else 0 — or, for a leased context, 2 (at most `pool_size`).
+    pub fn min_idle(&self) -> usize {
+        self.min_idle.unwrap_or(if self.leased() {
+            crate::LEASED_MIN_IDLE.min(self.pool_size)
+        } else {
+            0
+        })
+    }
+
+    /// `idle_timeout_ms` as configured, else 10 min — or 5 min for a leased context.
+    pub fn idle_timeout_ms(&self) -> u64 {
+        self.idle_timeout_ms.unwrap_or(if self.leased() {
+            crate::LEASED_IDLE_TIMEOUT_MS
+        } else {
+            crate::default_idle_timeout_ms()
+        })
+    }
+
+    /// `max_lifetime_ms` as configured, else 60 min — or 30 min for a leased context.
+    pub fn max_lifetime_ms(&self) -> u64 {
+        self.max_lifetime_ms.unwrap_or(if self.leased() {
+            crate::LEASED_MAX_LIFETIME_MS
+        } else {
+            crate::default_max_lifetime_ms()
+        })
+    }
+
     /// Whether the context fixes its `defaults` against client changes.
     pub fn enforces_defaults(&self) -> bool {
         self.enforce_defaults.unwrap_or(self.role.is_some())
@@ -263,5 +295,46 @@ mod tests {
             CredentialSource::parse("command:/bin/lease --ctx a").unwrap(),
             CredentialSource::Command("/bin/lease --ctx a".into())
         );
+    }
+
+    #[test]
+    fn leased_contexts_get_the_reference_lease_and_pool_defaults() {
+        // pgWarden: leases of 30 min refreshed 5 min early with 20 % jitter; the pool keeps 2
+        // idle, closes idle ones after 5 min and every connection after 30 min.
+        let d = db("user = \"u\"\ncredentials = \"file:/run/lease\"\n").unwrap();
+        assert_eq!(
+            (
+                d.lease_ttl_s,
+                d.lease_refresh_window_s,
+                d.lease_refresh_jitter
+            ),
+            (1800, 300, Fraction(0.2))
+        );
+        assert_eq!(
+            (d.min_idle(), d.idle_timeout_ms(), d.max_lifetime_ms()),
+            (2, 300_000, 1_800_000)
+        );
+        // Without a lease: the database defaults.
+        let d = db("user = \"u\"\n").unwrap();
+        assert_eq!(
+            (d.min_idle(), d.idle_timeout_ms(), d.max_lifetime_ms()),
+            (0, 600_000, 3_600_000)
+        );
+        // Per context overridable, and min_idle never above a smaller pool.
+        let d = db("user = \"u\"\ncredentials = \"file:/run/lease\"\nmin_idle = 0\nidle_timeout_ms = 1000\nmax_lifetime_ms = 0\nlease_ttl_s = 60\nlease_refresh_window_s = 10\nlease_refresh_jitter = 0.5\n").unwrap();
+        assert_eq!(
+            (d.min_idle(), d.idle_timeout_ms(), d.max_lifetime_ms()),
+            (0, 1000, 0)
+        );
+        assert_eq!(
+            (
+                d.lease_ttl_s,
+                d.lease_refresh_window_s,
+                d.lease_refresh_jitter
+            ),
+            (60, 10, Fraction(0.5))
+        );
+        let d = db("user = \"u\"\ncredentials = \"file:/run/lease\"\npool_size = 1\n").unwrap();
+        assert_eq!(d.min_idle(), 1);
     }
 }

@@ -718,15 +718,19 @@ pub struct DatabaseConfig {
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// Idle server connections each shard keeps open and ready (across all shards, like
-    /// pool_size).
-    #[serde(default)]
-    pub min_idle: usize,
-    /// An idle server connection above `min_idle` is closed after this long.
-    #[serde(default = "default_idle_timeout_ms")]
-    pub idle_timeout_ms: u64,
-    /// A server connection is closed (when idle) once it is this old; 0 = no limit.
-    #[serde(default = "default_max_lifetime_ms")]
-    pub max_lifetime_ms: u64,
+    /// pool_size). Default 0; 2 (at most `pool_size`) for a context with `credentials`, so a
+    /// rotated lease is reseeded at once. Read it with [`DatabaseConfig::min_idle`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_idle: Option<usize>,
+    /// An idle server connection above `min_idle` is closed after this long. Default 10 min;
+    /// 5 min for a context with `credentials`. Read it with [`DatabaseConfig::idle_timeout_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// A server connection is closed (when idle) once it is this old; 0 = no limit. Default
+    /// 60 min; 30 min for a context with `credentials` (a connection never outlives a lease
+    /// by long). Read it with [`DatabaseConfig::max_lifetime_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime_ms: Option<u64>,
     /// How long a client waits in line for a server connection before SQLSTATE 53300.
     #[serde(default = "default_checkout_timeout_ms")]
     pub checkout_timeout_ms: u64,
@@ -806,6 +810,11 @@ fn default_idle_timeout_ms() -> u64 {
 fn default_max_lifetime_ms() -> u64 {
     3_600_000
 }
+/// The reference's pool defaults for a context whose credentials are leases (pgWarden):
+/// `min_idle` 2, `idle_timeout` 5 min, `max_lifetime` 30 min.
+const LEASED_MIN_IDLE: usize = 2;
+const LEASED_IDLE_TIMEOUT_MS: u64 = 300_000;
+const LEASED_MAX_LIFETIME_MS: u64 = 1_800_000;
 fn default_checkout_timeout_ms() -> u64 {
     5_000
 }
@@ -829,9 +838,9 @@ impl Default for DatabaseConfig {
             password: None,
             pool_mode: PoolMode::default(),
             pool_size: default_pool_size(),
-            min_idle: 0,
-            idle_timeout_ms: default_idle_timeout_ms(),
-            max_lifetime_ms: default_max_lifetime_ms(),
+            min_idle: None,
+            idle_timeout_ms: None,
+            max_lifetime_ms: None,
             checkout_timeout_ms: default_checkout_timeout_ms(),
             prepared_statements_per_connection: default_prepared_cache(),
             unsafe_statements: UnsafeStatements::default(),
@@ -1003,10 +1012,10 @@ impl Config {
             if db.pool_size == 0 {
                 return bad(format!("databases.{alias}.pool_size: must be at least 1"));
             }
-            if db.min_idle > db.pool_size {
+            if let Some(m) = db.min_idle.filter(|m| *m > db.pool_size) {
                 return bad(format!(
-                    "databases.{alias}.min_idle: {} is more than pool_size {}",
-                    db.min_idle, db.pool_size
+                    "databases.{alias}.min_idle: {m} is more than pool_size {}",
+                    db.pool_size
                 ));
             }
             if db.password.is_some() && db.user.is_none() {

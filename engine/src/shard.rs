@@ -91,13 +91,12 @@ impl RuntimeConfig {
                 lease: crate::backend::lease::cell(alias).map(crate::backend::lease::LeaseRef),
             },
             max_size: self.share(db.pool_size, shard),
-            min_idle: if db.min_idle == 0 {
-                0
-            } else {
-                self.share(db.min_idle, shard)
+            min_idle: match db.min_idle() {
+                0 => 0,
+                n => self.share(n, shard),
             },
-            idle_timeout: Duration::from_millis(db.idle_timeout_ms),
-            max_lifetime: Duration::from_millis(db.max_lifetime_ms),
+            idle_timeout: Duration::from_millis(db.idle_timeout_ms()),
+            max_lifetime: Duration::from_millis(db.max_lifetime_ms()),
             checkout_timeout: Duration::from_millis(db.checkout_timeout_ms),
             prepared_cap: db.prepared_statements_per_connection,
             max_frame: 1 << 30,

@@ -488,6 +488,9 @@ mod tests {
         assert_eq!(got.1, "p2");
         let e = fetch(&src(CredentialSource::Command("false".into()))).unwrap_err();
         assert!(e.contains("failed"), "{e}");
+        std::env::set_var("HELIOS_LEASE_TEST_PW", "from-env");
+        let got = fetch(&src(CredentialSource::Env("HELIOS_LEASE_TEST_PW".into()))).unwrap();
+        assert_eq!(got, ("login".into(), "from-env".into(), None));
         let e = fetch(&src(CredentialSource::Env("HELIOS_NO_SUCH_VAR_X".into()))).unwrap_err();
         assert!(e.contains("HELIOS_NO_SUCH_VAR_X"), "{e}");
         std::fs::write(&json, r#"{"user":"u2"}"#).unwrap();
@@ -500,11 +503,16 @@ mod tests {
     fn the_refresh_comes_inside_the_window() {
         let s = src(CredentialSource::Env("X".into()));
         let exp = unix_now() + 60;
-        for _ in 0..100 {
+        let mut earliest = f64::MAX;
+        for _ in 0..200 {
             let d = refresh_in(&s, exp).as_secs_f64();
             // 60 s left, window 10 s, jitter up to 2 s more.
             assert!((47.0..=50.5).contains(&d), "{d}");
+            earliest = earliest.min(d);
         }
+        // The jitter is applied: some refresh comes well before the window's edge (the chance
+        // that 200 draws all land in its last 0.5 s is 0.25^200).
+        assert!(earliest < 49.5, "no jitter: earliest {earliest}");
         let lease = Lease {
             user: "u".into(),
             password: "hunter2".into(),

@@ -398,7 +398,7 @@ fn databases(shard: &Shard) -> Rows {
             s(db.dbname.as_deref().unwrap_or(alias)),
             db.user.clone(),
             s(db.pool_size),
-            s(db.min_idle),
+            s(db.min_idle()),
             s(format!("{:?}", db.pool_mode).to_lowercase()),
             s(&node.name),
         ]);

@@ -211,7 +211,7 @@ async fn maintenance_loop(shard: Rc<Shard>) {
             // Create the pools of databases with min_idle so they are warm before the first client.
             let cfg = shard.config();
             for (alias, db) in &cfg.config.databases {
-                if db.min_idle > 0 && db.user.is_some() {
+                if db.min_idle() > 0 && (db.user.is_some() || db.leased()) {
                     shard.pool(alias, "");
                 }
             }
@@ -243,7 +243,7 @@ pub fn log_budget(cfg: &RuntimeConfig) {
             db.pool_size,
             cfg.shards,
             shares,
-            db.min_idle
+            db.min_idle()
         );
         if db.pool_mode == PoolMode::Transaction && db.pool_size < cfg.shards {
             log::warn!("database {alias}: pool_size {} is below the shard count {}: each shard still gets one connection", db.pool_size, cfg.shards);

@@ -283,9 +283,22 @@ impl Raw {
 
     /// Connects and logs in (trust, cleartext, md5 or SCRAM), through to ReadyForQuery.
     pub fn login(port: u16, user: &str, password: &str, db: &str) -> Result<Raw, LoginError> {
+        Raw::login_with(port, &[("user", user), ("database", db)], password)
+    }
+
+    /// [`Raw::login`] with the startup packet's parameters given whole (`user` among them).
+    pub fn login_with(
+        port: u16,
+        params: &[(&str, &str)],
+        password: &str,
+    ) -> Result<Raw, LoginError> {
+        let user = params
+            .iter()
+            .find(|(k, _)| *k == "user")
+            .map_or("", |(_, v)| *v);
         let mut r = Raw::connect(port);
         let mut b = BytesMut::new();
-        frontend::startup_message([("user", user), ("database", db)], &mut b).unwrap();
+        frontend::startup_message(params.iter().copied(), &mut b).unwrap();
         r.send(&b);
         let mut scram: Option<ScramSha256> = None;
         loop {
