@@ -422,10 +422,20 @@ fn plugin_route_results_act_on_real_routing() {
     };
     assert_eq!(vector_port(&mut cl), c.r1.port.to_string());
     assert_eq!(echo(&mut cl, "helios.vector_node"), "helios.vector_node=r1");
-    assert_eq!(echo(&mut cl, "helios.node.r1.zone"), "helios.node.r1.zone=a");
-    assert_eq!(echo(&mut cl, "helios.primary_node"), "helios.primary_node=p");
+    assert_eq!(
+        echo(&mut cl, "helios.node.r1.zone"),
+        "helios.node.r1.zone=a"
+    );
+    assert_eq!(
+        echo(&mut cl, "helios.primary_node"),
+        "helios.primary_node=p"
+    );
     let admin = proxy.admin_port();
-    let chaos = |body: &str| http_body(admin, "POST", "/api/chaos", None, body).unwrap().0;
+    let chaos = |body: &str| {
+        http_body(admin, "POST", "/api/chaos", None, body)
+            .unwrap()
+            .0
+    };
     assert_eq!(
         chaos(r#"{"action":"force_unhealthy","target_node":"r1"}"#),
         200
@@ -538,7 +548,10 @@ fn weighted_and_least_connections_spread_reads() {
     let on_r1 = got.iter().filter(|&&p| p == c.r1.port).count();
     println!("weighted 1:3 over 40 reads: r1 {on_r1}, r2 {on_r2}");
     assert_eq!(on_r1 + on_r2, 40, "{got:?}");
-    assert!((26..=34).contains(&on_r2), "r2 (weight 3) got {on_r2} of 40");
+    assert!(
+        (26..=34).contains(&on_r2),
+        "r2 (weight 3) got {on_r2} of 40"
+    );
 
     // least_connections: idle replicas tie, and a tie goes to the first (r1).
     let mut lc = connect(&proxy, SUPERUSER, "", "lc");
@@ -583,8 +596,14 @@ fn a_custom_health_query_decides_and_successes_delay_the_return() {
     let interval = Duration::from_millis(600);
     let health = format!("query = \"{query}\"\ndbname = \"{}\"", c.db);
     let cfg = topo_config(&c, &health, &split_db(&c, "app", ""), "")
-        .replace("interval_ms = 100\n", &format!("interval_ms = {}\n", interval.as_millis()))
-        .replace("failures = 2\nsuccesses = 1\n", "failures = 1\nsuccesses = 3\n");
+        .replace(
+            "interval_ms = 100\n",
+            &format!("interval_ms = {}\n", interval.as_millis()),
+        )
+        .replace(
+            "failures = 2\nsuccesses = 1\n",
+            "failures = 1\nsuccesses = 3\n",
+        );
     let proxy = start_proxy(&cfg, None);
     let mut cl = connect(&proxy, SUPERUSER, "", "app");
     // The query answers 1, not t/f: the roles come from the probe's own question (r2 is
@@ -594,7 +613,14 @@ fn a_custom_health_query_decides_and_successes_delay_the_return() {
         (got == [c.r1.port, c.r2.port].into_iter().collect()).then_some(())
     });
     let nodes = console(&proxy, "SHOW NODES");
-    assert!(nodes.lines().nth(2).unwrap().contains("|replica|auto|true|"), "{nodes}");
+    assert!(
+        nodes
+            .lines()
+            .nth(2)
+            .unwrap()
+            .contains("|replica|auto|true|"),
+        "{nodes}"
+    );
 
     // The query fails on r2: one failed probe (failures = 1) takes it out.
     c.primary.psql(&c.db, "delete from gate").unwrap();
@@ -606,7 +632,9 @@ fn a_custom_health_query_decides_and_successes_delay_the_return() {
     assert_eq!(topo["nodes"][1]["healthy"], true, "{topo}");
 
     // It passes again: r2 serves only after three good probes, two intervals after the first.
-    c.primary.psql(&c.db, "insert into gate values (1)").unwrap();
+    c.primary
+        .psql(&c.db, "insert into gate values (1)")
+        .unwrap();
     c.r2.wait_replayed(&c.primary, Duration::from_secs(10))
         .unwrap();
     let t0 = Instant::now();
@@ -614,8 +642,13 @@ fn a_custom_health_query_decides_and_successes_delay_the_return() {
         ports(&mut cl, "", 4).contains(&c.r2.port).then_some(())
     });
     let back = t0.elapsed();
-    println!("successes = 3, interval {interval:?}: r2 served again {back:?} after its query passed");
-    assert!(back >= 2 * interval - Duration::from_millis(100), "{back:?}");
+    println!(
+        "successes = 3, interval {interval:?}: r2 served again {back:?} after its query passed"
+    );
+    assert!(
+        back >= 2 * interval - Duration::from_millis(100),
+        "{back:?}"
+    );
 }
 
 /// The failover tests one at a time: each crashes a primary and waits on timings; two at once
@@ -698,10 +731,7 @@ fn failover_after_kill(auto_promote: bool) -> Duration {
                 assert_eq!(one(&mut rd, "SELECT pg_is_in_recovery()"), "t");
                 let topo = admin_json(admin, "/topology");
                 assert_eq!(topo["failovers"], 0, "{topo}");
-                assert_eq!(
-                    chaos(r#"{"action":"restore","target_node":"a"}"#).0,
-                    200
-                );
+                assert_eq!(chaos(r#"{"action":"restore","target_node":"a"}"#).0, 200);
             });
             // Issued while `a` is forced down: waits for a usable primary, then runs on `a`.
             one(&mut cl, "INSERT INTO h DEFAULT VALUES");
@@ -743,8 +773,11 @@ fn failover_after_kill(auto_promote: bool) -> Duration {
     let mut b = bytes::BytesMut::new();
     postgres_protocol::message::frontend::query("SELECT pg_sleep(60)", &mut b).unwrap();
     inflight.send(&b);
-    poll(Duration::from_secs(10), "the statement runs on the primary", || {
-        (primary
+    poll(
+        Duration::from_secs(10),
+        "the statement runs on the primary",
+        || {
+            (primary
             .psql(
                 "postgres",
                 "select count(*) from pg_stat_activity where state = 'active' and query = 'SELECT pg_sleep(60)'",
@@ -752,7 +785,8 @@ fn failover_after_kill(auto_promote: bool) -> Duration {
             .ok()?
             == "1")
             .then_some(())
-    });
+        },
+    );
     let mut idle_tx = Raw::trust(proxy.port(), "app");
     let r = idle_tx.query("BEGIN; INSERT INTO h DEFAULT VALUES");
     assert_eq!(ready_status(&r), b'T');
@@ -764,7 +798,10 @@ fn failover_after_kill(auto_promote: bool) -> Duration {
     primary.crash().unwrap();
     let killed = Instant::now();
     drop(frozen);
-    for (what, raw) in [("in flight", &mut inflight), ("idle in transaction", &mut idle_tx)] {
+    for (what, raw) in [
+        ("in flight", &mut inflight),
+        ("idle in transaction", &mut idle_tx),
+    ] {
         let msgs = raw.until_closed();
         let code = first_error(&msgs);
         assert!(
@@ -808,10 +845,14 @@ fn failover_after_kill(auto_promote: bool) -> Duration {
     } else {
         // The outage, held open: once the checker has seen the primary fail, reads go on on
         // the standby while a write waits failover.timeout_ms for a primary and gets 08006.
-        poll(Duration::from_secs(10), "the proxy sees the primary down", || {
-            let topo = admin_json(admin, "/topology");
-            (topo["nodes"][0]["healthy"] == false).then_some(())
-        });
+        poll(
+            Duration::from_secs(10),
+            "the proxy sees the primary down",
+            || {
+                let topo = admin_json(admin, "/topology");
+                (topo["nodes"][0]["healthy"] == false).then_some(())
+            },
+        );
         let mut rd = connect(&proxy, SUPERUSER, "", "app");
         let mut w = connect(&proxy, SUPERUSER, "", "app");
         std::thread::scope(|s| {
@@ -1102,7 +1143,9 @@ fn a_hung_replica_is_cut_off_within_the_health_settings() {
         + Duration::from_millis(1000)
         + Duration::from_millis(1800);
     // Several readers (on both shards) through a 15 s freeze, each measuring its longest read.
-    let mut readers: Vec<Client> = (0..4).map(|_| connect(&proxy, SUPERUSER, "", "app")).collect();
+    let mut readers: Vec<Client> = (0..4)
+        .map(|_| connect(&proxy, SUPERUSER, "", "app"))
+        .collect();
     let frozen = r3.freeze().unwrap();
     let t0 = Instant::now();
     let results: Vec<(Duration, Option<Duration>, usize)> = std::thread::scope(|s| {
@@ -1145,7 +1188,11 @@ fn a_hung_replica_is_cut_off_within_the_health_settings() {
                         // The read and, after an error, the new login.
                         longest = longest.max(q.elapsed());
                     }
-                    (longest, on_r1_since.map(|s| t0.elapsed() - s.elapsed()), errors)
+                    (
+                        longest,
+                        on_r1_since.map(|s| t0.elapsed() - s.elapsed()),
+                        errors,
+                    )
                 })
             })
             .collect();
