@@ -1,5 +1,9 @@
 //! `route`: routing by a leading SQL comment, e.g. `/* route: primary */ SELECT …`.
 //! Directives: `primary`, `replica`, `node=<name>`, `block`, `block=<reason>`; none → default.
+//! `node_of=<attribute>` routes to the node named by a hook-context attribute (for example
+//! `helios.vector_node`, the first healthy node tagged `vector`), so no node name is hard-coded;
+//! default while the attribute is absent. `echo=<attribute>` blocks with `<attribute>=<value>`
+//! as the reason (`<attribute> unset` when absent): how a test sees what the plugin sees.
 //! Sessions whose attributes carry `helios.region = eu` are refused on `audit_log`.
 use helios_plugin_abi::*;
 
@@ -24,9 +28,22 @@ fn choose(ctx: &QueryContext) -> RouteResult {
         return RouteResult::Default;
     };
     let directive = rest[..end].trim();
+    let attr = |name: &str| ctx.hook_context.attributes.get(name.trim());
     match directive.split_once('=') {
         Some(("node", name)) => RouteResult::Node {
             target: name.trim().to_owned(),
+        },
+        Some(("node_of", name)) => match attr(name) {
+            Some(node) => RouteResult::Node {
+                target: node.clone(),
+            },
+            None => RouteResult::Default,
+        },
+        Some(("echo", name)) => RouteResult::Block {
+            reason: match attr(name) {
+                Some(v) => format!("{}={v}", name.trim()),
+                None => format!("{} unset", name.trim()),
+            },
         },
         Some(("block", reason)) => RouteResult::Block {
             reason: reason.trim().to_owned(),
