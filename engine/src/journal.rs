@@ -407,13 +407,21 @@ mod tests {
                 std::fs::read_to_string(f)
                     .unwrap()
                     .lines()
-                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap())
+                    .map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                            .as_u64()
+                            .unwrap()
+                    })
                     .collect::<Vec<_>>()
             })
             .collect();
         let first = seqs[0];
         assert!(first > 1);
-        assert_eq!(seqs, (first..=400).collect::<Vec<_>>(), "files in name order: {files:?}");
+        assert_eq!(
+            seqs,
+            (first..=400).collect::<Vec<_>>(),
+            "files in name order: {files:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
