@@ -311,10 +311,15 @@ impl Writer {
     }
 
     /// `journal.jsonl` → `journal.<unix ms>.jsonl`; the oldest beyond `max_files` deleted.
+    /// Names sort in rotation order (the deletion and the replay go by name): a rotation gets a
+    /// number above every rotated file's, even when several rotations fall in one millisecond
+    /// (taking `ms + 1` for those would otherwise give a later one a name below an earlier
+    /// one's once the clock catches up, and the newest file would be deleted as the oldest).
     fn rotate(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
         let cur = self.dir.join("journal.jsonl");
-        let mut ms = unix_ms();
+        let newest = rotated(&self.dir).last().and_then(|p| rotated_ms(p));
+        let mut ms = unix_ms().max(newest.map_or(0, |n| n + 1));
         while self.dir.join(format!("journal.{ms:013}.jsonl")).exists() {
             ms += 1;
         }
@@ -348,6 +353,16 @@ fn rotated(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The number in a rotated file's name (`journal.<ms>.jsonl`).
+fn rotated_ms(p: &Path) -> Option<u64> {
+    p.file_name()?
+        .to_str()?
+        .strip_prefix("journal.")?
+        .strip_suffix(".jsonl")?
+        .parse()
+        .ok()
+}
+
 /// The highest `seq` in the journal already on disk.
 fn last_seq(dir: &Path) -> Option<u64> {
     let mut files = rotated(dir);
@@ -363,6 +378,52 @@ fn last_seq(dir: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Many rotations within a millisecond or two: the names still sort in rotation order, so
+    /// what `max_files` keeps is the newest entries, without holes.
+    #[test]
+    fn rotations_in_one_millisecond_keep_the_newest_files() {
+        let dir = std::env::temp_dir().join(format!("helios-journal-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = JournalConfig {
+            enabled: true,
+            path: dir.clone(),
+            max_file_bytes: 4096,
+            max_files: 2,
+        };
+        let mut w = Writer::open(&cfg).unwrap();
+        for i in 1..=400u64 {
+            w.seq = i;
+            w.put(format!("{{\"seq\":{i},\"pad\":\"{}\"}}", "x".repeat(400)));
+        }
+        w.out.flush().unwrap();
+        let mut files = rotated(&dir);
+        assert_eq!(files.len(), 2, "{files:?}");
+        files.push(dir.join("journal.jsonl"));
+        let seqs: Vec<u64> = files
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                            .as_u64()
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let first = seqs[0];
+        assert!(first > 1);
+        assert_eq!(
+            seqs,
+            (first..=400).collect::<Vec<_>>(),
+            "files in name order: {files:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn bind_parameters_are_read_by_format() {

@@ -242,7 +242,43 @@ fn shadow_compares_two_nodes() {
 #[test]
 fn plugins_report_counters_merged_across_shards() {
     let pg = shared_pg();
-    let plugins = plugins_section("", &plugin_entry("block-drop", ""));
+    // A signed artefact: block-drop with a sidecar manifest (version 1.2.3) and a signature of
+    // it by the key `release`, which the trust root holds (docs/plugin-abi.md, with openssl).
+    let dir = std::env::temp_dir().join(format!("helios-v2-signed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    let wasm = dir.join("block-drop.wasm");
+    std::fs::copy(plugin_wasm("block-drop"), &wasm).unwrap();
+    std::fs::write(
+        dir.join("block-drop.json"),
+        r#"{"schema_version": "1.0", "name": "block-drop", "version": "1.2.3", "hooks": ["pre_query"]}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(
+            "set -e
+             openssl genpkey -algorithm Ed25519 -out signing.pem
+             openssl pkey -in signing.pem -pubout -outform DER | tail -c 32 | base64 > keys/release.pub
+             printf 'helios-plugin-signature-v1\nname: %s\nversion: %s\nhooks: %s\nwasm_sha256: %s\n' \
+                 block-drop 1.2.3 pre_query \"$(sha256sum block-drop.wasm | cut -d' ' -f1)\" > message
+             openssl pkeyutl -sign -inkey signing.pem -rawin -in message | base64 -w0 > block-drop.sig",
+        )
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plugins = plugins_section(
+        &format!("trust_root = \"{}\"", dir.join("keys").display()),
+        &format!(
+            "[[plugins.plugin]]\nname = \"block-drop\"\nsource = \"{}\"\n",
+            wasm.display()
+        ),
+    );
     let proxy = two_node_admin_proxy(&pg, "", &plugins);
     let admin = proxy.admin_port();
     // Clients spread over both shards.
@@ -273,4 +309,8 @@ fn plugins_report_counters_merged_across_shards() {
     let (p50, p99) = (p["time_p50_us"].as_u64(), p["time_p99_us"].as_u64());
     assert!(p50.is_some() && p99 >= p50, "{v}");
     assert!(p["sha256"].as_str().unwrap().len() == 64, "{v}");
+    // The manifest's version and the trust root's label of the key that signed it.
+    assert_eq!(p["version"], "1.2.3", "{v}");
+    assert_eq!(p["signer"], "release", "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -38,7 +38,7 @@ fn dashboard_works_in_a_real_browser() {
             "postgres",
             "transaction",
             2,
-            "nodes = [\"pg\", \"rep\"]\nread_write_split = true"
+            "nodes = [\"pg\", \"rep\"]\nread_write_split = true\ndrift = true"
         )
     );
     let journal = std::env::temp_dir().join(format!("helios-dash-journal-{}", std::process::id()));
@@ -49,8 +49,13 @@ fn dashboard_works_in_a_real_browser() {
             "\n[journal]\nenabled = true\npath = \"{}\"\n",
             journal.display()
         )
-        // With anomaly detection on: the Anomalies panel has an event to list.
-        + "\n[anomaly]\nenabled = true\n";
+        // With anomaly detection on: the Anomalies panel has an event to list; with drift
+        // detection on (one-second windows), a drift alert too.
+        + "\n[anomaly]\nenabled = true\n\n[drift]\nenabled = true\nwindow_s = 1\ntick_s = 1\nbaseline_windows = 2\n";
+    // The admin API logs at trace level here, so that the check at the end (the token in no
+    // log line) covers everything it could log. One test in this binary: no other thread reads
+    // the environment meanwhile.
+    std::env::set_var("RUST_LOG", "info,helios_admin=trace");
     let proxy = two_node_admin_proxy(&pg, "", &plugins);
     // Some traffic for the counters, the chart and the pools of both nodes.
     for db in ["app", "app2"] {
@@ -66,6 +71,24 @@ fn dashboard_works_in_a_real_browser() {
     let mut c = connect(&proxy, SUPERUSER, "", "app");
     c.batch_execute("create table jr(x int); insert into jr values (1), (2)")
         .unwrap();
+    // A session of `split` whose statements mostly fail: once it ends, its summary gives an
+    // error_rate_high drift alert, listed in the Anomalies panel.
+    {
+        let mut s = connect(&proxy, SUPERUSER, "", "split");
+        s.simple_query("select 1").unwrap();
+        for _ in 0..5 {
+            assert!(s.simple_query("select nosuch_col_zz").is_err());
+        }
+    }
+    poll(
+        std::time::Duration::from_secs(20),
+        "a drift alert at /drift",
+        || {
+            let (st, _, body) =
+                http(proxy.admin_port(), "GET", "/drift", Some(ADMIN_TOKEN)).ok()?;
+            (st == 200 && body.contains("error_rate_high")).then_some(())
+        },
+    );
     // Only this run's screenshots (a -failed.png of an earlier run would mislead).
     let _ = std::fs::remove_dir_all(root.join("target/ui-test"));
     let shot = root.join("target/ui-test/dashboard.png");
@@ -88,5 +111,15 @@ fn dashboard_works_in_a_real_browser() {
     eprintln!("{stdout}{stderr}");
     assert!(out.status.success(), "the browser test failed: {stderr}");
     assert!(shot.exists(), "no screenshot at {}", shot.display());
+    // The token went into no log line.
+    let log = proxy.log();
+    assert!(
+        log.contains("admin API"),
+        "an empty log proves nothing: {log}"
+    );
+    assert!(
+        !log.contains(ADMIN_TOKEN),
+        "the admin token is in the proxy's log"
+    );
     let _ = std::fs::remove_dir_all(&journal);
 }

@@ -280,3 +280,237 @@ fn plus_group_lets_members_in_and_a_reload_of_the_groups_applies() {
     login_as([127, 0, 0, 1], &proxy, "carol", "tx").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A login from `src` as `user` with `password` (plain text), answering whatever the proxy
+/// asks for: `(the authentication request codes it sent, Ok or Err("SQLSTATE message"))`.
+/// 0 = ok, 3 = cleartext, 5 = md5, 10 = SASL (SCRAM).
+fn login_with_password(
+    src: [u8; 4],
+    proxy: &Proxy,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> (Vec<i32>, Result<(), String>) {
+    use bytes::BytesMut;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::frontend;
+    let mut s = connect_from(src, proxy.port());
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = BytesMut::new();
+    frontend::startup_message([("user", user), ("database", db)], &mut b).unwrap();
+    s.write_all(&b).unwrap();
+    let mut codes = Vec::new();
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let mut h = [0u8; 5];
+        if let Err(e) = s.read_exact(&mut h) {
+            return (codes, Err(e.to_string()));
+        }
+        let len = i32::from_be_bytes(h[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).unwrap();
+        let m = Msg { tag: h[0], body };
+        let mut out = BytesMut::new();
+        match m.tag {
+            b'R' => {
+                let code = i32::from_be_bytes(m.body[..4].try_into().unwrap());
+                let data = &m.body[4..];
+                match code {
+                    0 | 10 | 3 | 5 => codes.push(code),
+                    _ => {}
+                }
+                match code {
+                    3 => frontend::password_message(password.as_bytes(), &mut out).unwrap(),
+                    5 => {
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            user.as_bytes(),
+                            password.as_bytes(),
+                            data[..4].try_into().unwrap(),
+                        );
+                        frontend::password_message(hash.as_bytes(), &mut out).unwrap();
+                    }
+                    10 => {
+                        let sc =
+                            ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                        frontend::sasl_initial_response("SCRAM-SHA-256", sc.message(), &mut out)
+                            .unwrap();
+                        scram = Some(sc);
+                    }
+                    11 => {
+                        let sc = scram.as_mut().unwrap();
+                        if let Err(e) = sc.update(data) {
+                            return (codes, Err(e.to_string()));
+                        }
+                        frontend::sasl_response(sc.message(), &mut out).unwrap();
+                    }
+                    12 => {
+                        if let Err(e) = scram.as_mut().unwrap().finish(data) {
+                            return (codes, Err(e.to_string()));
+                        }
+                    }
+                    _ => {}
+                }
+                if !out.is_empty() {
+                    s.write_all(&out).unwrap();
+                }
+            }
+            b'Z' => return (codes, Ok(())),
+            b'E' => {
+                return (
+                    codes,
+                    Err(format!(
+                        "{} {}",
+                        m.code().unwrap_or_default(),
+                        m.field(b'M').unwrap_or_default()
+                    )),
+                )
+            }
+            _ => {}
+        }
+    }
+}
+
+/// HBA methods other than trust and reject, end to end: with `auth.method = "trust"`, the first
+/// matching line's `scram-sha-256`, `md5` or `cert` is what the login asks for, chosen by the
+/// source address (raw client from 127.0.0.3 / .4) and by the user (the postgres crate and psql
+/// from 127.0.0.1): a wrong password is refused with 28P01, the right one gets in, and a `cert`
+/// line on `hostssl` wants the certificate that names the user (without one: PostgreSQL's
+/// "connection requires a valid client certificate").
+#[test]
+fn hba_scram_md5_and_cert_lines_choose_the_login_method() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "hba_methods");
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    let alice = ca.client("alice", "alice").unwrap();
+    let hba_path = ca.dir.join("hba-methods.conf");
+    std::fs::write(
+        &hba_path,
+        "hostssl all alice 127.0.0.1/32 cert\n\
+         host all all 127.0.0.3/32 scram-sha-256\n\
+         host all all 127.0.0.4/32 md5\n\
+         host all scram_user all scram-sha-256\n\
+         host all md5_user all md5\n\
+         host all all 127.0.0.0/8 trust\n",
+    )
+    .unwrap();
+    let userlist = "\"carol\" \"carol-pw\"\n\"scram_user\" \"s-pw\"\n\"md5_user\" \"m-pw\"\n";
+    let tls = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nmode = \"prefer\"\nclient_ca = \"{}\"\nclient_cert = \"optional\"\n",
+        server.cert.display(),
+        server.key.display(),
+        ca.cert().display()
+    );
+    let cfg = hba_config(&pg, &db, &tls).replace(
+        "hba = \"hba.conf\"",
+        &format!(
+            "hba = \"{}\"\nuserlist = \"userlist.txt\"",
+            hba_path.display()
+        ),
+    );
+    let proxy = start_proxy(&cfg, Some(userlist));
+
+    // By address, raw client: .3 is asked for SCRAM, .4 for md5, .5 nothing (trust).
+    let (codes, r) = login_with_password([127, 0, 0, 3], &proxy, "carol", "carol-pw", "tx");
+    assert_eq!((codes.as_slice(), &r), (&[10, 0][..], &Ok(())), "from .3");
+    let (codes, r) = login_with_password([127, 0, 0, 3], &proxy, "carol", "wrong", "tx");
+    assert_eq!(codes, [10], "from .3, wrong password");
+    assert_eq!(
+        r,
+        Err("28P01 password authentication failed for user \"carol\"".into())
+    );
+    let (codes, r) = login_with_password([127, 0, 0, 4], &proxy, "carol", "carol-pw", "tx");
+    assert_eq!((codes.as_slice(), &r), (&[5, 0][..], &Ok(())), "from .4");
+    let (codes, r) = login_with_password([127, 0, 0, 4], &proxy, "carol", "wrong", "tx");
+    assert_eq!(codes, [5], "from .4, wrong password");
+    assert_eq!(
+        r,
+        Err("28P01 password authentication failed for user \"carol\"".into())
+    );
+    let (codes, r) = login_with_password([127, 0, 0, 5], &proxy, "carol", "", "tx");
+    assert_eq!(
+        (codes.as_slice(), &r),
+        (&[0][..], &Ok(())),
+        "from .5 (trust)"
+    );
+
+    // By user, real clients from 127.0.0.1: the postgres crate with a password.
+    let url = |user: &str, pw: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={pw} dbname=tx connect_timeout=10",
+            proxy.port()
+        )
+    };
+    for (user, pw) in [("scram_user", "s-pw"), ("md5_user", "m-pw")] {
+        let mut c = postgres::Client::connect(&url(user, pw), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("{user}: {e}"));
+        c.simple_query("select 1").unwrap();
+        let e = postgres::Client::connect(&url(user, "nope"), postgres::NoTls)
+            .err()
+            .unwrap_or_else(|| panic!("{user}: a wrong password got in"));
+        assert_eq!(sqlstate(&e), Some("28P01"), "{user}: {e}");
+        // The line names the method: the login asked for SCRAM (10) or md5 (5).
+        let (codes, r) = login_with_password([127, 0, 0, 1], &proxy, user, pw, "tx");
+        let want = if user == "scram_user" { 10 } else { 5 };
+        assert_eq!((codes.as_slice(), &r), (&[want, 0][..], &Ok(())), "{user}");
+    }
+    // psql with a password (PGPASSWORD) through the md5 line; a wrong one is refused.
+    let psql_as = |user: &str, pw: &str, ssl: &str| {
+        Command::new("psql")
+            .arg(format!(
+                "host=localhost port={} user={user} dbname=tx connect_timeout=10 {ssl}",
+                proxy.port()
+            ))
+            .args(["-X", "-At", "-w", "-c", "select 7"])
+            .env("PGPASSWORD", pw)
+            .output()
+            .unwrap()
+    };
+    let out = psql_as("md5_user", "m-pw", "sslmode=disable");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "7",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql_as("md5_user", "nope", "sslmode=disable");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("password authentication failed for user \"md5_user\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // hostssl … alice … cert: over TLS alice needs her certificate; in plain text the line does
+    // not apply (the trust line at the end does).
+    let verify = format!("sslmode=verify-full sslrootcert={}", ca.cert().display());
+    let out = psql_as(
+        "alice",
+        "",
+        &format!(
+            "{verify} sslcert={} sslkey={}",
+            alice.cert.display(),
+            alice.key.display()
+        ),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "7",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql_as("alice", "", &verify);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("FATAL:  connection requires a valid client certificate"),
+        "over TLS without a certificate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql_as("alice", "", "sslmode=disable");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "7",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -188,3 +188,200 @@ fn journaled_writes_replay_onto_another_node_and_a_second_replay_stops_at_its_fi
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The rows of `w` in `db`, in order.
+fn rows(pg: &helios_testkit::PgCluster, db: &str) -> String {
+    pg.psql(
+        db,
+        "select coalesce(string_agg(x::text, ',' order by x), '') from w",
+    )
+    .unwrap()
+    .trim()
+    .to_string()
+}
+
+/// The replay window's bounds: `to_ms` leaves the later writes out, `from_ms` the earlier ones.
+/// The target is the source node itself, its table emptied directly (not through the proxy, so
+/// not journaled) before each replay.
+#[test]
+fn the_replay_window_excludes_what_is_outside_it() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "jwin");
+    pg.psql(&db, "create table w(x int primary key)").unwrap();
+    let dir = std::env::temp_dir().join(format!("helios-journal-win-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = config(
+        &pg,
+        TRUST,
+        "",
+        &format!(
+            "{}\n[journal]\nenabled = true\npath = \"{}\"\n",
+            db_section("app", &db, "session", 2, ""),
+            dir.display()
+        ),
+    )
+    .replace("[admin]\n", &format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\nsql_user = \"{SUPERUSER}\"\nsql_password = \"{PW}\"\n"));
+    let proxy = start_proxy(&cfg, None);
+    let admin = proxy.admin_port();
+    let mut c = connect(&proxy, SUPERUSER, "", "app");
+    for x in 1..=3 {
+        c.execute("insert into w values ($1)", &[&x]).unwrap();
+    }
+    // A clear gap in time between the two halves (journal timestamps are milliseconds).
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mid = now_ms();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    for x in 4..=6 {
+        c.batch_execute(&format!("insert into w values ({x})"))
+            .unwrap();
+    }
+    assert_eq!(rows(&pg, &db), "1,2,3,4,5,6");
+    poll(
+        std::time::Duration::from_secs(10),
+        "six journaled writes",
+        || {
+            let (_, _, body) = http(admin, "GET", "/api/replay", Some(ADMIN_TOKEN)).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            (v["entries"].as_u64() >= Some(6)).then_some(())
+        },
+    );
+    let replay = |body: String| {
+        let (code, _, body) =
+            http_body(admin, "POST", "/api/replay", Some(ADMIN_TOKEN), &body).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(code, 200, "{v}");
+        v
+    };
+    // Up to `mid`: the first three only.
+    pg.psql(&db, "truncate w").unwrap();
+    let r = replay(format!(r#"{{"node":"pg","to_ms":{mid}}}"#));
+    assert_eq!(r["applied"], 3, "{r}");
+    assert_eq!(rows(&pg, &db), "1,2,3");
+    // From `mid`: the last three only.
+    pg.psql(&db, "truncate w").unwrap();
+    let r = replay(format!(r#"{{"node":"pg","from_ms":{mid}}}"#));
+    assert_eq!(r["applied"], 3, "{r}");
+    assert_eq!(rows(&pg, &db), "4,5,6");
+    // A window with nothing in it applies nothing.
+    pg.psql(&db, "truncate w").unwrap();
+    let r = replay(format!(
+        r#"{{"node":"pg","from_ms":{},"to_ms":{}}}"#,
+        mid - 10,
+        mid + 10
+    ));
+    assert_eq!(r["applied"], 0, "{r}");
+    assert_eq!(rows(&pg, &db), "");
+    // from_ms after to_ms: 400.
+    let (code, _, _) = http_body(
+        admin,
+        "POST",
+        "/api/replay",
+        Some(ADMIN_TOKEN),
+        &format!(r#"{{"node":"pg","from_ms":{},"to_ms":{mid}}}"#, mid + 1),
+    )
+    .unwrap();
+    assert_eq!(code, 400);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The journal's size bound: with `max_files = 2`, rotation after rotation deletes the oldest
+/// file, so at most three files (the current one and two rotated) are on disk and the first
+/// entries are gone. And without `admin.token`, `POST /api/replay` is refused with 403 (it
+/// writes to a node), while `GET` still shows the journal.
+#[test]
+fn the_journal_keeps_max_files_and_replay_needs_a_configured_token() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "jbound");
+    pg.psql(&db, "create table w(x int, pad text)").unwrap();
+    let dir = std::env::temp_dir().join(format!("helios-journal-bound-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = config(
+        &pg,
+        TRUST,
+        "",
+        &format!(
+            "{}\n[journal]\nenabled = true\npath = \"{}\"\nmax_file_bytes = 4096\nmax_files = 2\n",
+            db_section("app", &db, "transaction", 2, ""),
+            dir.display()
+        ),
+    );
+    assert!(!cfg.contains("token"));
+    let proxy = start_proxy(&cfg, None);
+    let admin = proxy.admin_port();
+    let mut c = connect(&proxy, SUPERUSER, "", "app");
+    // ~300 bytes a line: 200 lines are ~60 KiB, some fifteen 4 KiB files' worth.
+    let pad = "p".repeat(200);
+    for x in 0..200i32 {
+        c.execute("insert into w values ($1, $2)", &[&x, &pad])
+            .unwrap();
+    }
+    let files = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // Everything written: the last entry (seq 200) is in journal.jsonl.
+    poll(
+        std::time::Duration::from_secs(10),
+        "the last entry on disk",
+        || {
+            let t = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap_or_default();
+            t.contains("\"seq\":200,").then_some(())
+        },
+    );
+    let names = files();
+    assert!(
+        names.len() <= 3,
+        "max_files = 2 keeps two rotated files: {names:?}"
+    );
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.contains(&"journal.jsonl".to_string()), "{names:?}");
+    let text: String = names
+        .iter()
+        .map(|n| std::fs::read_to_string(dir.join(n)).unwrap())
+        .collect();
+    let seqs: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let first = *seqs.iter().min().unwrap();
+    assert!(
+        first > 1,
+        "the oldest entries are deleted, yet seq 1 is still there"
+    );
+    assert_eq!(*seqs.iter().max().unwrap(), 200);
+    assert!(
+        seqs.len() < 200 && seqs.len() as u64 == 200 - first + 1,
+        "what is kept is the newest entries, without holes: {} from {first}",
+        seqs.len()
+    );
+    assert!(proxy.log().contains("journal: deleting"), "{}", proxy.log());
+    // GET shows what is kept; POST without a configured token is refused, nothing applied.
+    let (code, _, body) = http(admin, "GET", "/api/replay", None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["entries"].as_u64(), Some(seqs.len() as u64), "{v}");
+    let (code, _, body) =
+        http_body(admin, "POST", "/api/replay", None, r#"{"node":"pg"}"#).unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("set admin.token"), "{body}");
+    assert_eq!(
+        pg.psql(&db, "select count(*) from w").unwrap().trim(),
+        "200"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

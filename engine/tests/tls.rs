@@ -88,12 +88,25 @@ fn psql_verify_full_connects_and_plain_text_is_refused() {
             assert!(ok, "{backend}/{alias}: {err}");
             assert_eq!(out.trim(), "100000|1000000|t", "{backend}/{alias}");
         }
-        // verify-full checks the name: the certificate is not for 127.0.0.2's name.
+        // sslmode=require encrypts without checking the certificate.
         let (ok, _, err) = run_psql(
             &libpq(&proxy, "localhost", "tx", "sslmode=require"),
             "select 1",
         );
         assert!(ok, "{backend}: sslmode=require: {err}");
+        // verify-full checks the name: the certificate is for localhost and 127.0.0.1, not for
+        // `wrong.example` (reached at 127.0.0.1 through hostaddr).
+        let (ok, _, err) = run_psql(
+            &format!(
+                "{} hostaddr=127.0.0.1",
+                libpq(&proxy, "wrong.example", "tx", &verify_full(&ca))
+            ),
+            "select 1",
+        );
+        assert!(
+            !ok && err.contains("does not match host name \"wrong.example\""),
+            "{backend}: verify-full accepted a wrong name: {err}"
+        );
         // Plain text when TLS is required: FATAL 28000 saying so.
         let (ok, _, err) = run_psql(
             &libpq(&proxy, "127.0.0.1", "tx", "sslmode=disable"),
@@ -496,6 +509,162 @@ fn mtls_refuses_clients_without_a_good_certificate_and_maps_the_cn_to_the_user()
     assert!(ok && out.trim() == "2", "{err}");
 }
 
+/// A client certificate signed by `ca` whose common name is `cn` and whose subject alternative
+/// names are the DNS names `dns` (the harness's `TestCa::client` makes CN-only ones).
+fn client_with_san(ca: &TestCa, file: &str, cn: &str, dns: &[&str]) -> Issued {
+    let san: Vec<String> = dns.iter().map(|d| format!("DNS:{d}")).collect();
+    std::fs::write(
+        ca.dir.join(format!("{file}.ext")),
+        format!(
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nsubjectAltName={}\n",
+            san.join(",")
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(&ca.dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (key, csr, crt, ext) = (
+        format!("{file}.key"),
+        format!("{file}.csr"),
+        format!("{file}.crt"),
+        format!("{file}.ext"),
+    );
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        &format!("/CN={cn}"),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        &crt,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ca.dir.join(&key), std::fs::Permissions::from_mode(0o600)).unwrap();
+    Issued {
+        cert: ca.dir.join(crt),
+        key: ca.dir.join(key),
+    }
+}
+
+/// `cert` maps a subject alternative name to the user too, as PostgreSQL's
+/// `clientcert=verify-full` can: a certificate whose CN is someone else and whose DNS SAN says
+/// alice logs in as alice, and not as a name it does not carry.
+#[test]
+fn cert_auth_maps_a_subject_alternative_name_to_the_user() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "tls_san");
+    let ca = TestCa::new("helios-test-ca").unwrap();
+    let server = ca.server("server", &["localhost"], &["127.0.0.1"]).unwrap();
+    let by_san = client_with_san(&ca, "by-san", "Some Operator", &["alice", "ops.example"]);
+    let cn_only = ca.client("carol", "carol").unwrap();
+    let client_ca = format!("client_ca = \"{}\"", ca.cert().display());
+    for backend in BACKENDS {
+        let cfg = config(
+            &pg,
+            "method = \"cert\"",
+            "",
+            &db_section("tx", &db, "transaction", 4, ""),
+        )
+        .replace("${HELIOS_TEST_IO_BACKEND:-uring}", backend)
+            + "\n"
+            + &tls_section(&server, &client_ca);
+        let proxy = start_proxy(&cfg, None);
+        let as_user = |user: &str, cert: &Issued| {
+            run_psql(
+                &format!(
+                    "host=localhost port={} user={user} dbname=tx connect_timeout=10 {}",
+                    proxy.port(),
+                    with_client_cert(&ca, cert)
+                ),
+                "select current_user is not null",
+            )
+        };
+        // The CN is not alice: the SAN lets alice in (either of its names works).
+        let (ok, out, err) = as_user("alice", &by_san);
+        assert!(ok && out.trim() == "t", "{backend}: {err}\n{}", proxy.log());
+        let (ok, _, err) = as_user("ops.example", &by_san);
+        assert!(ok, "{backend}: the second SAN: {err}");
+        // A name the certificate does not carry.
+        let (ok, _, err) = as_user("bob", &by_san);
+        assert!(
+            !ok && err.contains("certificate authentication failed for user \"bob\""),
+            "{backend}: {err}"
+        );
+        // A CN-only certificate for carol does not let her in as alice.
+        let (ok, _, err) = as_user("alice", &cn_only);
+        assert!(
+            !ok && err.contains("certificate authentication failed for user \"alice\""),
+            "{backend}: {err}"
+        );
+    }
+}
+
+/// Upstream `tls = "prefer"` towards a server with `ssl = off` (the test cluster): the server
+/// answers `N` and the proxy goes on in plain text, while `require` towards it is refused.
+#[test]
+fn upstream_prefer_falls_back_to_plain_text_when_the_server_has_no_tls() {
+    let pg = shared_pg();
+    assert_eq!(pg.psql("postgres", "show ssl").unwrap().trim(), "off");
+    let db = fresh_db(&pg, "tls_prefer_up");
+    let nodes = format!(
+        "[[nodes]]\nname = \"pref\"\nhost = \"127.0.0.1\"\nport = {p}\ntls = \"prefer\"\n\n\
+         [[nodes]]\nname = \"req\"\nhost = \"127.0.0.1\"\nport = {p}\ntls = \"require\"\n\n",
+        p = pg.port
+    );
+    let dbs = db_section("pref", &db, "transaction", 2, "node = \"pref\"")
+        + &db_section("req", &db, "transaction", 2, "node = \"req\"");
+    for backend in BACKENDS {
+        let cfg = config(&pg, TRUST, "", &(nodes.clone() + &dbs))
+            .replace("${HELIOS_TEST_IO_BACKEND:-uring}", backend);
+        let proxy = start_proxy(&cfg, None);
+        let q = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
+        let (ok, out, err) = run_psql(&proxy.url(SUPERUSER, "", "pref"), q);
+        assert!(ok, "{backend}/prefer: {err}\n{}", proxy.log());
+        assert_eq!(
+            out.trim(),
+            "f",
+            "{backend}/prefer: the server session is plain text"
+        );
+        let (ok, _, err) = run_psql(&proxy.url(SUPERUSER, "", "req"), "select 1");
+        assert!(
+            !ok && err.contains("server does not support TLS"),
+            "{backend}/require: {err}"
+        );
+    }
+}
+
 /// Logs in over direct TLS and returns the open stream, ready for queries.
 fn direct_session(
     proxy: &Proxy,
@@ -728,8 +897,14 @@ print(row[0], row[1], agg[0], agg[1], conn.info.ssl_in_use)
 
 /// The Python of `target/py-driver-venv` (psycopg 3 and asyncpg from PyPI), made by
 /// `scripts/lib.sh: ensure_py_driver_deps` — by scripts/test.sh before the suite, or here if it
-/// is missing. `None` only when PyPI cannot be reached (the test then says so and passes; CI
-/// runs scripts/test.sh, which fails instead).
+/// is missing. `None` only when PyPI cannot be reached on a developer's machine (the test then
+/// says so and passes); with `CI=true` in the environment a missing venv fails the test.
+/// `CI` set to anything but `false`/`0`/empty, as CI services (and .ci/run) set it.
+fn on_ci() -> bool {
+    std::env::var("CI")
+        .is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"))
+}
+
 fn py_driver_python() -> Option<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = Command::new("bash")
@@ -741,6 +916,12 @@ fn py_driver_python() -> Option<std::path::PathBuf> {
     if out.status.success() {
         return Some(root.join("target/py-driver-venv/bin/python"));
     }
+    assert!(
+        !on_ci(),
+        "CI is set: psycopg 3 and asyncpg must be installed (scripts/test.sh runs \
+         scripts/lib.sh ensure_py_driver_deps), yet installing them failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let reach = Command::new("python3")
         .args([
             "-c",
