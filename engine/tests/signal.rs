@@ -283,8 +283,12 @@ fn pgbench_gives_no_injection_or_rate_spike_events() {
     // Two shards (the default of the test config): a tenant's rate is judged against its
     // whole traffic, merged across the shards, so pgbench's clients moving between shards from
     // one run to the next are no spike (docs/signal.md).
-    let cfg = config_fast_snapshots(&pg, TRUST, "", &db_section("app", &db, "transaction", 4, ""))
-        + "\n[anomaly]\nenabled = true\nwarmup_s = 2\n";
+    let cfg = config_fast_snapshots(
+        &pg,
+        TRUST,
+        "",
+        &db_section("app", &db, "transaction", 4, ""),
+    ) + "\n[anomaly]\nenabled = true\nwarmup_s = 2\n";
     assert!(cfg.contains("cores = 2"), "{cfg}");
     let proxy = start_proxy(&cfg, None);
     let admin = proxy.admin_port();
@@ -327,6 +331,17 @@ fn pgbench_gives_no_injection_or_rate_spike_events() {
         events.iter().filter(|e| e["kind"] == "novel_query").count()
     );
     assert!(bad.is_empty(), "false positives: {bad:?}");
+    // The clients were spread over both shards (each reports the shapes it first sees).
+    let shards: std::collections::BTreeSet<u64> = events
+        .iter()
+        .filter(|e| e["kind"] == "novel_query")
+        .filter_map(|e| e["shard"].as_u64())
+        .collect();
+    assert_eq!(
+        shards.len(),
+        2,
+        "all of pgbench's traffic on one shard: {events:?}"
+    );
 }
 
 /// Audit summaries in a file: one per session with its counts, none of the statements' text
@@ -340,8 +355,11 @@ fn the_audit_file_has_summaries_and_no_statement_text() {
     let dir = tempdir();
     let path = dir.join("audit.jsonl");
     // A second alias with an access context: its statements run as the context's role.
-    pg.psql(&db, "create role sig_audit_reader; grant select on secrets to sig_audit_reader")
-        .unwrap();
+    pg.psql(
+        &db,
+        "create role sig_audit_reader; grant select on secrets to sig_audit_reader",
+    )
+    .unwrap();
     let cfg = config_fast_snapshots(
         &pg,
         TRUST,
@@ -376,15 +394,22 @@ fn the_audit_file_has_summaries_and_no_statement_text() {
     }
     {
         let mut c = connect(&proxy, SUPERUSER, PW, "ctx");
-        let who: String = c.query_one("select current_user::text", &[]).unwrap().get(0);
+        let who: String = c
+            .query_one("select current_user::text", &[])
+            .unwrap()
+            .get(0);
         assert_eq!(who, "sig_audit_reader");
     }
     let rotated = dir.join("audit.jsonl.1");
-    let text = poll(WAIT, "12 summaries and the context's in the audit files", || {
-        let t = std::fs::read_to_string(&path).unwrap_or_default()
-            + &std::fs::read_to_string(&rotated).unwrap_or_default();
-        (t.lines().count() >= 12 && t.contains("\"context\":\"ctx\"")).then_some(t)
-    });
+    let text = poll(
+        WAIT,
+        "12 summaries and the context's in the audit files",
+        || {
+            let t = std::fs::read_to_string(&path).unwrap_or_default()
+                + &std::fs::read_to_string(&rotated).unwrap_or_default();
+            (t.lines().count() >= 12 && t.contains("\"context\":\"ctx\"")).then_some(t)
+        },
+    );
     assert!(rotated.exists(), "never rotated at 4096 bytes");
     assert!(std::fs::metadata(&path).unwrap().len() <= 4096);
     for needle in [
@@ -715,7 +740,10 @@ fn detection_runs_before_plugins_skips_parameters_and_falls_back_to_the_user() {
     let e = c
         .simple_query("select * from users where name = 'x'; drop table users")
         .unwrap_err();
-    let m = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    let m = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
     assert!(m.contains("DROP TABLE is not allowed"), "{e}");
     // The tenant is the user: a steady 3 a second, then a burst of 200.
     let start = Instant::now();
@@ -735,7 +763,11 @@ fn detection_runs_before_plugins_skips_parameters_and_falls_back_to_the_user() {
         .iter()
         .filter(|e| e["kind"] == "sql_injection")
         .collect();
-    assert_eq!(injections.len(), 1, "bound parameters were scanned: {injections:?}");
+    assert_eq!(
+        injections.len(),
+        1,
+        "bound parameters were scanned: {injections:?}"
+    );
     assert_eq!(injections[0]["class"], "stacked_query");
     for e in &events {
         assert_eq!(e["user"], SUPERUSER, "{e}");
@@ -771,7 +803,10 @@ fn the_stdout_sink_writes_summaries() {
     let v: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(v["context"], "app");
     assert_eq!(v["statements"], 1);
-    assert!(!proxy.log().contains("zz-stdout"), "statement text in the output");
+    assert!(
+        !proxy.log().contains("zz-stdout"),
+        "statement text in the output"
+    );
 }
 
 /// An HTTP endpoint that is down: the batches fail, their summaries are dropped and counted
@@ -799,7 +834,10 @@ fn the_http_sink_counts_what_it_drops() {
         let mut c = connect(&proxy, SUPERUSER, PW, "app");
         c.simple_query("select 1").unwrap();
     }
-    assert!(start.elapsed() < Duration::from_secs(10), "sessions waited for the sink");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "sessions waited for the sink"
+    );
     let metric = |text: &str, name: &str| -> u64 {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
@@ -813,4 +851,45 @@ fn the_http_sink_counts_what_it_drops() {
             && metric(&m, "heliosproxy_audit_written_total") == 0)
             .then_some(())
     });
+}
+
+/// The suite's switch (`HELIOS_TEST_ANOMALY=1`, engine/testkit): a proxy whose config has no
+/// `[anomaly]` runs with detection on, and dropping it fails the test when its log shows an
+/// injection event (scripts/test.sh runs one pass of the suite with it).
+#[test]
+fn the_suite_switch_fails_a_test_whose_traffic_trips_a_detector() {
+    use helios_testkit::proxy::ANOMALY_VAR;
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "sig_switch_env");
+    let cfg = config_fast_snapshots(
+        &pg,
+        TRUST,
+        "",
+        &db_section("app", &db, "transaction", 2, ""),
+    );
+    // Set only around the start (the other tests here configure [anomaly] themselves or
+    // do not mind detection being on).
+    let before = std::env::var(ANOMALY_VAR).ok();
+    std::env::set_var(ANOMALY_VAR, "1");
+    let proxy = start_proxy(&cfg, None);
+    match before {
+        Some(v) => std::env::set_var(ANOMALY_VAR, v),
+        None => std::env::remove_var(ANOMALY_VAR),
+    }
+    let mut c = connect(&proxy, SUPERUSER, PW, "app");
+    c.simple_query("select 1 where '' = '' or 1=1").unwrap();
+    poll(WAIT, "the event in the proxy's log", || {
+        proxy
+            .log()
+            .contains("anomaly event: kind=sql_injection class=tautology")
+            .then_some(())
+    });
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(proxy)));
+    let msg = dropped.expect_err("the proxy's drop did not fail the test");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("reported ordinary traffic as an anomaly"),
+        "{msg}"
+    );
+    assert!(!msg.contains("1=1"), "statement text in the log: {msg}");
 }

@@ -555,7 +555,8 @@ mod tests {
             user: "w".into(),
             ..view()
         };
-        sh.statement(&cfg, &mut other, "SELECT c FROM v", 21).unwrap();
+        sh.statement(&cfg, &mut other, "SELECT c FROM v", 21)
+            .unwrap();
         assert_eq!(novel(&mut sh), 1);
     }
 

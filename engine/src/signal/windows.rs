@@ -9,6 +9,10 @@ pub const BUCKETS: usize = 60;
 /// that changes its pace (pgbench switching from `-S` to TPC-B) is steady enough for tiny
 /// deviations to have a large z (docs/signal.md).
 pub const SPIKE_RATIO: f64 = 5.0;
+/// …and more than this many times the busiest second of the baseline: a pace the tenant kept
+/// within the last minute is its own, however idle it was in between (a test suite's client
+/// that runs 1000 statements, waits three seconds and runs 1000 more).
+pub const PEAK_RATIO: f64 = 2.0;
 
 /// One tenant's statements per second over the last minute: this shard's own count and the
 /// other shards' (reported once a second, [`RateWindow::unreported`] → [`RateWindow::remote`]).
@@ -27,9 +31,10 @@ pub struct RateWindow {
     /// The second being judged (the baseline is of the seconds before it).
     now: u64,
     first_seen: u64,
-    /// Baseline of `now`.
+    /// Baseline of `now`: mean, standard deviation, busiest second.
     mean: f64,
     std: f64,
+    peak: f64,
     /// A report changed a second of the baseline: recompute it at the next statement.
     stale: bool,
     /// Fired in the current second already.
@@ -60,6 +65,7 @@ impl RateWindow {
             first_seen: sec,
             mean: 0.0,
             std: 0.0,
+            peak: 0.0,
             stale: false,
             fired: false,
             reported: 0,
@@ -101,22 +107,25 @@ impl RateWindow {
             .saturating_sub(self.first_seen)
             .min(BUCKETS as u64 - 1);
         if span == 0 {
-            (self.mean, self.std) = (0.0, 0.0);
+            (self.mean, self.std, self.peak) = (0.0, 0.0, 0.0);
             return;
         }
         let n = span as f64;
-        let (mut sum, mut sq) = (0.0, 0.0);
+        let (mut sum, mut sq, mut peak) = (0.0, 0.0, 0.0f64);
         for k in 1..=span {
             let c = self.total(self.now - k) as f64;
             sum += c;
             sq += c * c;
+            peak = peak.max(c);
         }
+        self.peak = peak;
         self.mean = sum / n;
         self.std = (sq / n - self.mean * self.mean).max(0.0).sqrt();
     }
 
     /// Counts one statement at `sec`. A spike: over `min_count`, at least [`SPIKE_RATIO`]
-    /// times the baseline mean, and more than `z` standard deviations above it; only after
+    /// times the baseline mean and more than [`PEAK_RATIO`] times its busiest second, and more
+    /// than `z` standard deviations above it; only after
     /// `warmup` seconds of watching the tenant, and never in its first second (its first burst
     /// is how it starts, not a spike).
     pub fn hit(&mut self, sec: u64, z: f64, min_count: u64, warmup: u64) -> Rate {
@@ -145,6 +154,7 @@ impl RateWindow {
             || sec.saturating_sub(self.first_seen) < warmup
             || (c as u64) < min_count
             || c < SPIKE_RATIO * self.mean
+            || c <= PEAK_RATIO * self.peak
             || c <= self.mean + z * self.std
         {
             return Rate::Normal;
@@ -374,6 +384,25 @@ mod tests {
                 assert_eq!(w.hit(s, 3.0, 100, 10), Rate::Normal, "second {s}");
             }
         }
+    }
+
+    #[test]
+    fn resuming_a_pace_kept_within_the_minute_is_not_a_spike() {
+        let mut w = RateWindow::new(0);
+        let mut fired = 0;
+        // 1000 in one second, idle for thirty, 1000 again: z and the 5× mean say spike (the
+        // idle seconds pull the mean down); the tenant's own peak says no.
+        for s in [1u64, 32] {
+            for _ in 0..1000 {
+                fired += usize::from(w.hit(s, 3.0, 100, 0) != Rate::Normal);
+            }
+        }
+        assert_eq!(fired, 0);
+        // Twice its peak and more is one.
+        for _ in 0..2500 {
+            fired += usize::from(matches!(w.hit(33, 3.0, 100, 0), Rate::Spike(_)));
+        }
+        assert_eq!(fired, 1);
     }
 
     #[test]
