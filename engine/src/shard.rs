@@ -125,6 +125,9 @@ pub enum ShardMsg {
     Adopt(std::net::TcpStream),
     /// The nodes' roles and health changed (health checker, chaos): route by this from now on.
     Topology(Arc<Topology>),
+    /// Another shard's statements per tenant in its finished seconds: the rate windows judge a
+    /// tenant against its whole traffic (docs/signal.md).
+    Rates(Arc<crate::signal::RateReport>),
 }
 
 /// The process-wide part: channels to every shard and the global client count.

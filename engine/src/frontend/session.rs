@@ -983,6 +983,9 @@ fn signal_stage(
                 context: login.database.clone(),
                 user: login.user.clone(),
                 upstream_user: pool.settings.borrow().target.user.clone(),
+                upstream_role: db
+                    .and_then(|d| d.role.clone())
+                    .unwrap_or_else(|| pool.settings.borrow().target.user.clone()),
                 client_addr: peer.map(|a| a.to_string()).unwrap_or_default(),
                 tls: client.is_tls(),
                 started_ms: crate::signal::unix_ms(),

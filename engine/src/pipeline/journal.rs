@@ -51,7 +51,7 @@ impl Stage for JournalStage {
                 Kind::Execute => EntryKind::Execute,
                 Kind::FunctionCall => EntryKind::FunctionCall,
             },
-            sql: ex.sql.clone(),
+            sql: ex.sql.to_string(),
             param_types: ex.param_types.clone(),
             bind: ex.bind.clone(),
             ok: ex.success(),

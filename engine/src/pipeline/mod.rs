@@ -81,6 +81,54 @@ pub trait Stage {
     }
 }
 
+/// A statement's text as the stages see it: valid UTF-8 in a refcounted [`Bytes`] — a slice of
+/// the Query or Parse frame it came in, or of the text a named statement's Parse left — so an
+/// execution copies no text (docs/signal.md "Cost"). Text that is not UTF-8 is converted
+/// lossily (then it owns a copy), and so is a stage's rewrite (`String` into it).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SqlText(Bytes);
+
+impl SqlText {
+    /// `b` as text (no copy when it is valid UTF-8).
+    pub fn from_bytes(b: Bytes) -> SqlText {
+        match std::str::from_utf8(&b) {
+            Ok(_) => SqlText(b),
+            Err(_) => SqlText(Bytes::from(String::from_utf8_lossy(&b).into_owned())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks (or, from a `String`, knows) that the bytes are
+        // valid UTF-8, and they are never changed after.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+}
+
+impl std::ops::Deref for SqlText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<String> for SqlText {
+    fn from(s: String) -> SqlText {
+        SqlText(Bytes::from(s))
+    }
+}
+
+impl std::fmt::Display for SqlText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for SqlText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// What a statement is, for the stages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -97,8 +145,8 @@ pub struct Execution {
     /// The request id the plugins see (the shard's id in the top 16 bits).
     pub id: u64,
     pub kind: Kind,
-    /// The text that runs (a stage's rewrite replaces it).
-    pub sql: String,
+    /// The text that runs (a stage's rewrite replaces it: `ex.sql = text.into()`).
+    pub sql: SqlText,
     /// A stage rewrote `sql`.
     pub rewritten: bool,
     /// The node a stage chose (`None`: the database's own).
@@ -166,8 +214,11 @@ pub struct Pipeline {
     stages: Vec<Box<dyn Stage>>,
     /// Statement name → what its Parse carried after the name (text, NUL, parameter types).
     /// Kept for every Parse, whatever is active: a plugin enabled by a reload must see the
-    /// text of statements prepared before it.
-    parsed: HashMap<Bytes, Vec<u8>>,
+    /// text of statements prepared before it. A named statement's is a copy (made once per
+    /// Parse; its executions slice it); the unnamed statement's is a slice of its Parse frame
+    /// (parsed again for nearly every execution, and so never copied; it keeps at most that
+    /// one frame's read buffer alive).
+    parsed: HashMap<Bytes, Bytes>,
     /// Between [`Pipeline::before`] and [`Pipeline::sending`].
     staged: Option<(Execution, Going)>,
     /// Begun at an unnamed Parse, waiting for its Bind.
@@ -255,19 +306,20 @@ impl Pipeline {
         let Ok(([name], rest)) = read_cstrs::<1>(&frame[5..], "Parse") else {
             return;
         };
+        let rest = if name.is_empty() {
+            frame.slice_ref(rest)
+        } else {
+            Bytes::copy_from_slice(rest)
+        };
         match self.parsed.get_mut(name) {
-            Some(v) => {
-                v.clear();
-                v.extend_from_slice(rest);
-            }
+            Some(v) => *v = rest,
             None => {
                 if self.parsed.len() >= MAX_PARSED {
                     // A client that never closes its statements: forget the oldest texts
                     // rather than grow without bound (their executions show `EXECUTE name`).
                     self.parsed.clear();
                 }
-                self.parsed
-                    .insert(Bytes::copy_from_slice(name), rest.to_vec());
+                self.parsed.insert(Bytes::copy_from_slice(name), rest);
             }
         }
     }
@@ -307,8 +359,8 @@ impl Pipeline {
             _ if !self.active(shard) => return Ok(None),
             Then::Query { frame, .. } => {
                 let b = frame.body();
-                let text = String::from_utf8_lossy(b.strip_suffix(b"\0").unwrap_or(b));
-                (Kind::Query, text.into_owned(), Bytes::new())
+                let text = frame.bytes.slice_ref(b.strip_suffix(b"\0").unwrap_or(b));
+                (Kind::Query, SqlText::from_bytes(text), Bytes::new())
             }
             Then::Parse(frame) => {
                 // An unnamed statement is usually parsed, bound and executed in one batch: its
@@ -321,7 +373,7 @@ impl Pipeline {
                 if self.journals {
                     param_types = frame.bytes.slice_ref(types);
                 }
-                let text = String::from_utf8_lossy(text).into_owned();
+                let text = SqlText::from_bytes(frame.bytes.slice_ref(text));
                 (Kind::Execute, text, Bytes::new())
             }
             Then::Bind { frame, .. } => {
@@ -332,7 +384,7 @@ impl Pipeline {
                 if name.is_empty() {
                     if let Some(mut ex) = self.unnamed.take() {
                         ex.bind = bind;
-                        ex.portal = Bytes::copy_from_slice(portal);
+                        ex.portal = frame.bytes.slice_ref(portal);
                         self.staged = Some((ex, Going::Portal));
                         return Ok(None);
                     }
@@ -342,14 +394,14 @@ impl Pipeline {
                         let mut r = &rest[..];
                         let t = read_cstr(&mut r).unwrap_or_default();
                         if self.journals {
-                            param_types = Bytes::copy_from_slice(r);
+                            param_types = rest.slice_ref(r);
                         }
-                        String::from_utf8_lossy(t).into_owned()
+                        SqlText::from_bytes(rest.slice_ref(t))
                     }
                     // Prepared with SQL PREPARE: the stages see what the server will run.
-                    None => format!("EXECUTE {}", String::from_utf8_lossy(name)),
+                    None => format!("EXECUTE {}", String::from_utf8_lossy(name)).into(),
                 };
-                (Kind::Execute, text, Bytes::copy_from_slice(portal))
+                (Kind::Execute, text, frame.bytes.slice_ref(portal))
             }
             Then::FunctionCall { frame, .. } => {
                 let oid = frame
@@ -358,7 +410,7 @@ impl Pipeline {
                     .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                 (
                     Kind::FunctionCall,
-                    format!("FUNCTION CALL {oid}"),
+                    format!("FUNCTION CALL {oid}").into(),
                     Bytes::new(),
                 )
             }

@@ -240,7 +240,7 @@ impl Stage for PluginStage {
             }
         }
         if let Some(sql) = rewritten {
-            ex.sql = sql;
+            ex.sql = sql.into();
             ex.rewritten = true;
         }
         ex.plugin = Some(Facts {

@@ -66,6 +66,9 @@ pub async fn run_shard(
         shard.shared.snapshot_interval,
     ))
     .detach();
+    if shard.shared.inboxes.len() > 1 {
+        glommio::spawn_local(rate_reports(shard.clone())).detach();
+    }
 
     // The control loop: the shard's inbox, woken by its doorbell.
     loop {
@@ -94,6 +97,7 @@ pub async fn run_shard(
                 }
             }
             Some(ShardMsg::Topology(t)) => shard.set_topology(t),
+            Some(ShardMsg::Rates(r)) => shard.signal.borrow_mut().merge_rates(&r),
             Some(ShardMsg::Shutdown) | None => break,
         }
     }
@@ -115,6 +119,28 @@ pub async fn run_shard(
             shard.sessions.get(),
             timeout.as_millis()
         );
+    }
+}
+
+/// Every `RATE_REPORT_MS`, this shard's per-tenant counts of its finished seconds go to the
+/// other shards (nothing is sent while it has none: detection off, or no traffic).
+async fn rate_reports(shard: Rc<Shard>) {
+    let every = Duration::from_millis(crate::signal::RATE_REPORT_MS);
+    while !shard.shutdown.is_set() {
+        glommio::timer::sleep(every).await;
+        let report = {
+            let mut sig = shard.signal.borrow_mut();
+            let now = sig.seconds(std::time::Instant::now());
+            sig.rate_report(now)
+        };
+        if report.counts.is_empty() {
+            continue;
+        }
+        let report = Arc::new(report);
+        for to in (0..shard.shared.inboxes.len()).filter(|&i| i != shard.id) {
+            // A full inbox drops the report: that shard's baseline misses these counts.
+            shard.shared.send(to, ShardMsg::Rates(report.clone()));
+        }
     }
 }
 

@@ -115,6 +115,9 @@ pub struct Identity {
     pub context: String,
     pub user: String,
     pub upstream_user: String,
+    /// The role statements run as upstream: the access context's `role` (docs/contexts.md),
+    /// else the upstream login.
+    pub upstream_role: String,
     pub client_addr: String,
     pub tls: bool,
     /// Unix milliseconds.
@@ -192,6 +195,7 @@ impl Tally {
             context: self.id.context.clone(),
             user: self.id.user.clone(),
             upstream_user: self.id.upstream_user.clone(),
+            upstream_role: self.id.upstream_role.clone(),
             client_addr: self.id.client_addr.clone(),
             tls: self.id.tls,
             session_start_ms: self.id.started_ms,
@@ -226,6 +230,8 @@ pub struct Summary {
     pub user: String,
     /// The role the proxy logs in to the server as.
     pub upstream_user: String,
+    /// The role statements run as (the context's `role`, else `upstream_user`).
+    pub upstream_role: String,
     pub client_addr: String,
     pub tls: bool,
     pub session_start_ms: u64,
@@ -259,6 +265,7 @@ impl Summary {
             "context": self.context,
             "user": self.user,
             "upstream_user": self.upstream_user,
+            "upstream_role": self.upstream_role,
             "client_addr": self.client_addr,
             "tls": self.tls,
             "session_start_ms": self.session_start_ms,
@@ -620,6 +627,7 @@ mod tests {
             context: "app".into(),
             user: "u".into(),
             upstream_user: "u".into(),
+            upstream_role: "u".into(),
             client_addr: "127.0.0.1:5".into(),
             tls: false,
             started_ms: 1000,

@@ -253,6 +253,7 @@ mod tests {
             context: "app".into(),
             user: "alice".into(),
             upstream_user: "alice".into(),
+            upstream_role: "alice".into(),
             client_addr: "127.0.0.1:1".into(),
             tls: false,
             started_ms: end_s * 1000 - 500,
@@ -293,6 +294,18 @@ mod tests {
         assert_eq!(run(30, |_| vec![(100, 0, 1000); 4]), vec![]);
         // Gentle variation: nothing reaches |z| 3.
         let alerts = run(40, |w| vec![(100 + (w % 5), w % 2, 1000 + 10 * (w % 3)); 4]);
+        assert_eq!(alerts, vec![]);
+    }
+
+    #[test]
+    fn a_baseline_that_never_varied_raises_nothing_even_on_a_large_deviation() {
+        // 25 identical windows (stddev 0), then one with 10× the latency and 5× the volume:
+        // a z-score against a constant is not defined, and the rule calls it stable. (Without
+        // the stddev-0 rule this window's z would be infinite.)
+        let alerts = run(30, |w| match w {
+            25 => vec![(500, 0, 10_000); 4],
+            _ => vec![(100, 0, 1000); 4],
+        });
         assert_eq!(alerts, vec![]);
     }
 

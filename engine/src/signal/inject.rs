@@ -372,6 +372,9 @@ pub fn scan(sql: &str) -> Scan {
     let mut in_where = false;
     let mut stmt_tokens = 0u32;
     let mut first_select = false;
+    // The statement is SET / SHOW / RESET: a catalog name in it is a setting's value
+    // (`SET search_path TO pg_catalog`), not a read of the catalog.
+    let mut setting = false;
     let mut stacked_after_literal = false;
     // A `;` closed `WHERE … = 'literal'`: the next statement is stacked.
     let mut semi_after_literal = false;
@@ -446,6 +449,7 @@ pub fn scan(sql: &str) -> Scan {
                 in_where = false;
                 stmt_tokens = 0;
                 first_select = false;
+                setting = false;
                 stacked_after_literal = false;
                 prev = [None; 3];
                 continue;
@@ -455,6 +459,13 @@ pub fn scan(sql: &str) -> Scan {
                 if stmt_tokens == 0 && w.eq_ignore_ascii_case(b"select") {
                     first_select = true;
                 }
+                if stmt_tokens == 0
+                    && [&b"set"[..], b"show", b"reset"]
+                        .iter()
+                        .any(|k| w.eq_ignore_ascii_case(k))
+                {
+                    setting = true;
+                }
                 if w.eq_ignore_ascii_case(b"where") {
                     in_where = true;
                 } else if w.eq_ignore_ascii_case(b"union") {
@@ -463,13 +474,11 @@ pub fn scan(sql: &str) -> Scan {
                     union_seen = true;
                     union_after_where |= in_where;
                 } else if CATALOG_WORDS.iter().any(|c| w.eq_ignore_ascii_case(c)) {
-                    out.catalog = true;
-                    if matches!(union, Union::List { .. })
+                    let injected = matches!(union, Union::List { .. })
                         || stacked_after_literal
-                        || union_after_where
-                    {
-                        out.catalog_injected = true;
-                    }
+                        || union_after_where;
+                    out.catalog |= !setting || injected;
+                    out.catalog_injected |= injected;
                 }
                 if is_sleep(w) {
                     let bare = first_select && stmt_tokens == 1 && !stacked_after_literal;
@@ -695,6 +704,11 @@ mod tests {
         assert!(s.catalog && s.catalog_injected);
         assert!(scan("SELECT version()").catalog);
         assert!(!scan("SELECT version FROM releases").catalog);
+        // A setting's value is not a read of the catalog.
+        assert!(!scan("SET search_path TO pg_catalog").catalog);
+        assert!(!scan("set search_path = pg_catalog, public").catalog);
+        assert!(!scan("SHOW search_path").catalog);
+        assert!(scan("SET x = 1; SELECT * FROM pg_catalog.pg_class").catalog);
         assert!(scan("SELECT typname FROM pg_catalog.pg_type WHERE oid = $1").params);
         // Literals do not change the shape; keywords' case does not either.
         assert_eq!(

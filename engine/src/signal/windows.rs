@@ -6,23 +6,43 @@ use std::collections::{HashMap, HashSet};
 /// Seconds in a rate window: the current one and a 59-second baseline.
 pub const BUCKETS: usize = 60;
 /// A spike is at least this many times the baseline mean, whatever its z-score: a workload
-/// that changes its pace (pgbench switching from `-S` to TPC-B, clients moving between shards,
-/// whose windows are per shard) is steady enough for tiny deviations to have a large z, and
-/// measured up to 4× per shard on ordinary pgbench runs (docs/signal.md).
+/// that changes its pace (pgbench switching from `-S` to TPC-B) is steady enough for tiny
+/// deviations to have a large z (docs/signal.md).
 pub const SPIKE_RATIO: f64 = 5.0;
+/// …and more than this many times the busiest second of the baseline: a pace the tenant kept
+/// within the last minute is its own, however idle it was in between (a test suite's client
+/// that runs 1000 statements, waits three seconds and runs 1000 more).
+pub const PEAK_RATIO: f64 = 2.0;
 
-/// One tenant's statements per second over the last minute.
+/// One tenant's statements per second over the last minute: this shard's own count and the
+/// other shards' (reported once a second, [`RateWindow::unreported`] → [`RateWindow::remote`]).
+///
+/// The baseline is the tenant's *whole* traffic (own + reported); the current second is judged
+/// on this shard's own count only. Own ≤ whole, so whatever the spread of a tenant's clients
+/// over the shards (and however they move between them), a shard can only fire when the
+/// tenant's whole traffic in that second passes the same test: a spike of the tenant, not of
+/// its share on one shard.
 #[derive(Clone, Debug)]
 pub struct RateWindow {
-    counts: [u32; BUCKETS],
-    /// The second `counts[now % BUCKETS]` belongs to.
+    /// Per slot (`second % BUCKETS`): the second it holds, plus one (0: empty).
+    tag: [u32; BUCKETS],
+    own: [u32; BUCKETS],
+    remote: [u32; BUCKETS],
+    /// The second being judged (the baseline is of the seconds before it).
     now: u64,
     first_seen: u64,
-    /// Baseline of the current second (computed once when the second starts).
+    /// Baseline of `now`: mean, standard deviation, busiest second.
     mean: f64,
     std: f64,
+    peak: f64,
+    /// A report changed a second of the baseline: recompute it at the next statement.
+    stale: bool,
     /// Fired in the current second already.
     fired: bool,
+    /// Own seconds before this one were reported to the other shards.
+    reported: u64,
+    /// The latest second with an own statement.
+    own_last: Option<u64>,
 }
 
 /// A rate verdict for one statement.
@@ -38,53 +58,103 @@ pub enum Rate {
 impl RateWindow {
     pub fn new(sec: u64) -> RateWindow {
         RateWindow {
-            counts: [0; BUCKETS],
+            tag: [0; BUCKETS],
+            own: [0; BUCKETS],
+            remote: [0; BUCKETS],
             now: sec,
             first_seen: sec,
             mean: 0.0,
             std: 0.0,
+            peak: 0.0,
+            stale: false,
             fired: false,
+            reported: 0,
+            own_last: None,
         }
     }
 
-    fn advance(&mut self, sec: u64) {
-        if sec <= self.now {
-            return;
+    /// The slot of second `t`, emptied if it held an older second; `None` if it holds a newer.
+    fn slot(&mut self, t: u64) -> Option<usize> {
+        let i = (t % BUCKETS as u64) as usize;
+        let want = (t as u32).wrapping_add(1);
+        if self.tag[i] != want {
+            if (self.tag[i] as u64) > t + 1 {
+                return None;
+            }
+            self.tag[i] = want;
+            self.own[i] = 0;
+            self.remote[i] = 0;
         }
-        let gap = (sec - self.now).min(BUCKETS as u64);
-        for k in 1..=gap {
-            self.counts[((self.now + k) % BUCKETS as u64) as usize] = 0;
+        Some(i)
+    }
+
+    /// The tenant's whole count of second `t` as far as this shard knows it.
+    fn total(&self, t: u64) -> u32 {
+        let i = (t % BUCKETS as u64) as usize;
+        if self.tag[i] == (t as u32).wrapping_add(1) {
+            self.own[i].saturating_add(self.remote[i])
+        } else {
+            0
         }
-        self.now = sec;
-        self.fired = false;
+    }
+
+    fn baseline(&mut self) {
+        self.stale = false;
         // The seconds before this one since the tenant was first seen, up to 59: a tenant's
         // baseline is its own history, not the zeros before it existed.
-        let span = (sec - self.first_seen).min(BUCKETS as u64 - 1);
+        let span = self
+            .now
+            .saturating_sub(self.first_seen)
+            .min(BUCKETS as u64 - 1);
         if span == 0 {
+            (self.mean, self.std, self.peak) = (0.0, 0.0, 0.0);
             return;
         }
         let n = span as f64;
-        let (mut sum, mut sq) = (0.0, 0.0);
+        let (mut sum, mut sq, mut peak) = (0.0, 0.0, 0.0f64);
         for k in 1..=span {
-            let c = self.counts[((sec - k) % BUCKETS as u64) as usize] as f64;
+            let c = self.total(self.now - k) as f64;
             sum += c;
             sq += c * c;
+            peak = peak.max(c);
         }
+        self.peak = peak;
         self.mean = sum / n;
         self.std = (sq / n - self.mean * self.mean).max(0.0).sqrt();
     }
 
     /// Counts one statement at `sec`. A spike: over `min_count`, at least [`SPIKE_RATIO`]
-    /// times the baseline mean, and more than `z` standard deviations above it; only after `warmup` seconds of
-    /// watching the tenant (its first burst is how it starts, not a spike).
+    /// times the baseline mean and more than [`PEAK_RATIO`] times its busiest second, and more
+    /// than `z` standard deviations above it; only after
+    /// `warmup` seconds of watching the tenant, and never in its first second (its first burst
+    /// is how it starts, not a spike).
     pub fn hit(&mut self, sec: u64, z: f64, min_count: u64, warmup: u64) -> Rate {
-        self.advance(sec);
-        let i = (sec % BUCKETS as u64) as usize;
-        self.counts[i] = self.counts[i].saturating_add(1);
-        let c = self.counts[i] as f64;
-        if sec.saturating_sub(self.first_seen) < warmup
+        if sec > self.now {
+            self.now = sec;
+            self.fired = false;
+            self.stale = true;
+        }
+        self.first_seen = self.first_seen.min(sec);
+        let Some(i) = self.slot(sec) else {
+            return Rate::Normal;
+        };
+        self.own[i] = self.own[i].saturating_add(1);
+        self.own_last = Some(self.own_last.map_or(sec, |l| l.max(sec)));
+        if sec < self.now {
+            // A statement that started in an earlier second (counted there; not judged).
+            return Rate::Normal;
+        }
+        if self.stale {
+            self.baseline();
+        }
+        let c = self.own[i] as f64;
+        // No judgment without a baseline: a tenant's first second (whatever `warmup`) is how
+        // it starts, and `warmup` seconds more of watching it.
+        if sec == self.first_seen
+            || sec.saturating_sub(self.first_seen) < warmup
             || (c as u64) < min_count
             || c < SPIKE_RATIO * self.mean
+            || c <= PEAK_RATIO * self.peak
             || c <= self.mean + z * self.std
         {
             return Rate::Normal;
@@ -101,8 +171,39 @@ impl RateWindow {
         Rate::Spike(score)
     }
 
+    /// Another shard's count of the tenant's second `sec` (a finished second).
+    pub fn remote(&mut self, sec: u64, n: u32) {
+        if sec + (BUCKETS as u64) <= self.now {
+            return;
+        }
+        self.first_seen = self.first_seen.min(sec);
+        if let Some(i) = self.slot(sec) {
+            self.remote[i] = self.remote[i].saturating_add(n);
+            if sec < self.now {
+                self.stale = true;
+            }
+        }
+    }
+
+    /// This shard's counts of the finished seconds (before `now_s`) not reported yet.
+    pub fn unreported(&mut self, now_s: u64, out: &mut Vec<(u64, u32)>) {
+        let Some(last) = self.own_last else { return };
+        let from = self
+            .reported
+            .max(last.saturating_sub(BUCKETS as u64 - 1))
+            .max(now_s.saturating_sub(BUCKETS as u64 - 1));
+        let to = (last + 1).min(now_s);
+        for t in from..to {
+            let i = (t % BUCKETS as u64) as usize;
+            if self.tag[i] == (t as u32).wrapping_add(1) && self.own[i] > 0 {
+                out.push((t, self.own[i]));
+            }
+        }
+        self.reported = self.reported.max(to);
+    }
+
     pub fn last_second(&self) -> u64 {
-        self.now
+        self.now.max(self.own_last.unwrap_or(0))
     }
 }
 
@@ -283,6 +384,26 @@ mod tests {
                 assert_eq!(w.hit(s, 3.0, 100, 10), Rate::Normal, "second {s}");
             }
         }
+    }
+
+    #[test]
+    fn resuming_a_pace_kept_within_the_minute_is_not_a_spike() {
+        // First seen in second 1 (its first second is never judged).
+        let mut w = RateWindow::new(1);
+        let mut fired = 0;
+        // 1000 in one second, idle for thirty, 1000 again: z and the 5× mean say spike (the
+        // idle seconds pull the mean down); the tenant's own peak says no.
+        for s in [1u64, 32] {
+            for _ in 0..1000 {
+                fired += usize::from(w.hit(s, 3.0, 100, 0) != Rate::Normal);
+            }
+        }
+        assert_eq!(fired, 0);
+        // Twice its peak and more is one.
+        for _ in 0..2500 {
+            fired += usize::from(matches!(w.hit(33, 3.0, 100, 0), Rate::Spike(_)));
+        }
+        assert_eq!(fired, 1);
     }
 
     #[test]

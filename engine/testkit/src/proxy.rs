@@ -29,12 +29,42 @@ const RELOADED_LINE: &str = "configuration reloaded";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// `HELIOS_TEST_ANOMALY=1`: every proxy whose config has no `[anomaly]` table of its own runs
+/// with [`ANOMALY_SECTION`] (detection on), and fails its test when dropped if its log shows an
+/// SQL-injection or rate-spike event: the suite's ordinary traffic must give none
+/// (docs/signal.md). Tests of the detectors configure `[anomaly]` themselves and are not
+/// judged.
+pub const ANOMALY_VAR: &str = "HELIOS_TEST_ANOMALY";
+/// What the switch appends: the defaults, with a short warm-up so that most of a test's
+/// traffic is judged.
+pub const ANOMALY_SECTION: &str = "\n[anomaly]\nenabled = true\nwarmup_s = 2\n";
+/// The events that fail a test under the switch (engine/src/signal: `EVENT_LOG_PREFIX`).
+const FALSE_POSITIVES: [&str; 2] = [
+    "anomaly event: kind=sql_injection",
+    "anomaly event: kind=rate_spike",
+];
+
+/// The config as the switch wants it, and whether the switch applies to it.
+fn with_anomaly(config_toml: &str) -> (String, bool) {
+    let on = std::env::var(ANOMALY_VAR).is_ok_and(|v| v == "1")
+        && !config_toml
+            .lines()
+            .any(|l| l.trim_start().starts_with("[anomaly"));
+    if on {
+        (format!("{config_toml}{ANOMALY_SECTION}"), true)
+    } else {
+        (config_toml.to_string(), false)
+    }
+}
+
 /// A running proxy.
 pub struct Proxy {
     process: ChildProcess,
     dir: PathBuf,
     port: u16,
     admin_port: u16,
+    /// [`ANOMALY_VAR`] turned detection on: check the log for false positives at drop.
+    watch_anomalies: bool,
 }
 
 impl Proxy {
@@ -50,6 +80,8 @@ impl Proxy {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
+        let (config_toml, watch_anomalies) = with_anomaly(config_toml);
+        let config_toml = config_toml.as_str();
         std::fs::write(dir.join(CONFIG_FILE), config_toml)?;
         // Run it under a name of its own: on a shared machine a `pkill heliosproxy` meant for a
         // benchmark must not end a test's proxy.
@@ -84,6 +116,7 @@ impl Proxy {
                         dir,
                         port,
                         admin_port,
+                        watch_anomalies,
                     })
                 }
                 Err(e) => {
@@ -151,6 +184,7 @@ impl Proxy {
 
     /// Replaces the config file (for a reload).
     pub fn write_config(&self, config_toml: &str) -> Result<()> {
+        let (config_toml, _) = with_anomaly(config_toml);
         Ok(std::fs::write(self.dir.join(CONFIG_FILE), config_toml)?)
     }
 
@@ -188,6 +222,19 @@ impl Drop for Proxy {
         }
         // The ChildProcess field kills the process (and prints its log if the test panicked).
         let _ = std::fs::remove_dir_all(&self.dir);
+        if self.watch_anomalies && !std::thread::panicking() {
+            let log = self.log();
+            let bad: Vec<&str> = log
+                .lines()
+                .filter(|l| FALSE_POSITIVES.iter().any(|p| l.contains(p)))
+                .collect();
+            if !bad.is_empty() {
+                panic!(
+                    "{ANOMALY_VAR}=1: the proxy reported ordinary traffic as an anomaly:\n{}",
+                    bad.join("\n")
+                );
+            }
+        }
     }
 }
 
