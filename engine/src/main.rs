@@ -93,7 +93,10 @@ fn real_main() -> Result<()> {
             rt.config.databases.len(),
             rt.users.len(),
             rt.shards,
-            plugin_lines.iter().filter(|l| !l.starts_with("optional ")).count()
+            plugin_lines
+                .iter()
+                .filter(|l| !l.starts_with("optional "))
+                .count()
         );
         return Ok(());
     }

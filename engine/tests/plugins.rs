@@ -801,8 +801,11 @@ fn trust_root_fails_closed_and_loads_what_the_documented_openssl_flow_signs() {
     );
 
     // Marked optional: the proxy starts without them, logs the refusal, and DROP runs.
-    let optional = entry("unsigned-drop", "unsigned/block-drop.wasm", "optional = true")
-        + &entry("forged-drop", "forged/block-drop.wasm", "optional = true");
+    let optional = entry(
+        "unsigned-drop",
+        "unsigned/block-drop.wasm",
+        "optional = true",
+    ) + &entry("forged-drop", "forged/block-drop.wasm", "optional = true");
     let proxy = plugin_proxy(&pg, &db, &plugins_section(&trust, &optional));
     let log = proxy.log();
     for f in ["unsigned/block-drop.wasm", "forged/block-drop.wasm"] {
@@ -886,8 +889,7 @@ fn sighup_with_a_failing_required_plugin_keeps_the_running_configuration() {
         "{line}"
     );
     assert!(
-        postgres::Client::connect(&proxy.conn_str(SUPERUSER, "", "tx2"), postgres::NoTls)
-            .is_err(),
+        postgres::Client::connect(&proxy.conn_str(SUPERUSER, "", "tx2"), postgres::NoTls).is_err(),
         "the refused reload's new database alias appeared"
     );
     let e = c.batch_execute("drop table keep_me").unwrap_err();
@@ -906,10 +908,9 @@ fn sighup_with_a_failing_required_plugin_keeps_the_running_configuration() {
     assert_eq!(db_error(&e), (BLOCKED.into(), DROP_REASON.into()));
     assert!(table_exists(&pg, &db, "keep_me"));
     assert!(
-        proxy
-            .log()
-            .lines()
-            .any(|l| l.contains("plugin refused") && l.contains("missing.wasm") && l.contains("optional = true")),
+        proxy.log().lines().any(|l| l.contains("plugin refused")
+            && l.contains("missing.wasm")
+            && l.contains("optional = true")),
         "{}",
         proxy.log()
     );
@@ -931,7 +932,10 @@ fn a_wasip1_plugin_runs_through_the_proxy() {
     let e = c.batch_execute("wasi:time").unwrap_err();
     let (code, msg) = db_error(&e);
     assert_eq!(code, BLOCKED);
-    assert!(msg.starts_with("time: unix=") && msg.ends_with("monotonic_ok=true"), "{msg}");
+    assert!(
+        msg.starts_with("time: unix=") && msg.ends_with("monotonic_ok=true"),
+        "{msg}"
+    );
     let e = c.batch_execute("wasi:open /etc/passwd").unwrap_err();
     let (_, msg) = db_error(&e);
     assert!(msg.starts_with("open /etc/passwd: failed: "), "{msg}");
@@ -944,7 +948,14 @@ fn a_wasip1_plugin_runs_through_the_proxy() {
 /// deep inside a proxy start).
 #[test]
 fn guest_plugins_are_built() {
-    for name in ["block-drop", "rewrite", "route", "faulty", "spin", "wasi-std"] {
+    for name in [
+        "block-drop",
+        "rewrite",
+        "route",
+        "faulty",
+        "spin",
+        "wasi-std",
+    ] {
         let p: PathBuf = plugin_wasm(name);
         assert!(std::fs::metadata(&p).unwrap().len() > 0, "{}", p.display());
     }

@@ -520,10 +520,11 @@ fn instantiate(shared: &Shared, gen: &Generation, slot: &mut Slot) -> Result<Liv
     // export; under the same limits as a hook call. Rust cdylibs for wasm32-wasip1 have none.
     if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
         arm(&mut store, &gen.settings);
-        init.call(&mut store, ()).map_err(|e| match classify(e, &store) {
-            Failure::Trap(m) => Failure::Instantiate(format!("_initialize: {m}")),
-            other => other,
-        })?;
+        init.call(&mut store, ())
+            .map_err(|e| match classify(e, &store) {
+                Failure::Trap(m) => Failure::Instantiate(format!("_initialize: {m}")),
+                other => other,
+            })?;
     }
     let alloc = instance
         .get_typed_func(&mut store, "alloc")

@@ -535,9 +535,10 @@ fn signal_loop(
                                 if !report.applied {
                                     log::error!(
                                         "reload REFUSED, keeping the running configuration: {}",
-                                        report.fail_closed().err().unwrap_or_else(|| report
-                                            .warnings
-                                            .join("; "))
+                                        report
+                                            .fail_closed()
+                                            .err()
+                                            .unwrap_or_else(|| report.warnings.join("; "))
                                     );
                                     continue;
                                 }

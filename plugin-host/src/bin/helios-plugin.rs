@@ -221,8 +221,7 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(key_path) = key {
                 let k = read_key(&key_path)?;
                 req.signature = Some(trust::sign(&k, &bytes).into_bytes());
-                req.manifest_signature =
-                    Some(trust::sign(&k, &req.signed_message()).into_bytes());
+                req.manifest_signature = Some(trust::sign(&k, &req.signed_message()).into_bytes());
                 req.signed_by = key_path
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned());
@@ -281,10 +280,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let a = artefact::read(&path)?;
             let v = a.verify(Some(&tr))?;
-            println!(
-                "OK — signed by {}",
-                v.signed_by.as_deref().unwrap_or("?")
-            );
+            println!("OK — signed by {}", v.signed_by.as_deref().unwrap_or("?"));
             match (&a.manifest, &v.manifest_signed_by) {
                 (Some(_), Some(label)) => {
                     println!("manifest (name, version, hooks) signed by {label}")

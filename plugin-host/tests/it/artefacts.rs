@@ -528,7 +528,10 @@ fn the_documented_openssl_flow_works_as_written() {
         dir.path(),
     );
     assert!(out.contains("OK — signed by official"), "{out}");
-    assert!(out.contains("manifest (name, version, hooks) signed by"), "{out}");
+    assert!(
+        out.contains("manifest (name, version, hooks) signed by"),
+        "{out}"
+    );
 }
 
 /// `cargo helios-plugin sign` writes the sidecar byte for byte as openssl does, and `pack`
@@ -568,7 +571,14 @@ fn cargo_helios_plugin_sign_matches_openssl_byte_for_byte() {
     );
     // A wrong key type is an error, not a signature.
     let out = Command::new(cargo_cli)
-        .args(["helios-plugin", "sign", "--key", "keys/official.pub", "--input", "my_plugin.wasm"])
+        .args([
+            "helios-plugin",
+            "sign",
+            "--key",
+            "keys/official.pub",
+            "--input",
+            "my_plugin.wasm",
+        ])
         .current_dir(dir.path())
         .output()
         .unwrap();

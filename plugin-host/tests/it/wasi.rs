@@ -60,7 +60,11 @@ fn nothing_is_granted_files_environment_arguments() {
     let dir = TempDir::new("wasi-files");
     let secret = dir.join("secret.txt");
     std::fs::write(&secret, "s3cret").unwrap();
-    for path in [secret.display().to_string(), "/etc/passwd".into(), "secret.txt".into()] {
+    for path in [
+        secret.display().to_string(),
+        "/etc/passwd".into(),
+        "secret.txt".into(),
+    ] {
         let r = answer(pre(&mut shard, &format!("wasi:open {path}")));
         assert!(r.starts_with(&format!("open {path}: failed: ")), "{r}");
     }
@@ -71,7 +75,11 @@ fn nothing_is_granted_files_environment_arguments() {
     // The proxy's environment (this test process has plenty) and arguments are not passed.
     let r = answer(pre(&mut shard, "wasi:env"));
     assert!(r.starts_with("env: vars=0 args=0 cwd="), "{r}");
-    assert_eq!(shard.stats()[0].failures, 0, "refusals are errors, not traps");
+    assert_eq!(
+        shard.stats()[0].failures,
+        0,
+        "refusals are errors, not traps"
+    );
 }
 
 #[test]
@@ -82,7 +90,11 @@ fn a_sleeping_wasip1_plugin_fails_at_once_and_recovers() {
     let mut shard = rt.shard(0);
     let t0 = Instant::now();
     let d = pre(&mut shard, "wasi:sleep");
-    assert!(t0.elapsed() < Duration::from_millis(900), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
     match d {
         PreQueryDecision::Block(b) => {
             assert!(b.reason.contains("trapped"), "{}", b.reason);
@@ -173,7 +185,10 @@ fn imports_outside_env_and_wasi_preview1_are_refused() {
     // The control: without the import the hand-made module loads and runs.
     let (rt, report) = load("plain.wasm", module_importing(None));
     assert!(report.refused.is_empty(), "{:?}", report.refused);
-    assert_eq!(pre(&mut rt.shard(0), "SELECT 1"), PreQueryDecision::Continue);
+    assert_eq!(
+        pre(&mut rt.shard(0), "SELECT 1"),
+        PreQueryDecision::Continue
+    );
     for (module, field) in [
         ("wasi_snapshot_preview1", "no_such_function"),
         ("wasi_unstable", "fd_write"),

@@ -2,7 +2,7 @@
 //! attribute form of the SDK's `export_*!` macros. Use it through `helios_plugin_abi` (which
 //! re-exports it), not directly:
 //!
-//! ```ignore
+//! ```text
 //! use helios_plugin_abi::*;
 //!
 //! #[hook(PreQuery)]
@@ -81,9 +81,9 @@ impl Hook {
                 fn(&::helios_plugin_abi::QueryContext<'_>) -> ::helios_plugin_abi::RouteResult
             ),
             Hook::PostQuery => quote!(fn(&::helios_plugin_abi::PostQueryContext<'_>)),
-            Hook::Authenticate => quote!(
-                fn(&::helios_plugin_abi::AuthContext<'_>) -> ::helios_plugin_abi::AuthResult
-            ),
+            Hook::Authenticate => {
+                quote!(fn(&::helios_plugin_abi::AuthContext<'_>) -> ::helios_plugin_abi::AuthResult)
+            }
         }
     }
 
@@ -190,7 +190,10 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(out.contains("export_name = \"pre_query\""), "{out}");
-        assert!(out.contains("__rt :: pre_query (ptr , len , check)"), "{out}");
+        assert!(
+            out.contains("__rt :: pre_query (ptr , len , check)"),
+            "{out}"
+        );
         assert!(out.contains("const _ : fn"), "{out}");
         assert!(out.contains("fn check"), "{out}");
         // snake_case names work too, and name the same export.
@@ -205,23 +208,41 @@ mod tests {
 
     #[test]
     fn refuses_what_cannot_be_a_hook() {
-        assert!(err("Prequery", "fn f(c: &QueryContext) -> PreQueryResult { todo!() }")
-            .contains("unknown hook `Prequery`"));
-        assert!(err("", "fn f(c: &QueryContext) -> PreQueryResult { todo!() }")
-            .contains("takes one hook name"));
-        assert!(err("Route, PreQuery", "fn f(c: &QueryContext) -> RouteResult { todo!() }")
-            .contains("takes one hook name"));
-        assert!(err("Route", "async fn f(c: &QueryContext) -> RouteResult { todo!() }")
-            .contains("cannot be async"));
-        assert!(err("Route", "fn f<T>(c: &QueryContext) -> RouteResult { todo!() }")
-            .contains("cannot be generic"));
-        assert!(err("Route", "fn f(a: &QueryContext, b: u8) -> RouteResult { todo!() }")
-            .contains("exactly one argument"));
+        assert!(err(
+            "Prequery",
+            "fn f(c: &QueryContext) -> PreQueryResult { todo!() }"
+        )
+        .contains("unknown hook `Prequery`"));
+        assert!(
+            err("", "fn f(c: &QueryContext) -> PreQueryResult { todo!() }")
+                .contains("takes one hook name")
+        );
+        assert!(err(
+            "Route, PreQuery",
+            "fn f(c: &QueryContext) -> RouteResult { todo!() }"
+        )
+        .contains("takes one hook name"));
+        assert!(err(
+            "Route",
+            "async fn f(c: &QueryContext) -> RouteResult { todo!() }"
+        )
+        .contains("cannot be async"));
+        assert!(err(
+            "Route",
+            "fn f<T>(c: &QueryContext) -> RouteResult { todo!() }"
+        )
+        .contains("cannot be generic"));
+        assert!(err(
+            "Route",
+            "fn f(a: &QueryContext, b: u8) -> RouteResult { todo!() }"
+        )
+        .contains("exactly one argument"));
         assert!(err("Route", "fn f() -> RouteResult { todo!() }").contains("exactly one argument"));
         assert!(err("Route", "struct S;").contains("free function"));
-        assert!(
-            err("Authenticate", "extern \"C\" fn f(c: &AuthContext) -> AuthResult { todo!() }")
-                .contains("no extern ABI")
-        );
+        assert!(err(
+            "Authenticate",
+            "extern \"C\" fn f(c: &AuthContext) -> AuthResult { todo!() }"
+        )
+        .contains("no extern ABI"));
     }
 }
