@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds the guest plugins (plugins/, its own cargo workspace) for wasm32-unknown-unknown in
-# release mode and copies each example to target/plugins/<name>.wasm under the repository root,
-# where the plugin-host tests and benchmarks look for them (override with HELIOS_PLUGIN_WASM_DIR).
+# Builds the guest plugins (plugins/, its own cargo workspace) in release mode and copies each
+# example to target/plugins/<name>.wasm under the repository root, where the plugin-host tests and
+# benchmarks look for them (override with HELIOS_PLUGIN_WASM_DIR). Plugins build for
+# wasm32-unknown-unknown, except those listed in WASIP1 below, which build for wasm32-wasip1
+# (WASI preview 1: std's clocks, random numbers and stdout work there; the host grants nothing
+# else).
 #
 #   scripts/build-plugins.sh            # build all
 #   scripts/build-plugins.sh --test     # also run the SDK's and examples' native unit tests
@@ -12,22 +15,42 @@ out="${HELIOS_PLUGIN_WASM_DIR:-$root/target/plugins}"
 # The guest build has its own target dir so it never contends with the host build's lock.
 export CARGO_TARGET_DIR="${HELIOS_PLUGIN_TARGET_DIR:-$root/target/wasm-guest}"
 
+# Crates built for wasm32-wasip1 (the rest: wasm32-unknown-unknown).
+WASIP1=(wasi-std)
+
 if command -v rustup >/dev/null 2>&1; then
-    if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
-        rustup target add wasm32-unknown-unknown
-    fi
+    for t in wasm32-unknown-unknown wasm32-wasip1; do
+        if ! rustup target list --installed | grep -qx "$t"; then
+            rustup target add "$t"
+        fi
+    done
 fi
 
 cd "$root/plugins"
 if [[ "${1:-}" == "--test" ]]; then
     cargo test --workspace
 fi
-cargo build --release --target wasm32-unknown-unknown --workspace
+exclude=()
+wasi_pkgs=()
+for p in "${WASIP1[@]}"; do
+    exclude+=(--exclude "$p")
+    wasi_pkgs+=(-p "$p")
+done
+cargo build --release --target wasm32-unknown-unknown --workspace "${exclude[@]}"
+cargo build --release --target wasm32-wasip1 "${wasi_pkgs[@]}"
+
+is_wasip1() {
+    local n
+    for n in "${WASIP1[@]}"; do [[ "$n" == "$1" ]] && return 0; done
+    return 1
+}
 
 mkdir -p "$out"
 for dir in examples/*/; do
     name="$(basename "$dir")"
     crate="${name//-/_}"
-    cp "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/$crate.wasm" "$out/$name.wasm"
-    echo "built $out/$name.wasm ($(wc -c <"$out/$name.wasm") bytes)"
+    target=wasm32-unknown-unknown
+    if is_wasip1 "$name"; then target=wasm32-wasip1; fi
+    cp "$CARGO_TARGET_DIR/$target/release/$crate.wasm" "$out/$name.wasm"
+    echo "built $out/$name.wasm ($target, $(wc -c <"$out/$name.wasm") bytes)"
 done

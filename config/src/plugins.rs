@@ -19,7 +19,11 @@
 //! name = "tenant-budget"
 //! source = "tenant_budget.wasm"
 //! config = { max_queries_per_tenant = 10000 }
+//! optional = true          # the proxy may run without it
 //! ```
+//!
+//! Fail closed: a plugin that fails to load stops start-up and refuses a reload unless its
+//! entry says `optional = true`.
 //!
 //! Reload (SIGHUP, `POST /reload`) applies every key except `fuel_per_call` (on/off),
 //! `kv_persist_path`, and growth of `memory_limit_mb` / `max_plugins` beyond their start-up
@@ -109,6 +113,13 @@ pub struct PluginEntry {
     /// They overwrite what the plugin or a persisted file holds under those keys.
     #[serde(default)]
     pub config: Option<toml::Table>,
+    /// May the proxy run without this plugin? `false` (the default): a plugin that fails to
+    /// load (missing file, bad signature, hash mismatch, bad module) stops the proxy's start-up,
+    /// fails `heliosproxy --check`, and refuses a reload as a whole (the running configuration
+    /// stays). `true`: the failure is logged and the proxy runs without the plugin (on reload,
+    /// with its previous version if it had one).
+    #[serde(default)]
+    pub optional: bool,
 }
 
 /// A hook name as written in config and manifests.
@@ -199,6 +210,7 @@ impl PluginsConfig {
                     hooks: None,
                     on_error: None,
                     config: None,
+                    optional: false,
                 })
                 .collect(),
             ..PluginsConfig::default()
@@ -317,6 +329,7 @@ mod tests {
             [[plugin]]
             source = "tenant_budget.wasm"
             config = { max_queries_per_tenant = 10000 }
+            optional = true
         "#;
         let cfg: PluginsConfig = toml::from_str(text).unwrap();
         assert!(cfg.enabled);
@@ -325,6 +338,8 @@ mod tests {
         assert_eq!(cfg.entries[0].hooks, Some(vec![HookName::PreQuery]));
         assert_eq!(cfg.entries[0].on_error, Some(OnError::FailClosed));
         assert_eq!(cfg.entries[1].name, None);
+        assert!(!cfg.entries[0].optional, "required unless marked");
+        assert!(cfg.entries[1].optional);
         assert_eq!(
             cfg.resolve_source(&cfg.entries[1].source),
             PathBuf::from("/var/lib/helios/plugins/tenant_budget.wasm")

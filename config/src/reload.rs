@@ -163,6 +163,7 @@ pub const APPLY: &[(&str, Apply)] = &[
     ("plugins.plugin.hooks", Reload),
     ("plugins.plugin.on_error", Reload),
     ("plugins.plugin.config", Reload),
+    ("plugins.plugin.optional", Reload),
     // Certificates and keys are read again on reload (a broken one fails the reload, and the
     // running ones stay); new handshakes use them, open connections keep theirs.
     ("tls.cert", Reload),

@@ -52,7 +52,7 @@ struct Cli {
     /// Quick start: turn anomaly detection on (`[anomaly] enabled = true`, docs/signal.md).
     #[arg(long, requires = "upstream")]
     anomaly: bool,
-    /// Check the configuration and exit.
+    /// Check the configuration (and load and verify the plugins) and exit.
     #[arg(long)]
     check: bool,
 }
@@ -83,11 +83,20 @@ fn real_main() -> Result<()> {
         bail!("--cores must be at least 1");
     }
     if cli.check {
+        // The plugins load and verify as at start-up; a required one that fails exits 1.
+        let plugin_lines = helios_engine::runtime::check_plugins(&rt)?;
+        for l in &plugin_lines {
+            println!("{l}");
+        }
         println!(
-            "configuration OK: {} databases, {} users, {} shards",
+            "configuration OK: {} databases, {} users, {} shards, {} plugins",
             rt.config.databases.len(),
             rt.users.len(),
-            rt.shards
+            rt.shards,
+            plugin_lines
+                .iter()
+                .filter(|l| !l.starts_with("optional "))
+                .count()
         );
         return Ok(());
     }
@@ -170,6 +179,7 @@ fn quick_start(cli: &Cli, url: &str) -> Result<RuntimeConfig> {
                     hooks: None,
                     on_error: None,
                     config: None,
+                    optional: false,
                 })
                 .collect(),
             ..Default::default()

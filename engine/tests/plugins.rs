@@ -2,7 +2,8 @@
 //! every protocol path (and a statement refused at Parse can never be executed), `rewrite`
 //! changes what runs, `route` blocks, picks a node and sees `SET helios.*` attributes,
 //! `on_error` decides what a failing plugin's queries get, SIGHUP swaps plugins under open
-//! connections, and `trust_root` refuses unsigned artefacts.
+//! connections, `trust_root` refuses unsigned artefacts (and a plugin that fails to load stops
+//! start-up, `--check` and a reload unless `optional`), and a wasm32-wasip1 plugin runs.
 //!
 //! The guest plugins come from `scripts/build-plugins.sh` (`target/plugins/<name>.wasm`).
 
@@ -689,8 +690,38 @@ fn sh(dir: &std::path::Path, script: &str) {
     );
 }
 
+/// `heliosproxy --check` on `config`: (exit success, stdout, stderr).
+fn check(config: &str) -> (bool, String, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "helios-check-{}-{}",
+        std::process::id(),
+        config.len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .env("HELIOS_TEST_PORT", "1")
+        .env("HELIOS_TEST_ADMIN_PORT", "2")
+        .output()
+        .expect("run heliosproxy --check");
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The issue's report, as a new user meets it: with a trust root, unsigned and wrongly signed
+/// plugins used to be logged and left out while the proxy ran on and DROP TABLE went through.
+/// Now they stop the start (and `--check`) unless marked `optional`, and the reference's
+/// openssl flow (a signature over the wasm bytes, packed into an artefact) loads and blocks.
 #[test]
-fn trust_root_refuses_unsigned_plugins_and_loads_signed_ones() {
+fn trust_root_fails_closed_and_loads_what_the_documented_openssl_flow_signs() {
     if Command::new("openssl").arg("version").output().is_err() {
         panic!("openssl is needed to sign the test plugin (scripts/test.sh installs it)");
     }
@@ -704,62 +735,105 @@ fn trust_root_refuses_unsigned_plugins_and_loads_signed_ones() {
     let dir = std::env::temp_dir().join(format!("helios-plugin-sign-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let wasm = plugin_wasm("block-drop");
-    // Keys and signatures as docs/plugin-abi.md shows with openssl: the trusted key `release`
-    // signs `signed/`; `forged/` is signed by a key the trust root does not hold.
+    // block-drop is written with #[hook(PreQuery)]. Keys and signatures exactly as the
+    // reference and docs/plugin-abi.md show; `forged/` is signed by a key the trust root does
+    // not hold.
     sh(
         &dir,
         &format!(
-            "mkdir -p keys signed unsigned forged
+            "mkdir -p keys unsigned forged
              openssl genpkey -algorithm Ed25519 -out signing.pem
              openssl genpkey -algorithm Ed25519 -out other.pem
-             openssl pkey -in signing.pem -pubout -outform DER | tail -c 32 | base64 > keys/release.pub
-             for d in signed unsigned forged; do cp '{w}' $d/block-drop.wasm; done
-             openssl pkeyutl -sign -inkey signing.pem -rawin -in signed/block-drop.wasm | base64 -w0 > signed/block-drop.sig
+             openssl pkey -in signing.pem -pubout -outform DER | tail -c 32 | base64 > keys/official.pub
+             cp '{w}' plugin.wasm
+             for d in unsigned forged; do cp '{w}' $d/block-drop.wasm; done
+             openssl pkeyutl -sign -inkey signing.pem -rawin -in plugin.wasm | base64 -w 0 > plugin.sig
              openssl pkeyutl -sign -inkey other.pem -rawin -in forged/block-drop.wasm | base64 -w0 > forged/block-drop.sig",
-            w = wasm.display()
+            w = plugin_wasm("block-drop").display()
         ),
     );
-    let entry = |name: &str, sub: &str| {
+    // `helios-plugin pack --wasm plugin.wasm --sig plugin.sig --name X --version 1.0 --hooks
+    // pre_query --out x.tar.gz`, through the CLI's own code (plugin-host's tests run the CLI).
+    let wasm = std::fs::read(dir.join("plugin.wasm")).unwrap();
+    let packed = helios_plugin_host::artefact::pack(&helios_plugin_host::artefact::PackRequest {
+        wasm: &wasm,
+        name: "X",
+        version: "1.0",
+        hooks: vec!["pre_query".into()],
+        description: None,
+        license: None,
+        signature: Some(std::fs::read(dir.join("plugin.sig")).unwrap()),
+        manifest_signature: None,
+        signed_by: None,
+    })
+    .unwrap();
+    std::fs::write(dir.join("x.tar.gz"), packed).unwrap();
+    let entry = |name: &str, source: &str, extra: &str| {
         format!(
-            "[[plugins.plugin]]\nname = \"{name}\"\nsource = \"{}\"\nhooks = [\"pre_query\"]\n\n",
-            dir.join(sub).join("block-drop.wasm").display()
+            "[[plugins.plugin]]\nname = \"{name}\"\nsource = \"{}\"\n{extra}\n\n",
+            dir.join(source).display()
         )
     };
     let trust = format!("trust_root = \"{}\"", dir.join("keys").display());
 
-    // Unsigned and wrongly signed: refused, logged, and the proxy runs without them.
-    let refused = plugins_section(
-        &trust,
-        &(entry("unsigned-drop", "unsigned") + &entry("forged-drop", "forged")),
+    // Unsigned and wrongly signed, required (the default): the proxy does not start, and says
+    // which plugin and why; --check says the same and exits 1.
+    let bad = entry("unsigned-drop", "unsigned/block-drop.wasm", "")
+        + &entry("forged-drop", "forged/block-drop.wasm", "");
+    let cfg = plugin_config(&pg, &db, &plugins_section(&trust, &bad));
+    let err = match Proxy::start(std::path::Path::new(BIN), &cfg, None) {
+        Ok(_) => panic!("the proxy started without its required plugins"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("2 required plugins failed to load")
+            && err.contains("plugin unsigned-drop")
+            && err.contains("no signature")
+            && err.contains("plugin forged-drop")
+            && err.contains("does not verify against any key"),
+        "{err}"
     );
-    let proxy = plugin_proxy(&pg, &db, &refused);
+    let (ok, _, stderr) = check(&cfg);
+    assert!(!ok, "--check passed a config whose plugins do not load");
+    assert!(
+        stderr.contains("plugin unsigned-drop") && stderr.contains("no signature"),
+        "{stderr}"
+    );
+
+    // Marked optional: the proxy starts without them, logs the refusal, and DROP runs.
+    let optional = entry(
+        "unsigned-drop",
+        "unsigned/block-drop.wasm",
+        "optional = true",
+    ) + &entry("forged-drop", "forged/block-drop.wasm", "optional = true");
+    let proxy = plugin_proxy(&pg, &db, &plugins_section(&trust, &optional));
     let log = proxy.log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("refused") && l.contains("unsigned/block-drop.wasm")),
-        "no refusal of the unsigned plugin in the log:\n{log}"
-    );
-    assert!(
-        log.lines()
-            .any(|l| l.contains("refused") && l.contains("forged/block-drop.wasm")),
-        "no refusal of the wrongly signed plugin in the log:\n{log}"
-    );
+    for f in ["unsigned/block-drop.wasm", "forged/block-drop.wasm"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("refused") && l.contains(f) && l.contains("optional")),
+            "no refusal of {f} in the log:\n{log}"
+        );
+    }
     let mut c = connect(&proxy, SUPERUSER, "", "tx");
     c.batch_execute("drop table victim").unwrap();
     assert!(!table_exists(&pg, &db, "victim"));
     drop(c);
     drop(proxy);
 
-    // Signed by the trusted key: loads (the log names the signer) and blocks.
-    let proxy = plugin_proxy(
-        &pg,
-        &db,
-        &plugins_section(&trust, &entry("signed-drop", "signed")),
+    // Signed as the reference says: --check passes, the proxy loads it (the log names the
+    // signer) and it blocks.
+    let good = plugins_section(&trust, &entry("X", "x.tar.gz", ""));
+    let (ok, stdout, stderr) = check(&plugin_config(&pg, &db, &good));
+    assert!(ok, "--check failed: {stdout}{stderr}");
+    assert!(
+        stdout.contains("plugin X OK (hooks pre_query") && stdout.contains("signed by official"),
+        "{stdout}"
     );
+    let proxy = plugin_proxy(&pg, &db, &good);
     let log = proxy.log();
     assert!(
-        log.contains("signed by release"),
+        log.contains("signed by official"),
         "the signed plugin's load is not logged with its signer:\n{log}"
     );
     let mut c = connect(&proxy, SUPERUSER, "", "tx");
@@ -769,11 +843,119 @@ fn trust_root_refuses_unsigned_plugins_and_loads_signed_ones() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A SIGHUP whose configuration names a required plugin that does not load is refused as a
+/// whole: the running plugins and the rest of the running configuration stay (a new database
+/// alias in the same file does not appear), and the log says so loudly. Marked optional, the
+/// same plugin is left out and the rest of the reload applies.
+#[test]
+fn sighup_with_a_failing_required_plugin_keeps_the_running_configuration() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "plug_reload_closed");
+    pg.psql(&db, "create table keep_me (id int)").unwrap();
+    let dbs =
+        db_section("tx", &db, "transaction", 4, "") + &db_section("sess", &db, "session", 4, "");
+    let guard = plugin_entry("block-drop", "");
+    let mut proxy = start_listening(&(config(&pg, TRUST, "", &dbs) + &plugins_section("", &guard)));
+    let mut c = connect(&proxy, SUPERUSER, "", "tx");
+
+    let missing = |extra: &str| {
+        format!(
+            "[[plugins.plugin]]\nname = \"missing\"\nsource = \"/nonexistent/helios/missing.wasm\"\n{extra}\n"
+        )
+    };
+    let with_tx2 = dbs.clone() + &db_section("tx2", &db, "transaction", 4, "");
+    proxy
+        .write_config(
+            &(config(&pg, TRUST, "", &with_tx2)
+                + &plugins_section("", &(guard.clone() + &missing("")))),
+        )
+        .unwrap();
+    proxy.signal(libc::SIGHUP);
+    let line = poll(
+        std::time::Duration::from_secs(10),
+        "the refused reload in the log",
+        || {
+            proxy
+                .log()
+                .lines()
+                .find(|l| l.contains("reload REFUSED"))
+                .map(str::to_owned)
+        },
+    );
+    assert!(
+        line.contains("keeping the running configuration")
+            && line.contains("plugin missing")
+            && line.contains("missing.wasm"),
+        "{line}"
+    );
+    assert!(
+        postgres::Client::connect(&proxy.conn_str(SUPERUSER, "", "tx2"), postgres::NoTls).is_err(),
+        "the refused reload's new database alias appeared"
+    );
+    let e = c.batch_execute("drop table keep_me").unwrap_err();
+    assert_eq!(db_error(&e), (BLOCKED.into(), DROP_REASON.into()));
+
+    // optional = true: the reload applies without it.
+    proxy
+        .write_config(
+            &(config(&pg, TRUST, "", &with_tx2)
+                + &plugins_section("", &(guard + &missing("optional = true")))),
+        )
+        .unwrap();
+    proxy.reload().expect("the reload applies");
+    let mut c2 = connect(&proxy, SUPERUSER, "", "tx2");
+    let e = c2.batch_execute("drop table keep_me").unwrap_err();
+    assert_eq!(db_error(&e), (BLOCKED.into(), DROP_REASON.into()));
+    assert!(table_exists(&pg, &db, "keep_me"));
+    assert!(
+        proxy.log().lines().any(|l| l.contains("plugin refused")
+            && l.contains("missing.wasm")
+            && l.contains("optional = true")),
+        "{}",
+        proxy.log()
+    );
+}
+
+/// A plugin built for wasm32-wasip1 with std (clocks, HashMap) runs through the proxy, and a
+/// file it tries to open is an error, not access.
+#[test]
+fn a_wasip1_plugin_runs_through_the_proxy() {
+    let pg = shared_pg();
+    let db = fresh_db(&pg, "plug_wasi");
+    let proxy = plugin_proxy(
+        &pg,
+        &db,
+        &plugins_section("", &plugin_entry("wasi-std", "")),
+    );
+    let mut c = connect(&proxy, SUPERUSER, "", "tx");
+    assert_eq!(c.query_one("select 1", &[]).unwrap().get::<_, i32>(0), 1);
+    let e = c.batch_execute("wasi:time").unwrap_err();
+    let (code, msg) = db_error(&e);
+    assert_eq!(code, BLOCKED);
+    assert!(
+        msg.starts_with("time: unix=") && msg.ends_with("monotonic_ok=true"),
+        "{msg}"
+    );
+    let e = c.batch_execute("wasi:open /etc/passwd").unwrap_err();
+    let (_, msg) = db_error(&e);
+    assert!(msg.starts_with("open /etc/passwd: failed: "), "{msg}");
+    // Extended protocol too.
+    let e = c.execute("select 1 -- wasi:env", &[]).unwrap_err();
+    assert!(db_error(&e).1.starts_with("env: vars=0 args=0"), "{e}");
+}
+
 /// The plugin binaries exist where CI puts them (a clearer failure than a missing-file panic
 /// deep inside a proxy start).
 #[test]
 fn guest_plugins_are_built() {
-    for name in ["block-drop", "rewrite", "route", "faulty", "spin"] {
+    for name in [
+        "block-drop",
+        "rewrite",
+        "route",
+        "faulty",
+        "spin",
+        "wasi-std",
+    ] {
         let p: PathBuf = plugin_wasm(name);
         assert!(std::fs::metadata(&p).unwrap().len() > 0, "{}", p.display());
     }

@@ -1,16 +1,20 @@
-//! Plugin artefacts: a bare `.wasm` (optionally with `<stem>.json` manifest and `<stem>.sig`
-//! signature beside it) or a `.tar.gz` holding `manifest.json`, `plugin.wasm` and optionally
-//! `plugin.sig`. The proxy loader and the `helios-plugin` CLI share this module, so both read and
-//! write the same formats.
+//! Plugin artefacts: a bare `.wasm` (optionally with `<stem>.json` manifest, `<stem>.sig`
+//! signature and `<stem>.manifest.sig` manifest signature beside it) or a `.tar.gz` holding
+//! `manifest.json`, `plugin.wasm` and optionally `plugin.sig` and `manifest.sig`. The proxy loader
+//! and the `helios-plugin` CLI share this module, so both read and write the same formats.
 //!
-//! # What a signature covers
+//! # What the signatures cover
 //!
-//! Without a manifest the signature is over the wasm bytes themselves (so a plain
-//! `openssl pkeyutl -sign -rawin -in plugin.wasm` signature verifies), and the hooks come from
-//! the operator's config or the module's exports. With a manifest (sidecar or artefact) the hook
-//! list comes from the manifest, so the signature must cover it: the signed message is then
-//! [`signed_message`], a short text naming the plugin, its version, its sorted hook list and the
-//! wasm's SHA-256 — editing `hooks` in the manifest breaks the signature.
+//! - `plugin.sig` (`<stem>.sig`) is over **the wasm bytes**, always: exactly what
+//!   `openssl pkeyutl -sign -rawin -in plugin.wasm | base64 -w 0` writes. With a trust root it is
+//!   required; it is the signature that decides whether the code is trusted.
+//! - `manifest.sig` (`<stem>.manifest.sig`), optional, is an additional signature over
+//!   [`signed_message`]: a short text naming the plugin, its version, its sorted hook list and
+//!   the wasm's SHA-256. When present it must verify. Only a signed manifest may *restrict* the
+//!   hooks of a module (the loader enables the manifest's hooks); with a trust root and an
+//!   unsigned manifest the loader ignores the manifest's hook list and enables the hooks the
+//!   signed module exports (or the config entry's `hooks`), so editing an unsigned manifest
+//!   cannot switch a signed plugin's hook off.
 
 use crate::trust::{SignatureError, TrustRoot};
 use helios_plugin_abi::Hook;
@@ -90,9 +94,16 @@ pub enum ArtefactError {
         /// Computed.
         actual: String,
     },
-    /// The signature was not accepted.
+    /// The signature over the wasm bytes was not accepted.
     #[error("{0}: {1}")]
     Signature(PathBuf, SignatureError),
+    /// The manifest signature is present and was not accepted.
+    #[error("{0}: manifest signature: {1} (was the manifest edited after signing?)")]
+    ManifestSignature(PathBuf, SignatureError),
+    /// `plugin.sig` signs the manifest text (the format of earlier helios-plugin versions)
+    /// instead of the wasm bytes.
+    #[error("{0}: the signature covers the manifest text, not the wasm bytes (made by an earlier helios-plugin); sign the .wasm itself (`cargo helios-plugin sign --key KEY --input plugin.wasm` or `openssl pkeyutl -sign -rawin -in plugin.wasm`) and pack again")]
+    ManifestSignedAsPlugin(PathBuf),
 }
 
 /// An artefact read into memory, not yet verified.
@@ -106,8 +117,28 @@ pub struct Artefact {
     pub wasm: Vec<u8>,
     /// SHA-256 of `wasm`.
     pub wasm_sha256: [u8; 32],
-    /// The signature file's text, if any.
+    /// The signature file's text (over the wasm bytes), if any.
     pub signature: Option<Vec<u8>>,
+    /// The manifest signature file's text (over [`signed_message`]), if any.
+    pub manifest_signature: Option<Vec<u8>>,
+}
+
+/// What [`Artefact::verify`] established.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verification {
+    /// Trust-root label of the key that signed the wasm bytes (`None` without a trust root).
+    pub signed_by: Option<String>,
+    /// Trust-root label of the key that signed the manifest, when it carries a manifest
+    /// signature and a trust root is configured.
+    pub manifest_signed_by: Option<String>,
+}
+
+impl Verification {
+    /// Whether the manifest's hook list may be used: always without a trust root (nothing is
+    /// verified then), only with a verified manifest signature otherwise.
+    pub fn manifest_trusted(&self) -> bool {
+        self.signed_by.is_none() || self.manifest_signed_by.is_some()
+    }
 }
 
 impl Artefact {
@@ -131,17 +162,18 @@ impl Artefact {
             .to_owned()
     }
 
-    /// The message the signature must cover (see the module doc).
-    pub fn signed_message(&self) -> Vec<u8> {
-        match &self.manifest {
-            None => self.wasm.clone(),
-            Some(m) => signed_message(&m.name, &m.version, &m.hooks, &self.sha256_hex()),
-        }
+    /// The message a manifest signature must cover (see the module doc); `None` without a
+    /// manifest.
+    pub fn manifest_message(&self) -> Option<Vec<u8>> {
+        self.manifest
+            .as_ref()
+            .map(|m| signed_message(&m.name, &m.version, &m.hooks, &self.sha256_hex()))
     }
 
-    /// Checks integrity (manifest SHA-256) and, with a trust root, the signature. Returns the
-    /// signer's label. Runs before any plugin code is compiled.
-    pub fn verify(&self, trust: Option<&TrustRoot>) -> Result<Option<String>, ArtefactError> {
+    /// Checks integrity (manifest SHA-256) and, with a trust root, the signature over the wasm
+    /// bytes (required) and the manifest signature (when present). Runs before any plugin code
+    /// is compiled.
+    pub fn verify(&self, trust: Option<&TrustRoot>) -> Result<Verification, ArtefactError> {
         if let Some(expected) = self.manifest.as_ref().and_then(|m| m.wasm_sha256.as_ref()) {
             let actual = self.sha256_hex();
             if !expected.eq_ignore_ascii_case(&actual) {
@@ -152,15 +184,48 @@ impl Artefact {
                 });
             }
         }
-        let Some(trust) = trust else { return Ok(None) };
-        trust
-            .verify(&self.signed_message(), self.signature.as_deref())
-            .map(Some)
-            .map_err(|e| ArtefactError::Signature(self.path.clone(), e))
+        let Some(trust) = trust else {
+            return Ok(Verification::default());
+        };
+        let signed_by = match trust.verify(&self.wasm, self.signature.as_deref()) {
+            Ok(label) => label,
+            Err(SignatureError::Untrusted(dir)) => {
+                // The format of earlier helios-plugin versions signed the manifest text in
+                // plugin.sig: say so rather than "untrusted".
+                if let Some(msg) = self.manifest_message() {
+                    if trust.verify(&msg, self.signature.as_deref()).is_ok() {
+                        return Err(ArtefactError::ManifestSignedAsPlugin(self.path.clone()));
+                    }
+                }
+                return Err(ArtefactError::Signature(
+                    self.path.clone(),
+                    SignatureError::Untrusted(dir),
+                ));
+            }
+            Err(e) => return Err(ArtefactError::Signature(self.path.clone(), e)),
+        };
+        let manifest_signed_by = match (&self.manifest_signature, self.manifest_message()) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(ArtefactError::Malformed(
+                    self.path.clone(),
+                    "a manifest signature without a manifest".into(),
+                ))
+            }
+            (Some(sig), Some(msg)) => Some(
+                trust
+                    .verify(&msg, Some(sig.as_slice()))
+                    .map_err(|e| ArtefactError::ManifestSignature(self.path.clone(), e))?,
+            ),
+        };
+        Ok(Verification {
+            signed_by: Some(signed_by),
+            manifest_signed_by,
+        })
     }
 }
 
-/// The message signed for a plugin that has a manifest:
+/// The message a manifest signature covers:
 ///
 /// ```text
 /// helios-plugin-signature-v1
@@ -292,12 +357,15 @@ fn read_bare(path: &Path) -> Result<Artefact, ArtefactError> {
         None => None,
     };
     let signature = read_optional(&path.with_extension("sig"), MAX_SMALL_FILE_BYTES)?;
+    let manifest_signature =
+        read_optional(&path.with_extension("manifest.sig"), MAX_SMALL_FILE_BYTES)?;
     Ok(Artefact {
         path: path.to_path_buf(),
         wasm_sha256: sha256(&wasm),
         manifest,
         wasm,
         signature,
+        manifest_signature,
     })
 }
 
@@ -310,7 +378,7 @@ fn read_tar_gz(path: &Path) -> Result<Artefact, ArtefactError> {
 pub fn read_tar_gz_from(path: &Path, r: impl Read) -> Result<Artefact, ArtefactError> {
     let malformed = |m: String| ArtefactError::Malformed(path.to_path_buf(), m);
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(r));
-    let (mut manifest, mut wasm, mut sig) = (None, None, None);
+    let (mut manifest, mut wasm, mut sig, mut manifest_sig) = (None, None, None, None);
     let entries = archive
         .entries()
         .map_err(|e| malformed(format!("not a tar.gz: {e}")))?;
@@ -333,6 +401,7 @@ pub fn read_tar_gz_from(path: &Path, r: impl Read) -> Result<Artefact, ArtefactE
             "manifest.json" => (&mut manifest, MAX_SMALL_FILE_BYTES),
             "plugin.wasm" => (&mut wasm, MAX_WASM_BYTES),
             "plugin.sig" => (&mut sig, MAX_SMALL_FILE_BYTES),
+            "manifest.sig" => (&mut manifest_sig, MAX_SMALL_FILE_BYTES),
             other => return Err(malformed(format!("unexpected member {other:?}"))),
         };
         if slot.is_some() {
@@ -354,6 +423,7 @@ pub fn read_tar_gz_from(path: &Path, r: impl Read) -> Result<Artefact, ArtefactE
         manifest: Some(manifest),
         wasm,
         signature: sig,
+        manifest_signature: manifest_sig,
     })
 }
 
@@ -372,8 +442,10 @@ pub struct PackRequest<'a> {
     pub description: Option<String>,
     /// Licence.
     pub license: Option<String>,
-    /// `.sig` text over [`signed_message`] of this request, if signed.
+    /// `.sig` text over the wasm bytes, if signed.
     pub signature: Option<Vec<u8>>,
+    /// `.sig` text over [`PackRequest::signed_message`] (the manifest signature), if any.
+    pub manifest_signature: Option<Vec<u8>>,
     /// Label of the signing key (informational).
     pub signed_by: Option<String>,
 }
@@ -395,7 +467,7 @@ impl PackRequest<'_> {
         }
     }
 
-    /// The message to sign for this request.
+    /// The message a manifest signature covers for this request.
     pub fn signed_message(&self) -> Vec<u8> {
         signed_message(
             self.name,
@@ -436,6 +508,9 @@ pub fn pack(req: &PackRequest<'_>) -> Result<Vec<u8>, ArtefactError> {
     add("plugin.wasm", req.wasm).map_err(io)?;
     if let Some(sig) = &req.signature {
         add("plugin.sig", sig).map_err(io)?;
+    }
+    if let Some(sig) = &req.manifest_signature {
+        add("manifest.sig", sig).map_err(io)?;
     }
     builder.into_inner().and_then(|gz| gz.finish()).map_err(io)
 }
@@ -508,6 +583,7 @@ mod tests {
             description: Some("d".into()),
             license: Some("MIT".into()),
             signature: None,
+            manifest_signature: None,
             signed_by: None,
         };
         let bytes = pack(&req).unwrap();

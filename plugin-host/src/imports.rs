@@ -1,12 +1,27 @@
-//! Host imports (module `env`) and the per-store state they use.
+//! Host imports (module `env`, and WASI preview 1 as `wasi_snapshot_preview1`) and the
+//! per-store state they use.
 //!
 //! Every pointer from the guest is checked against the guest's memory before use; a bad pointer
 //! is an error code, never a host panic.
+//!
+//! WASI preview 1 comes from wasmtime's own `wasmtime-wasi` crate, with nothing granted: no
+//! preopened directories (so no file can be opened), no environment variables, no arguments,
+//! stdin closed, stdout and stderr discarded, no sockets and no name lookup. Clocks and random
+//! numbers are the host's. One function is replaced: `poll_oneoff` (what `std::thread::sleep`
+//! and timed waits use) answers `ENOTSUP`, because a host function cannot be interrupted by the
+//! epoch deadline and a sleeping plugin would hold its shard's thread past `timeout_ms`. A module
+//! that imports anything else is refused at load, as before.
 
 use crate::kv::Replica;
 use std::cell::RefCell;
 use std::rc::Rc;
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, StoreLimits};
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+/// The WASI module name of preview 1.
+pub(crate) const WASI_P1_MODULE: &str = "wasi_snapshot_preview1";
+/// WASI preview 1 `errno` `notsup`.
+const WASI_ERRNO_NOTSUP: i32 = 58;
 
 /// `kv_get`: missing key.
 pub const KV_MISSING: i32 = -1;
@@ -21,10 +36,44 @@ pub const SHA_BAD_POINTER: i32 = -1;
 
 /// The data of one plugin instance's `Store`.
 pub(crate) struct HostState {
-    pub kv: Rc<RefCell<Replica>>,
+    pub kv: ShardRc,
     pub limiter: Limiter,
     /// The instance's exported memory (set right after instantiation).
     pub memory: Option<Memory>,
+    /// WASI preview 1 state (nothing granted: [`wasi_ctx`]).
+    pub wasi: WasiP1Ctx,
+}
+
+/// The shard's handle on one plugin's KV replica: an `Rc`, shared by the shard's slot and the
+/// instance's store, never by two threads.
+pub(crate) struct ShardRc(pub Rc<RefCell<Replica>>);
+
+// SAFETY: `wasmtime_wasi::p1::add_to_linker_sync` requires the store data to be `Send`, written
+// for hosts whose stores move between threads. Ours never do: a `Store<HostState>` is created in
+// `shard::instantiate` and lives only inside `ShardPlugins`, which is `!Send` (its slots hold the
+// same `Rc` directly, see `shard::Slot::replica`), so the store is used and dropped on the shard
+// thread that made it. The synchronous WASI functions run on the calling thread
+// (`wasmtime_wasi::runtime::in_tokio` polls the call's future with `block_on` right there), and
+// what WASI may spawn onto tokio's threads must be `'static`, so it cannot hold a borrow of the
+// store data, and WASI does not know this type to clone it.
+unsafe impl Send for ShardRc {}
+
+impl std::ops::Deref for ShardRc {
+    type Target = RefCell<Replica>;
+    fn deref(&self) -> &RefCell<Replica> {
+        &self.0
+    }
+}
+
+/// The WASI context of one instance: nothing granted beyond clocks and random numbers (the
+/// builder's defaults grant no directory, variable or argument; sockets are switched off
+/// explicitly).
+pub(crate) fn wasi_ctx() -> WasiP1Ctx {
+    wasmtime_wasi::WasiCtxBuilder::new()
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build_p1()
 }
 
 /// `StoreLimits` plus a note of whether it refused a `memory.grow`, so the trap that follows can
@@ -166,12 +215,21 @@ fn sha256_hex(mut caller: Caller<'_, HostState>, in_ptr: i32, in_len: i32, out_p
     64
 }
 
-/// Defines the `env` imports in `linker`.
+/// Defines the `env` imports and WASI preview 1 in `linker`.
 pub(crate) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "kv_get", kv_get)?;
     linker.func_wrap("env", "kv_set", kv_set)?;
     linker.func_wrap("env", "kv_delete", kv_delete)?;
     linker.func_wrap("env", "sha256_hex", sha256_hex)?;
+    wasmtime_wasi::p1::add_to_linker_sync(linker, |s: &mut HostState| &mut s.wasi)?;
+    // Blocking waits would outlast the epoch deadline (see the module doc).
+    linker.allow_shadowing(true);
+    linker.func_wrap(
+        WASI_P1_MODULE,
+        "poll_oneoff",
+        |_in: i32, _out: i32, _n: i32, _nevents: i32| -> i32 { WASI_ERRNO_NOTSUP },
+    )?;
+    linker.allow_shadowing(false);
     Ok(())
 }
 

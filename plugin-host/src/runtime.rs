@@ -1,7 +1,7 @@
 //! [`PluginRuntime`]: loading, verification, compilation (with the on-disk cache), the wasmtime
 //! engine and its epoch ticker, generations for reload, and the host-side KV API.
 
-use crate::artefact::{self, Artefact, ArtefactError};
+use crate::artefact::{self, Artefact, ArtefactError, Verification};
 use crate::imports::{self, HostState};
 use crate::kv::{KvError, KvLimits, KvMaster};
 use crate::shard::ShardPlugins;
@@ -85,6 +85,22 @@ pub struct Refusal {
     pub error: LoadError,
     /// On reload: the previous version of the plugin keeps running.
     pub kept_previous: bool,
+    /// The entry says `optional = true`: the proxy may run without it. Every other refusal
+    /// (including artefacts discovered in `plugin_dir`) is fatal: start-up stops, a reload is
+    /// refused as a whole.
+    pub optional: bool,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "plugin {} ({}): {}",
+            self.name.as_deref().unwrap_or("?"),
+            self.source.display(),
+            self.error
+        )
+    }
 }
 
 /// A loaded plugin, as the admin API shows it.
@@ -115,6 +131,33 @@ pub struct LoadReport {
     pub refused: Vec<Refusal>,
     /// Other problems (ignored trust-root keys, settings that need a restart, seeds over caps).
     pub warnings: Vec<String>,
+    /// The plugin set was published. False when a reload was refused (a plugin that is not
+    /// `optional` failed to load, or the configuration is invalid): the previous plugins and
+    /// settings stay in force.
+    pub applied: bool,
+}
+
+impl LoadReport {
+    /// Refusals of plugins that are not `optional`: the proxy must not run without them.
+    pub fn required_refusals(&self) -> impl Iterator<Item = &Refusal> {
+        self.refused.iter().filter(|r| !r.optional)
+    }
+
+    /// `Err` naming every plugin that is required and failed to load, and why (fail closed:
+    /// the engine refuses to start, `--check` exits non-zero).
+    pub fn fail_closed(&self) -> Result<(), String> {
+        let msgs: Vec<String> = self.required_refusals().map(ToString::to_string).collect();
+        if msgs.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} required plugin{} failed to load (mark an entry `optional = true` to run without it): {}",
+                msgs.len(),
+                if msgs.len() == 1 { "" } else { "s" },
+                msgs.join("; ")
+            ))
+        }
+    }
 }
 
 pub(crate) const fn hook_index(h: Hook) -> usize {
@@ -245,7 +288,8 @@ pub struct PluginRuntime {
 
 impl PluginRuntime {
     /// Builds the engine and loads every plugin of `cfg`. Plugins that fail to load are refused
-    /// (logged, listed in the report); the proxy starts without them.
+    /// (logged, listed in the report). A refusal of a plugin that is not `optional` must stop
+    /// the start: the engine checks [`LoadReport::fail_closed`] and exits.
     pub fn new(
         cfg: &PluginsConfig,
         opts: RuntimeOptions,
@@ -336,7 +380,7 @@ impl PluginRuntime {
             ticker: Mutex::new(Some(ticker)),
         });
         let rt = PluginRuntime { shared };
-        let report = rt.reload(cfg);
+        let report = rt.load_generation(cfg, false);
         Ok((rt, report))
     }
 
@@ -357,9 +401,15 @@ impl PluginRuntime {
 
     /// Reloads plugins from `cfg` (SIGHUP, `POST /reload`). Client connections are untouched:
     /// shards pick up the new generation at their next hook call, keeping the instances of
-    /// plugins that did not change. A plugin that fails to reload keeps its previous version.
-    /// Settings that need a restart are reported as warnings and keep their start-up values.
+    /// plugins that did not change. When a plugin that is not `optional` fails to load the
+    /// reload is refused as a whole (nothing changes, [`LoadReport::applied`] is false); an
+    /// `optional` one that fails keeps its previous version, if it had one. Settings that need a
+    /// restart are reported as warnings and keep their start-up values.
     pub fn reload(&self, cfg: &PluginsConfig) -> LoadReport {
+        self.load_generation(cfg, true)
+    }
+
+    fn load_generation(&self, cfg: &PluginsConfig, refuse_on_required: bool) -> LoadReport {
         let _guard = self
             .shared
             .reload_lock
@@ -411,6 +461,22 @@ impl PluginRuntime {
         } else {
             Vec::new()
         };
+        if refuse_on_required {
+            if let Err(why) = report.fail_closed() {
+                log::error!(
+                    "plugins: reload refused, the running plugins and settings stay: {why}"
+                );
+                report.warnings.push(format!("reload refused: {why}"));
+                report.loaded = prev.plugins.iter().map(|p| p.info.clone()).collect();
+                for r in &mut report.refused {
+                    r.kept_previous = r
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| prev.plugins.iter().any(|p| &*p.name == n));
+                }
+                return report;
+            }
+        }
         // Forget compiled modules nothing uses any more.
         {
             let keep: HashSet<[u8; 32]> = plugins.iter().map(|p| p.wasm_sha256).collect();
@@ -428,6 +494,7 @@ impl PluginRuntime {
             nodes: prev.nodes.clone(),
         });
         self.shared.publish(gen.clone());
+        report.applied = true;
         self.seed(cfg, &gen, &mut report);
         report.loaded = gen.plugins.iter().map(|p| p.info.clone()).collect();
         for w in &report.warnings {
@@ -544,6 +611,7 @@ impl PluginRuntime {
             .or_else(|| cfg.plugin_dir.as_ref().map(|d| d.join(".compiled")));
         let mut loaded: Vec<Arc<LoadedPlugin>> = Vec::new();
         for (source, entry) in candidates(cfg, report) {
+            let optional = entry.as_ref().is_some_and(|e| e.optional);
             let result = match &trust {
                 Err(e) => Err((
                     entry_name(&source, entry.as_ref()),
@@ -573,9 +641,14 @@ impl PluginRuntime {
                         })
                         .cloned();
                     log::error!(
-                        "plugin refused: source={} name={} reason: {error}{}",
+                        "plugin refused: source={} name={} reason: {error}{}{}",
                         source.display(),
                         name.as_deref().unwrap_or("?"),
+                        if optional {
+                            " (optional = true: the proxy runs without it)"
+                        } else {
+                            " (required: start-up or reload fails)"
+                        },
                         if keep.is_some() {
                             " (the previous version keeps running)"
                         } else {
@@ -587,6 +660,7 @@ impl PluginRuntime {
                         name,
                         error,
                         kept_previous: keep.is_some(),
+                        optional,
                     });
                     if let Some(p) = keep {
                         loaded.push(p);
@@ -613,9 +687,10 @@ impl PluginRuntime {
             .clone()
             .unwrap_or_else(|| art.default_name());
         // Integrity and signature before anything compiles.
-        let signed_by = art
+        let verification = art
             .verify(trust)
             .map_err(|e| fail(Some(name.clone()), e.into()))?;
+        let signed_by = verification.signed_by.clone();
         if name.is_empty() || name.len() > 128 || name.contains(['/', '\\', '\0']) {
             return Err(fail(Some(name.clone()), LoadError::BadName(name)));
         }
@@ -631,8 +706,8 @@ impl PluginRuntime {
         let (module, from_disk_cache) = self
             .module_for(&art, cache_dir)
             .map_err(|e| fail(Some(name.clone()), e))?;
-        let hooks =
-            effective_hooks(&art, entry, &module).map_err(|e| fail(Some(name.clone()), e))?;
+        let hooks = effective_hooks(&art, &verification, entry, &module)
+            .map_err(|e| fail(Some(name.clone()), e))?;
         let mut hook_flags = [false; 4];
         for h in &hooks {
             hook_flags[hook_index(*h)] = true;
@@ -879,8 +954,11 @@ fn check_abi_exports(module: &Module) -> Result<(), LoadError> {
 }
 
 /// The hooks to enable: config ∩ manifest, else manifest, else exports; each must be exported.
+/// With a trust root only a signed manifest counts (an unsigned one could switch off a hook of
+/// signed code): the hooks then come from the config, else from the signed module's exports.
 fn effective_hooks(
     art: &Artefact,
+    verification: &Verification,
     entry: Option<&PluginEntry>,
     module: &Module,
 ) -> Result<Vec<Hook>, LoadError> {
@@ -889,7 +967,17 @@ fn effective_hooks(
             .get_export(h.export_name())
             .is_some_and(|t| is_hook_signature(&t))
     };
-    let declared: Option<Vec<Hook>> = art.manifest.as_ref().map(|m| {
+    let trusted_manifest = art
+        .manifest
+        .as_ref()
+        .filter(|_| verification.manifest_trusted());
+    if art.manifest.is_some() && trusted_manifest.is_none() {
+        log::info!(
+            "plugins: {}: the manifest is not signed (no manifest.sig), so its hook list is not used; hooks come from the config entry or the signed module's exports",
+            art.path.display()
+        );
+    }
+    let declared: Option<Vec<Hook>> = trusted_manifest.map(|m| {
         m.hooks
             .iter()
             .filter_map(|h| {

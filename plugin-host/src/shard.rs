@@ -4,7 +4,7 @@ use crate::context::{
     AuthDecision, AuthInput, Blocked, HookContext, Outcome, PostQueryInput, PreQueryDecision,
     QueryContext, RouteDecision,
 };
-use crate::imports::{HostState, Limiter};
+use crate::imports::{self, HostState, Limiter, ShardRc};
 use crate::kv::{Replica, ShardKv};
 use crate::runtime::{hook_index, CallSettings, Generation, LoadedPlugin, Shared};
 use helios_config::plugins::OnError;
@@ -491,12 +491,13 @@ fn classify(err: wasmtime::Error, store: &Store<HostState>) -> Failure {
 fn instantiate(shared: &Shared, gen: &Generation, slot: &mut Slot) -> Result<Live, Failure> {
     slot.stats.instantiations += 1;
     let state = HostState {
-        kv: slot.replica.clone(),
+        kv: ShardRc(slot.replica.clone()),
         limiter: Limiter {
             limits: store_limits(&gen.settings),
             memory_refused: false,
         },
         memory: None,
+        wasi: imports::wasi_ctx(),
     };
     let mut store = Store::new(&shared.engine, state);
     store.limiter(|s| &mut s.limiter as &mut dyn wasmtime::ResourceLimiter);
@@ -515,6 +516,16 @@ fn instantiate(shared: &Shared, gen: &Generation, slot: &mut Slot) -> Result<Liv
         .get_memory(&mut store, "memory")
         .ok_or_else(|| bad("no memory export".into()))?;
     store.data_mut().memory = Some(memory);
+    // A WASI reactor (e.g. C built with wasi-libc) must run its initialiser before any other
+    // export; under the same limits as a hook call. Rust cdylibs for wasm32-wasip1 have none.
+    if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+        arm(&mut store, &gen.settings);
+        init.call(&mut store, ())
+            .map_err(|e| match classify(e, &store) {
+                Failure::Trap(m) => Failure::Instantiate(format!("_initialize: {m}")),
+                other => other,
+            })?;
+    }
     let alloc = instance
         .get_typed_func(&mut store, "alloc")
         .map_err(|e| bad(format!("{e:#}")))?;

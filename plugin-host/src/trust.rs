@@ -7,8 +7,8 @@
 //! - Private key (CLI only): base64 of the raw 32-byte seed, or an `openssl genpkey -algorithm
 //!   Ed25519` PKCS#8 PEM.
 //!
-//! What the signed MESSAGE is depends on whether a manifest supplies the hook list; see
-//! [`crate::artefact::signed_message`].
+//! The signature that decides is over the wasm bytes; an artefact may carry an additional one
+//! over its manifest ([`crate::artefact::signed_message`]).
 
 use base64::Engine as _;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};

@@ -349,8 +349,9 @@ fn start_checker(shared: &Arc<Shared>, config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Loads the plugins (`[plugins] enabled`). A plugin that fails to load is logged and left
-/// out; the proxy starts without it.
+/// Loads the plugins (`[plugins] enabled`). Fail closed: a plugin that fails to load stops the
+/// start (the error names it and why) unless its entry says `optional = true`; an optional one
+/// is logged and left out.
 fn start_plugins(rt: &RuntimeConfig) -> Result<Option<helios_plugin_host::PluginRuntime>> {
     let cfg = &rt.config.plugins;
     if !cfg.enabled {
@@ -363,7 +364,55 @@ fn start_plugins(rt: &RuntimeConfig) -> Result<Option<helios_plugin_host::Plugin
     let (runtime, report) =
         helios_plugin_host::PluginRuntime::new(cfg, opts).map_err(|e| anyhow!("{e}"))?;
     log_plugin_report(&report);
+    report.fail_closed().map_err(|e| anyhow!("plugins: {e}"))?;
     Ok(Some(runtime))
+}
+
+/// `heliosproxy --check`: loads and verifies every plugin as start-up would (integrity,
+/// signatures, compilation, hooks) and fails naming each required plugin that does not load.
+/// Returns one line per loaded plugin.
+pub fn check_plugins(rt: &RuntimeConfig) -> Result<Vec<String>> {
+    let cfg = &rt.config.plugins;
+    if !cfg.enabled {
+        return Ok(Vec::new());
+    }
+    let opts = helios_plugin_host::RuntimeOptions {
+        shards: 1,
+        node_names: rt.config.nodes.iter().map(|n| n.name.clone()).collect(),
+    };
+    // A check must not touch the running proxy's KV file (the runtime saves it when dropped).
+    let mut cfg = cfg.clone();
+    cfg.kv_persist_path = None;
+    let (_runtime, report) =
+        helios_plugin_host::PluginRuntime::new(&cfg, opts).map_err(|e| anyhow!("{e}"))?;
+    report.fail_closed().map_err(|e| anyhow!("plugins: {e}"))?;
+    let mut lines: Vec<String> = report
+        .loaded
+        .iter()
+        .map(|p| {
+            format!(
+                "plugin {} OK (hooks {}, sha256 {}{})",
+                p.name,
+                p.hooks
+                    .iter()
+                    .map(|h| h.export_name())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                &p.wasm_sha256[..12.min(p.wasm_sha256.len())],
+                p.signed_by
+                    .as_ref()
+                    .map(|s| format!(", signed by {s}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    lines.extend(
+        report
+            .refused
+            .iter()
+            .map(|r| format!("optional {r} — the proxy would run without it")),
+    );
+    Ok(lines)
 }
 
 fn log_plugin_report(report: &helios_plugin_host::LoadReport) {
@@ -476,6 +525,35 @@ fn signal_loop(
             SIGHUP => match &config_path {
                 Some(path) => match load_runtime(path, Some(shards)) {
                     Ok(mut new) => {
+                        // Plugins first: a required plugin that fails to load refuses the whole
+                        // reload, before anything else changes.
+                        let mut started_plugins = None;
+                        match &plugins {
+                            Some(p) => {
+                                let report = p.reload(&new.config.plugins);
+                                log_plugin_report(&report);
+                                if !report.applied {
+                                    log::error!(
+                                        "reload REFUSED, keeping the running configuration: {}",
+                                        report
+                                            .fail_closed()
+                                            .err()
+                                            .unwrap_or_else(|| report.warnings.join("; "))
+                                    );
+                                    continue;
+                                }
+                            }
+                            None if new.config.plugins.enabled => match start_plugins(&new) {
+                                Ok(p) => started_plugins = p,
+                                Err(e) => {
+                                    log::error!(
+                                        "reload REFUSED, keeping the running configuration: {e:#}"
+                                    );
+                                    continue;
+                                }
+                            },
+                            None => {}
+                        }
                         report_changes(&current.config, &new.config);
                         // What the shards, the console and /config see is what is in effect.
                         new.config.keep_restart_only(&current.config);
@@ -500,26 +578,21 @@ fn signal_loop(
                                 log::error!("{e:#}");
                             }
                         }
-                        match &plugins {
-                            Some(p) => {
-                                // Shards pick the new plugin set up at their next hook call;
-                                // connections stay open.
+                        match (&plugins, started_plugins) {
+                            (Some(p), _) => {
+                                // Shards pick the new plugin set (reloaded above) up at their
+                                // next hook call; connections stay open.
                                 let names: Vec<String> =
                                     new.config.nodes.iter().map(|n| n.name.clone()).collect();
                                 p.set_node_names(&names);
-                                log_plugin_report(&p.reload(&new.config.plugins));
                             }
-                            None if new.config.plugins.enabled => match start_plugins(&new) {
-                                // Started without plugins: create the runtime now and give
-                                // every shard its instances; open sessions use them at once.
-                                Ok(Some(p)) => {
-                                    shared.broadcast(|| ShardMsg::Plugins(p.clone()));
-                                    plugins = Some(p);
-                                }
-                                Ok(None) => {}
-                                Err(e) => log::error!("plugins not started: {e:#}"),
-                            },
-                            None => {}
+                            (None, Some(p)) => {
+                                // Started without plugins: give every shard its instances;
+                                // open sessions use them at once.
+                                shared.broadcast(|| ShardMsg::Plugins(p.clone()));
+                                plugins = Some(p);
+                            }
+                            (None, None) => {}
                         }
                         current = new;
                         log::info!("configuration reloaded from {}", path.display());

@@ -1,6 +1,10 @@
 //! `helios-plugin`: make keys, sign, pack, inspect and verify plugin artefacts, in exactly the
 //! formats the proxy's loader reads (it uses the same code: `helios_plugin_host::artefact` and
 //! `helios_plugin_host::trust`).
+//!
+//! The same commands are the cargo subcommand `cargo helios-plugin …` (binary
+//! `cargo-helios-plugin`, which includes this file). A new subcommand is one `Cmd` variant and
+//! one arm of `run`.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -32,16 +36,18 @@ enum Cmd {
         #[arg(long)]
         label: String,
     },
-    /// Sign a plugin. With --name/--version/--hooks (or --manifest) the signature covers them
-    /// and the wasm's SHA-256 (what artefacts and sidecar manifests need); without, it covers
-    /// the raw wasm bytes (a bare .wasm whose hooks come from the proxy config).
+    /// Sign a plugin's wasm bytes: writes the .sig sidecar (base64, no newline), byte for byte
+    /// what `openssl pkeyutl -sign -rawin -inkey KEY -in X.wasm | base64 -w 0` writes. With
+    /// --manifest or --name/--version/--hooks it writes the additional manifest signature
+    /// instead (X.manifest.sig), which lets a manifest restrict the module's hooks.
     Sign {
-        /// Private key: a .key from `keygen` or an `openssl genpkey -algorithm Ed25519` PEM.
+        /// Private key: an `openssl genpkey -algorithm Ed25519` PEM (PKCS#8) or a .key from
+        /// `keygen`.
         #[arg(long)]
         key: PathBuf,
         /// The module.
-        #[arg(long)]
-        wasm: PathBuf,
+        #[arg(long, visible_alias = "wasm")]
+        input: PathBuf,
         /// Take name, version and hooks from this manifest (e.g. the .json sidecar).
         #[arg(long, conflicts_with_all = ["name", "version", "hooks"])]
         manifest: Option<PathBuf>,
@@ -54,11 +60,11 @@ enum Cmd {
         /// Hooks, comma-separated.
         #[arg(long, value_delimiter = ',')]
         hooks: Option<Vec<String>>,
-        /// Output .sig path (default: the wasm path with extension .sig).
+        /// Output path (default: X.sig beside X.wasm; X.manifest.sig for a manifest signature).
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Pack a .tar.gz artefact: manifest.json + plugin.wasm [+ plugin.sig].
+    /// Pack a .tar.gz artefact: manifest.json + plugin.wasm [+ plugin.sig] [+ manifest.sig].
     Pack {
         /// The module.
         #[arg(long)]
@@ -72,10 +78,17 @@ enum Cmd {
         /// Hooks, comma-separated (pre_query, route, post_query, authenticate).
         #[arg(long, value_delimiter = ',', required = true)]
         hooks: Vec<String>,
-        /// An existing signature (made by `sign` with the same name, version and hooks).
+        /// The signature over the wasm bytes (`sign`, or openssl). Default: X.sig beside X.wasm,
+        /// if there is one.
         #[arg(long, conflicts_with = "key")]
         sig: Option<PathBuf>,
-        /// Sign while packing with this private key.
+        /// An additional signature over the manifest (`sign --name … --version … --hooks …`).
+        #[arg(long, conflicts_with = "key")]
+        manifest_sig: Option<PathBuf>,
+        /// Pack unsigned even when X.sig exists.
+        #[arg(long, conflicts_with_all = ["key", "sig", "manifest_sig"])]
+        unsigned: bool,
+        /// Sign while packing with this private key (both the wasm bytes and the manifest).
         #[arg(long)]
         key: Option<PathBuf>,
         /// One-line description.
@@ -101,6 +114,12 @@ enum Cmd {
         #[arg(long)]
         trust_root: PathBuf,
     },
+}
+
+fn read_signature(path: &Path) -> Result<Vec<u8>> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    trust::parse_signature(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(text)
 }
 
 fn read_key(path: &Path) -> Result<ed25519_dalek::SigningKey> {
@@ -138,7 +157,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Sign {
             key,
-            wasm,
+            input,
             manifest,
             name,
             version,
@@ -147,22 +166,31 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let key = read_key(&key)?;
             let bytes =
-                std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+                std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
             let sha = artefact::hex(&artefact::sha256(&bytes));
-            let message = match (manifest, name, version, hooks) {
+            let (message, what, default_out) = match (manifest, name, version, hooks) {
                 (Some(m), ..) => {
                     let text =
                         std::fs::read(&m).with_context(|| format!("reading {}", m.display()))?;
                     let m: Manifest =
                         serde_json::from_slice(&text).context("parsing the manifest")?;
-                    artefact::signed_message(&m.name, &m.version, &m.hooks, &sha)
+                    (
+                        artefact::signed_message(&m.name, &m.version, &m.hooks, &sha),
+                        "manifest signature",
+                        input.with_extension("manifest.sig"),
+                    )
                 }
-                (None, Some(n), Some(v), Some(h)) => artefact::signed_message(&n, &v, &h, &sha),
-                _ => bytes.clone(),
+                (None, Some(n), Some(v), Some(h)) => (
+                    artefact::signed_message(&n, &v, &h, &sha),
+                    "manifest signature",
+                    input.with_extension("manifest.sig"),
+                ),
+                _ => (bytes, "signature", input.with_extension("sig")),
             };
-            let out = out.unwrap_or_else(|| wasm.with_extension("sig"));
-            std::fs::write(&out, trust::sign(&key, &message))?;
-            println!("signature: {}", out.display());
+            let out = out.unwrap_or(default_out);
+            std::fs::write(&out, trust::sign(&key, &message))
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{what}: {}", out.display());
         }
         Cmd::Pack {
             wasm,
@@ -170,6 +198,8 @@ fn run(cli: Cli) -> Result<()> {
             version,
             hooks,
             sig,
+            manifest_sig,
+            unsigned,
             key,
             description,
             license,
@@ -185,28 +215,39 @@ fn run(cli: Cli) -> Result<()> {
                 description,
                 license,
                 signature: None,
+                manifest_signature: None,
                 signed_by: None,
             };
-            if let Some(sig) = sig {
-                let text =
-                    std::fs::read(&sig).with_context(|| format!("reading {}", sig.display()))?;
-                trust::parse_signature(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", sig.display()))?;
-                req.signature = Some(text);
-            } else if let Some(key_path) = key {
+            if let Some(key_path) = key {
                 let k = read_key(&key_path)?;
-                req.signature = Some(trust::sign(&k, &req.signed_message()).into_bytes());
+                req.signature = Some(trust::sign(&k, &bytes).into_bytes());
+                req.manifest_signature = Some(trust::sign(&k, &req.signed_message()).into_bytes());
                 req.signed_by = key_path
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned());
+            } else if !unsigned {
+                // The sidecar `sign` (or openssl) wrote beside the module, as the reference's
+                // flow expects: `sign --input x.wasm`, then `pack --wasm x.wasm …`.
+                let sidecar = wasm.with_extension("sig");
+                let sig = match sig {
+                    Some(s) => Some(s),
+                    None if sidecar.is_file() => {
+                        println!("using signature {}", sidecar.display());
+                        Some(sidecar)
+                    }
+                    None => None,
+                };
+                req.signature = sig.map(|p| read_signature(&p)).transpose()?;
+                req.manifest_signature = manifest_sig.map(|p| read_signature(&p)).transpose()?;
             }
             let packed = artefact::pack(&req)?;
-            std::fs::write(&out, packed)?;
+            std::fs::write(&out, packed).with_context(|| format!("writing {}", out.display()))?;
             println!(
-                "packed {} ({} hooks, signed: {})",
+                "packed {} ({} hooks, signed: {}, manifest signed: {})",
                 out.display(),
                 req.hooks.len(),
-                req.signature.is_some()
+                req.signature.is_some(),
+                req.manifest_signature.is_some()
             );
         }
         Cmd::Inspect { artefact: path } => {
@@ -222,14 +263,9 @@ fn run(cli: Cli) -> Result<()> {
                 a.sha256_hex(),
                 if ok { "matches" } else { "MISMATCH" }
             );
-            println!(
-                "signature: {}",
-                if a.signature.is_some() {
-                    "present"
-                } else {
-                    "none"
-                }
-            );
+            let present = |s: &Option<Vec<u8>>| if s.is_some() { "present" } else { "none" };
+            println!("signature (wasm bytes): {}", present(&a.signature));
+            println!("manifest signature: {}", present(&a.manifest_signature));
             if !ok {
                 bail!("integrity check failed");
             }
@@ -243,9 +279,16 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("warning: {w}");
             }
             let a = artefact::read(&path)?;
-            match a.verify(Some(&tr))? {
-                Some(label) => println!("OK — signed by {label}"),
-                None => unreachable!("a trust root was given"),
+            let v = a.verify(Some(&tr))?;
+            println!("OK — signed by {}", v.signed_by.as_deref().unwrap_or("?"));
+            match (&a.manifest, &v.manifest_signed_by) {
+                (Some(_), Some(label)) => {
+                    println!("manifest (name, version, hooks) signed by {label}")
+                }
+                (Some(_), None) => println!(
+                    "manifest not signed: the proxy enables the hooks the module exports (or the config entry's hooks), not the manifest's list"
+                ),
+                (None, _) => {}
             }
         }
     }
@@ -271,12 +314,22 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    match run(Cli::parse()) {
+/// Parses `args` (program name first) and runs the command; `bin` names the program in errors.
+pub fn main_with(bin: &str, args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("helios-plugin: {e:#}");
+            eprintln!("{bin}: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+#[allow(dead_code)] // Unused where cargo-helios-plugin includes this file.
+fn main() -> ExitCode {
+    main_with("helios-plugin", std::env::args_os())
 }

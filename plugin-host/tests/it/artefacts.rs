@@ -63,10 +63,13 @@ fn pack_block_drop(dir: &Path, signer: Option<&str>, hooks: &[&str]) -> PathBuf 
         description: Some("refuses DROP TABLE".into()),
         license: Some("Apache-2.0".into()),
         signature: None,
+        manifest_signature: None,
         signed_by: None,
     };
     if let Some(s) = signer {
-        req.signature = Some(trust::sign(&key(s), &req.signed_message()).into_bytes());
+        // The signature over the wasm bytes, and the additional one over the manifest.
+        req.signature = Some(trust::sign(&key(s), &wasm).into_bytes());
+        req.manifest_signature = Some(trust::sign(&key(s), &req.signed_message()).into_bytes());
         req.signed_by = Some(s.into());
     }
     let out = dir.join("block-drop-1.0.0.tar.gz");
@@ -197,19 +200,61 @@ fn tampered_wasm_is_refused() {
 fn tampered_manifest_hooks_are_refused() {
     let dir = TempDir::new("hooks");
     let trust = trust_root(&["release"]);
+    // A signed manifest: editing its hooks breaks the manifest signature.
     let art = pack_block_drop(dir.path(), Some("release"), &["pre_query"]);
     edit_manifest(&art, |m| {
         m["hooks"] = serde_json::json!(["pre_query", "post_query"])
     });
     let (_rt, report) = load(&art, Some(trust.path()));
+    let e = refusal(&report);
+    assert!(
+        matches!(
+            e,
+            LoadError::Artefact(ArtefactError::ManifestSignature(
+                _,
+                SignatureError::Untrusted(_)
+            ))
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("manifest edited"), "{e}");
+
+    // An unsigned manifest (only the wasm bytes signed, as openssl's flow makes) cannot switch
+    // a hook of the signed code off: its hook list is not used, the module's exports are.
+    let art = pack_block_drop(dir.path(), Some("release"), &["pre_query"]);
+    let bytes = std::fs::read(&art).unwrap();
+    let a = artefact::read_tar_gz_from(&art, &bytes[..]).unwrap();
+    let mut m = a.manifest.clone().unwrap();
+    m.hooks = vec!["route".into()];
+    let unsigned = artefact::pack(&PackRequest {
+        wasm: &a.wasm,
+        name: &m.name,
+        version: &m.version,
+        hooks: m.hooks.clone(),
+        description: None,
+        license: None,
+        signature: a.signature.clone(),
+        manifest_signature: None,
+        signed_by: None,
+    })
+    .unwrap();
+    let art2 = dir.join("unsigned-manifest.tar.gz");
+    std::fs::write(&art2, unsigned).unwrap();
+    let (rt, report) = load(&art2, Some(trust.path()));
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    assert_eq!(
+        rt.plugins()[0].hooks,
+        vec![helios_plugin_host::Hook::PreQuery],
+        "the exports decide, not the unsigned manifest's [route]"
+    );
+    let mut shard = rt.shard(0);
     assert!(matches!(
-        refusal(&report),
-        LoadError::Artefact(ArtefactError::Signature(_, SignatureError::Untrusted(_)))
+        pre(&mut shard, "DROP TABLE x"),
+        helios_plugin_host::PreQueryDecision::Block(_)
     ));
 
-    // Sidecar manifest: a signature over the raw wasm does not cover the sidecar's hooks, so it
-    // is not accepted once a sidecar exists; the manifest-style signature is, until the hooks
-    // are edited.
+    // Sidecar manifest: guard.sig over the wasm bytes is what counts; guard.manifest.sig, when
+    // present, must cover the sidecar's hooks.
     let w = copy_wasm("block-drop", dir.path(), "guard.wasm");
     let sha = artefact::hex(&artefact::sha256(&block_drop_bytes()));
     let manifest = |hooks: &str| {
@@ -223,22 +268,40 @@ fn tampered_manifest_hooks_are_refused() {
         trust::sign(&key("release"), &block_drop_bytes()),
     )
     .unwrap();
-    let (_rt, report) = load(&w, Some(trust.path()));
-    assert!(matches!(
-        refusal(&report),
-        LoadError::Artefact(ArtefactError::Signature(..))
-    ));
-    let msg = artefact::signed_message("guard", "2", &["pre_query".into()], &sha);
-    std::fs::write(dir.join("guard.sig"), trust::sign(&key("release"), &msg)).unwrap();
     let (rt, report) = load(&w, Some(trust.path()));
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     assert_eq!(rt.plugins()[0].name, "guard");
+    let msg = artefact::signed_message("guard", "2", &["pre_query".into()], &sha);
+    std::fs::write(
+        dir.join("guard.manifest.sig"),
+        trust::sign(&key("release"), &msg),
+    )
+    .unwrap();
+    let (rt, report) = load(&w, Some(trust.path()));
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    assert_eq!(rt.plugins()[0].signed_by.as_deref(), Some("release"));
     std::fs::write(dir.join("guard.json"), manifest(r#""pre_query","route""#)).unwrap();
     let (_rt, report) = load(&w, Some(trust.path()));
     assert!(matches!(
         refusal(&report),
-        LoadError::Artefact(ArtefactError::Signature(..))
+        LoadError::Artefact(ArtefactError::ManifestSignature(..))
     ));
+
+    // The earlier format (plugin.sig over the manifest text) is refused with a reason that says
+    // what to do.
+    std::fs::remove_file(dir.join("guard.manifest.sig")).unwrap();
+    std::fs::write(dir.join("guard.json"), manifest(r#""pre_query""#)).unwrap();
+    std::fs::write(dir.join("guard.sig"), trust::sign(&key("release"), &msg)).unwrap();
+    let (_rt, report) = load(&w, Some(trust.path()));
+    let e = refusal(&report);
+    assert!(
+        matches!(
+            e,
+            LoadError::Artefact(ArtefactError::ManifestSignedAsPlugin(_))
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("sign the .wasm itself"), "{e}");
 }
 
 #[test]
@@ -395,46 +458,68 @@ fn sh(script: &str, dir: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Signatures made by the real openssl CLI, in the documented recipes, verify.
-#[test]
-fn openssl_signatures_verify() {
+fn require_openssl() {
     assert!(
         Command::new("openssl")
             .arg("version")
             .output()
             .is_ok_and(|o| o.status.success()),
-        "the openssl CLI is required for this test (apt-get install openssl)"
+        "the openssl CLI is required for this test (scripts/test.sh installs it; apt-get install openssl)"
     );
+}
+
+/// The reference's signing flow, typed as a new user would, with the real openssl CLI: key,
+/// public key into keys/, signature over plugin.wasm, pack, verify says OK, the loader loads it
+/// and it blocks.
+#[test]
+fn the_documented_openssl_flow_works_as_written() {
+    require_openssl();
     let dir = TempDir::new("openssl");
     std::fs::create_dir_all(dir.join("keys")).unwrap();
     copy_wasm("block-drop", dir.path(), "plugin.wasm");
-    sh(
-        "openssl genpkey -algorithm Ed25519 -out signing.pem 2>/dev/null
-         openssl pkey -in signing.pem -pubout -outform DER | tail -c 32 | base64 > keys/ops.pub
-         openssl pkeyutl -sign -inkey signing.pem -rawin -in plugin.wasm | base64 -w 0 > plugin.sig",
+    let cli = env!("CARGO_BIN_EXE_helios-plugin");
+    let out = sh(
+        &format!(
+            "openssl genpkey -algorithm Ed25519 -out signing.pem 2>/dev/null
+             openssl pkey -in signing.pem -pubout -outform DER | tail -c 32 | base64 > keys/official.pub
+             openssl pkeyutl -sign -inkey signing.pem -rawin -in plugin.wasm | base64 -w 0 > plugin.sig
+             {cli} pack --wasm plugin.wasm --sig plugin.sig --name X --version 1.0 --hooks pre_query --out x.tar.gz
+             {cli} verify x.tar.gz --trust-root keys/"
+        ),
         dir.path(),
     );
+    assert!(out.contains("OK — signed by official"), "{out}");
+    let (rt, report) = load(&dir.join("x.tar.gz"), Some(&dir.join("keys")));
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    assert_eq!(rt.plugins()[0].signed_by.as_deref(), Some("official"));
+    assert_eq!(rt.plugins()[0].name, "X");
+    let mut shard = rt.shard(0);
+    assert!(matches!(
+        pre(&mut shard, "DROP TABLE t"),
+        helios_plugin_host::PreQueryDecision::Block(_)
+    ));
+    // The bare form: plugin.wasm + plugin.sig in a directory.
     let (rt, report) = load(&dir.join("plugin.wasm"), Some(&dir.join("keys")));
     assert!(report.refused.is_empty(), "{:?}", report.refused);
-    assert_eq!(rt.plugins()[0].signed_by.as_deref(), Some("ops"));
+    assert_eq!(rt.plugins()[0].signed_by.as_deref(), Some("official"));
 
-    // Artefact: sign the documented message with openssl, pack with the CLI.
-    sh(
-        r#"sha=$(sha256sum plugin.wasm | cut -d' ' -f1)
-           printf 'helios-plugin-signature-v1\nname: %s\nversion: %s\nhooks: %s\nwasm_sha256: %s\n' \
-               guard 1.0.0 pre_query "$sha" > message
-           openssl pkeyutl -sign -inkey signing.pem -rawin -in message | base64 -w 0 > artefact.sig"#,
+    // The additional manifest signature, made with openssl from the documented message.
+    let out = sh(
+        &format!(
+            r#"sha=$(sha256sum plugin.wasm | cut -d' ' -f1)
+               printf 'helios-plugin-signature-v1\nname: %s\nversion: %s\nhooks: %s\nwasm_sha256: %s\n' \
+                   guard 1.0.0 pre_query "$sha" > message
+               openssl pkeyutl -sign -inkey signing.pem -rawin -in message | base64 -w 0 > manifest.sig
+               {cli} pack --wasm plugin.wasm --sig plugin.sig --manifest-sig manifest.sig --name guard --version 1.0.0 --hooks pre_query --out guard.tar.gz
+               {cli} verify guard.tar.gz --trust-root keys"#
+        ),
         dir.path(),
     );
-    let cli = env!("CARGO_BIN_EXE_helios-plugin");
-    sh(
-        &format!("{cli} pack --wasm plugin.wasm --name guard --version 1.0.0 --hooks pre_query --sig artefact.sig --out guard.tar.gz"),
-        dir.path(),
+    assert!(
+        out.contains("manifest (name, version, hooks) signed by official"),
+        "{out}"
     );
-    let (rt, report) = load(&dir.join("guard.tar.gz"), Some(&dir.join("keys")));
-    assert!(report.refused.is_empty(), "{:?}", report.refused);
-    assert_eq!(rt.plugins()[0].signed_by.as_deref(), Some("ops"));
-    // And the CLI signs with the openssl PEM key too.
+    // And the CLI signs with the openssl PEM key too (both signatures).
     let out = sh(
         &format!(
             "{cli} pack --wasm plugin.wasm --name guard --version 1.0.1 --hooks pre_query --key signing.pem --out g2.tar.gz
@@ -442,7 +527,62 @@ fn openssl_signatures_verify() {
         ),
         dir.path(),
     );
-    assert!(out.contains("OK — signed by ops"), "{out}");
+    assert!(out.contains("OK — signed by official"), "{out}");
+    assert!(
+        out.contains("manifest (name, version, hooks) signed by"),
+        "{out}"
+    );
+}
+
+/// `cargo helios-plugin sign` writes the sidecar byte for byte as openssl does, and `pack`
+/// picks the sidecar up, so the reference's authoring flow needs no --sig.
+#[test]
+fn cargo_helios_plugin_sign_matches_openssl_byte_for_byte() {
+    require_openssl();
+    let dir = TempDir::new("cargo-sign");
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    copy_wasm("block-drop", dir.path(), "my_plugin.wasm");
+    let cargo_cli = env!("CARGO_BIN_EXE_cargo-helios-plugin");
+    let cli = env!("CARGO_BIN_EXE_helios-plugin");
+    let out = sh(
+        &format!(
+            "openssl genpkey -algorithm Ed25519 -out signing.pem 2>/dev/null
+             openssl pkey -in signing.pem -pubout -outform DER | tail -c 32 | base64 > keys/official.pub
+             openssl pkeyutl -sign -inkey signing.pem -rawin -in my_plugin.wasm | base64 -w 0 > openssl.sig
+             {cargo_cli} helios-plugin sign --key signing.pem --input my_plugin.wasm
+             {cli} pack --wasm my_plugin.wasm --out my-plugin-1.0.0.tar.gz --name my-plugin --version 1.0.0 --hooks pre_query
+             {cli} verify my-plugin-1.0.0.tar.gz --trust-root keys"
+        ),
+        dir.path(),
+    );
+    let ours = std::fs::read(dir.join("my_plugin.sig")).unwrap();
+    let theirs = std::fs::read(dir.join("openssl.sig")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ours),
+        String::from_utf8_lossy(&theirs)
+    );
+    assert_eq!(ours.len(), 88, "base64 of 64 bytes, no newline");
+    assert!(out.contains("using signature my_plugin.sig"), "{out}");
+    assert!(out.contains("OK — signed by official"), "{out}");
+    // Run directly (not through cargo) the extra word may be left out; --wasm is an alias.
+    sh(
+        &format!("rm my_plugin.sig && {cargo_cli} sign --key signing.pem --wasm my_plugin.wasm && cmp my_plugin.sig openssl.sig"),
+        dir.path(),
+    );
+    // A wrong key type is an error, not a signature.
+    let out = Command::new(cargo_cli)
+        .args([
+            "helios-plugin",
+            "sign",
+            "--key",
+            "keys/official.pub",
+            "--input",
+            "my_plugin.wasm",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }
 
 #[test]
@@ -454,8 +594,9 @@ fn cli_keygen_sign_pack_inspect_verify() {
         &format!(
             "{cli} keygen --out-dir keys --label release
              {cli} keygen --out-dir other --label someone
-             {cli} sign --key keys/release.key --wasm p.wasm --name block-drop --version 1.0.0 --hooks pre_query --out p.sig
-             {cli} pack --wasm p.wasm --name block-drop --version 1.0.0 --hooks pre_query --sig p.sig --license MIT --out a.tar.gz
+             {cli} sign --key keys/release.key --input p.wasm
+             {cli} sign --key keys/release.key --input p.wasm --name block-drop --version 1.0.0 --hooks pre_query
+             {cli} pack --wasm p.wasm --name block-drop --version 1.0.0 --hooks pre_query --manifest-sig p.manifest.sig --license MIT --out a.tar.gz
              {cli} inspect a.tar.gz
              {cli} verify a.tar.gz --trust-root keys"
         ),
@@ -463,7 +604,13 @@ fn cli_keygen_sign_pack_inspect_verify() {
     );
     assert!(out.contains("\"schema_version\": \"1.0\""), "{out}");
     assert!(out.contains("\"packed_at\""), "{out}");
+    assert!(out.contains("signature (wasm bytes): present"), "{out}");
+    assert!(out.contains("manifest signature: present"), "{out}");
     assert!(out.contains("OK — signed by release"), "{out}");
+    assert!(
+        out.contains("manifest (name, version, hooks) signed by release"),
+        "{out}"
+    );
     let mode = std::fs::metadata(dir.join("keys/release.key")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
@@ -483,5 +630,14 @@ fn cli_keygen_sign_pack_inspect_verify() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not verify against any key"), "{err}");
     // Bare wasm signed over its bytes verifies with the CLI as well.
-    sh(&format!("rm p.sig && {cli} sign --key keys/release.key --wasm p.wasm && {cli} verify p.wasm --trust-root keys"), dir.path());
+    sh(
+        &format!("rm p.sig && {cli} sign --key keys/release.key --input p.wasm && {cli} verify p.wasm --trust-root keys"),
+        dir.path(),
+    );
+    // --unsigned ignores the sidecar.
+    let out = sh(
+        &format!("{cli} pack --wasm p.wasm --name b --version 1 --hooks pre_query --unsigned --out u.tar.gz && {cli} inspect u.tar.gz"),
+        dir.path(),
+    );
+    assert!(out.contains("signature (wasm bytes): none"), "{out}");
 }

@@ -208,3 +208,60 @@ fn failed_reload_keeps_the_previous_version_and_reports_restart_only_settings() 
         "old version still runs"
     );
 }
+
+#[test]
+fn a_required_plugin_that_fails_refuses_the_reload_and_an_optional_one_does_not() {
+    let dir = TempDir::new("fail-closed");
+    let guard = entry("guard", "block-drop", "");
+    let broken = |extra: &str| {
+        format!(
+            "[[plugin]]\nname = \"broken\"\nsource = {:?}\n{extra}\n",
+            dir.join("missing.wasm").display().to_string()
+        )
+    };
+    // Start-up: the report says the start must fail, naming the plugin and why.
+    let (_rt, report) = runtime(&config(&format!("enabled = true\n{guard}{}", broken(""))));
+    let why = report.fail_closed().unwrap_err();
+    assert!(
+        why.contains("1 required plugin failed to load")
+            && why.contains("plugin broken")
+            && why.contains("missing.wasm"),
+        "{why}"
+    );
+    let (_rt, report) = runtime(&config(&format!(
+        "enabled = true\n{guard}{}",
+        broken("optional = true")
+    )));
+    assert!(report.fail_closed().is_ok());
+    assert!(report.refused[0].optional);
+
+    // Reload: required → nothing changes (not even timeout_ms); optional → applies without it.
+    let rt = runtime_ok(&config(&format!("enabled = true\n{guard}")));
+    let mut shard = rt.shard(0);
+    let report = rt.reload(&config(&format!(
+        "enabled = true\ntimeout_ms = 7\n{}",
+        broken("")
+    )));
+    assert!(!report.applied);
+    assert_eq!(report.loaded.len(), 1, "the running plugin is reported");
+    assert!(report.fail_closed().is_err());
+    assert!(
+        matches!(pre(&mut shard, "DROP TABLE t"), PreQueryDecision::Block(_)),
+        "guard still runs although the new config drops it"
+    );
+    assert_eq!(rt.plugins()[0].name, "guard");
+    let report = rt.reload(&config(&format!(
+        "enabled = true\n{}",
+        broken("optional = true")
+    )));
+    assert!(report.applied);
+    assert!(rt.plugins().is_empty());
+    assert_eq!(pre(&mut shard, "DROP TABLE t"), PreQueryDecision::Continue);
+    // Artefacts discovered in plugin_dir have no entry, so they are required.
+    std::fs::write(dir.join("junk.wasm"), b"junk").unwrap();
+    let (_rt, report) = runtime(&config(&format!(
+        "enabled = true\nplugin_dir = {:?}\n",
+        dir.path().display().to_string()
+    )));
+    assert!(report.fail_closed().is_err(), "{:?}", report.refused);
+}

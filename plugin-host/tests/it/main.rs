@@ -9,3 +9,4 @@ mod hooks;
 mod hostile;
 mod kv;
 mod limits;
+mod wasi;

@@ -1,19 +1,23 @@
 //! HeliosProxy plugin SDK (`helios-plugin-abi`), ABI version 1.
 //!
-//! A plugin is a `cdylib` built for `wasm32-unknown-unknown`. It writes ordinary Rust functions
-//! over typed contexts and results and registers each with one line:
+//! A plugin is a `cdylib` built for `wasm32-unknown-unknown` or `wasm32-wasip1` (then `std`'s
+//! clocks, random numbers and `HashMap` work; files, environment and network do not). It writes
+//! ordinary Rust functions over typed contexts and results and marks each with an attribute:
 //!
 //! ```ignore
 //! use helios_plugin_abi::*;
 //!
+//! #[hook(PreQuery)]
 //! fn check(ctx: &QueryContext) -> PreQueryResult {
 //!     if ctx.query.to_ascii_uppercase().contains("DROP TABLE") {
 //!         return PreQueryResult::Block { reason: "DROP TABLE is forbidden".into() };
 //!     }
 //!     PreQueryResult::Continue
 //! }
-//! export_pre_query!(check);
 //! ```
+//!
+//! `#[hook(Route)]`, `#[hook(PostQuery)]` and `#[hook(Authenticate)]` work the same way; the
+//! macros `export_pre_query!(check);` … are the equivalent older spelling.
 //!
 //! The SDK provides the `alloc`/`dealloc` exports, the JSON encoding of inputs and results, and
 //! safe wrappers over the host imports ([`kv_read`], [`kv_write`], [`kv_remove`],
@@ -26,6 +30,11 @@
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+
+/// `#[hook(PreQuery)]` / `#[hook(Route)]` / `#[hook(PostQuery)]` / `#[hook(Authenticate)]`:
+/// exports the function it marks as that hook (see the crate documentation).
+#[cfg(feature = "macros")]
+pub use helios_plugin_abi_macros::hook;
 use std::collections::BTreeMap;
 
 /// The ABI version this crate implements (`docs/plugin-abi.md`). Manifests carry

@@ -1,6 +1,8 @@
-//! `block-drop`: refuses `DROP TABLE` (any case, any spacing) in `pre_query`.
+//! `block-drop`: refuses `DROP TABLE` (any case, any spacing) in `pre_query`. Written with the
+//! SDK's `#[hook(...)]` attribute.
 use helios_plugin_abi::*;
 
+#[hook(PreQuery)]
 fn check(ctx: &QueryContext) -> PreQueryResult {
     if is_drop_table(&ctx.query) {
         return PreQueryResult::Block {
@@ -9,8 +11,6 @@ fn check(ctx: &QueryContext) -> PreQueryResult {
     }
     PreQueryResult::Continue
 }
-export_pre_query!(check);
-
 /// True when some statement in `sql` starts with `DROP TABLE` (words separated by any whitespace).
 pub fn is_drop_table(sql: &str) -> bool {
     let mut words = sql
@@ -35,5 +35,24 @@ mod tests {
         assert!(super::is_drop_table("drop   TABLE t"));
         assert!(super::is_drop_table("select 1; DROP\ntable t"));
         assert!(!super::is_drop_table("select 'dropped' from tables"));
+    }
+}
+
+#[cfg(test)]
+mod hook_tests {
+    use helios_plugin_abi::*;
+
+    #[test]
+    fn the_attributed_function_stays_callable() {
+        let ctx = QueryContext {
+            query: "drop table t".into(),
+            ..QueryContext::default()
+        };
+        assert!(matches!(super::check(&ctx), PreQueryResult::Block { .. }));
+        let ctx = QueryContext {
+            query: "select 1".into(),
+            ..QueryContext::default()
+        };
+        assert_eq!(super::check(&ctx), PreQueryResult::Continue);
     }
 }
