@@ -232,8 +232,7 @@ pub fn annotation_error(attributes: &BTreeMap<String, String>) -> Option<String>
     for (k, v) in attributes {
         let ok = !k.is_empty()
             && k.len() <= MAX_ANNOTATION_KEY
-            && k
-                .bytes()
+            && k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if !ok {
             return Some(format!(

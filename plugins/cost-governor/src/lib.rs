@@ -336,7 +336,11 @@ mod tests {
         assert_eq!(Window::Hour.retry_in_s(T0 + 1_000), 3_599);
         let day_start = T0 / 86_400_000 * 86_400;
         assert_eq!(Window::Day.start(T0), day_start);
-        assert_eq!(Window::Day.retry_in_s(T0), 14 * 3600, "10:00 UTC: 14 h to midnight");
+        assert_eq!(
+            Window::Day.retry_in_s(T0),
+            14 * 3600,
+            "10:00 UTC: 14 h to midnight"
+        );
     }
 
     #[test]
@@ -380,7 +384,10 @@ mod tests {
         setup(r#"{"hour": 5, "day": 50}"#);
         charge(5.0, T0 + 1_000);
         let r = decide_pre_query("acme", T0 + 3_599_000).unwrap().unwrap();
-        assert!(r.contains("hour budget") && r.ends_with("retry in 1 s"), "{r}");
+        assert!(
+            r.contains("hour budget") && r.ends_with("retry in 1 s"),
+            "{r}"
+        );
         assert_eq!(decide_pre_query("acme", T0 + 3_600_000), Ok(None));
         // Spread over hours, the day fills up; it ends at midnight UTC.
         for h in 1..10u64 {
@@ -458,7 +465,10 @@ mod tests {
     fn a_malformed_budget_refuses_instead_of_running_unmetered() {
         setup(r#"{"minutes": 1}"#);
         let e = decide_pre_query("acme", T0).unwrap_err();
-        assert!(e.starts_with("cost-governor: tenant:acme:budget is not a budget"), "{e}");
+        assert!(
+            e.starts_with("cost-governor: tenant:acme:budget is not a budget"),
+            "{e}"
+        );
         setup(r#"{"day": -1}"#);
         assert!(decide_pre_query("acme", T0).is_err());
         setup("not json");

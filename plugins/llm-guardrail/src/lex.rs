@@ -176,8 +176,7 @@ pub fn tokenize(sql: &str, backslash_escapes: bool) -> Vec<Tok> {
                 && (chars[i].is_ascii_alphanumeric()
                     || chars[i] == '.'
                     || chars[i] == '_'
-                    || ((chars[i] == '+' || chars[i] == '-')
-                        && matches!(chars[i - 1], 'e' | 'E')))
+                    || ((chars[i] == '+' || chars[i] == '-') && matches!(chars[i - 1], 'e' | 'E')))
             {
                 i += 1;
             }
@@ -232,14 +231,23 @@ mod tests {
     fn comments_strings_and_quotes_hide_their_content() {
         assert_eq!(words("SELECT 1 -- DROP TABLE x\n"), ["select"]);
         assert_eq!(words("/* DROP /* nested */ TABLE */ Select"), ["select"]);
-        assert_eq!(words("select 'drop table x', $$drop$$, $f$ drop $f$"), ["select"]);
+        assert_eq!(
+            words("select 'drop table x', $$drop$$, $f$ drop $f$"),
+            ["select"]
+        );
         assert_eq!(words("select E'it\\'s drop', 'it''s drop'"), ["select"]);
-        assert_eq!(words("select U&'d\\0072op', X'ff', B'01', N'x'"), ["select"]);
+        assert_eq!(
+            words("select U&'d\\0072op', X'ff', B'01', N'x'"),
+            ["select"]
+        );
         assert_eq!(
             tokenize("select \"DROP\"\"x\"", false)[1],
             Tok::Quoted("DROP\"x".into())
         );
-        assert_eq!(words("select a$b, $1 from t"), ["select", "a$b", "from", "t"]);
+        assert_eq!(
+            words("select a$b, $1 from t"),
+            ["select", "a$b", "from", "t"]
+        );
     }
 
     #[test]
@@ -269,7 +277,9 @@ mod tests {
 
     #[test]
     fn unterminated_input_does_not_panic() {
-        for s in ["'abc", "\"abc", "$$abc", "/* abc", "E'\\", "U&", "$", "$a", "é"] {
+        for s in [
+            "'abc", "\"abc", "$$abc", "/* abc", "E'\\", "U&", "$", "$a", "é",
+        ] {
             let _ = tokenize(s, false);
             let _ = tokenize(s, true);
         }

@@ -176,9 +176,9 @@ impl Violation {
                 "{PREFIX} missing {} filter on tenant-scoped table {t}",
                 p.tenant_column
             ),
-            Violation::Code(what) => format!(
-                "{PREFIX} {what} cannot be inspected; forbidden in LLM-tagged traffic"
-            ),
+            Violation::Code(what) => {
+                format!("{PREFIX} {what} cannot be inspected; forbidden in LLM-tagged traffic")
+            }
         }
     }
 }
@@ -233,9 +233,9 @@ fn check_statement(items: &[Item], p: &Policy, out: &mut Vec<Violation>) {
                 s = &s[1..];
                 while let Some(first) = s.first() {
                     if matches!(first, Item::G(_))
-                        || first.word().is_some_and(|w| {
-                            matches!(w, "analyze" | "analyse" | "verbose")
-                        })
+                        || first
+                            .word()
+                            .is_some_and(|w| matches!(w, "analyze" | "analyse" | "verbose"))
                     {
                         s = &s[1..];
                     } else {
@@ -284,14 +284,12 @@ fn check_group(items: &[Item], p: &Policy, out: &mut Vec<Violation>) {
     };
     let rest = &items[at..];
     match verb {
-        "delete" | "update" => {
-            if !rest.iter().any(|i| i.is_word("where")) {
-                out.push(Violation::Unfiltered(if verb == "delete" {
-                    "DELETE"
-                } else {
-                    "UPDATE"
-                }));
-            }
+        "delete" | "update" if !rest.iter().any(|i| i.is_word("where")) => {
+            out.push(Violation::Unfiltered(if verb == "delete" {
+                "DELETE"
+            } else {
+                "UPDATE"
+            }));
         }
         "select" => check_select(rest, p, out),
         "insert" => {
@@ -421,8 +419,8 @@ fn from_tables(items: &[Item]) -> Vec<Vec<String>> {
                     k += 1;
                     continue;
                 }
-                "only" | "lateral" | "natural" | "left" | "right" | "full" | "inner"
-                | "cross" | "outer"
+                "only" | "lateral" | "natural" | "left" | "right" | "full" | "inner" | "cross"
+                | "outer"
                     if expect || w != "only" =>
                 {
                     k += 1;
@@ -556,7 +554,10 @@ mod tests {
 
     #[test]
     fn delete_and_update_need_their_own_where() {
-        assert_eq!(first("DELETE FROM users"), Some(Violation::Unfiltered("DELETE")));
+        assert_eq!(
+            first("DELETE FROM users"),
+            Some(Violation::Unfiltered("DELETE"))
+        );
         assert_eq!(
             first("update users set name = 'x'"),
             Some(Violation::Unfiltered("UPDATE"))
@@ -605,15 +606,19 @@ mod tests {
         assert!(first("select * from events -- limit 10").is_some());
         assert!(first("select * from events where note = 'limit 10'").is_some());
         // The limit must be at the level that reads the table.
-        assert!(first("select * from users where id in (select user_id from events) limit 5")
-            .is_some());
+        assert!(
+            first("select * from users where id in (select user_id from events) limit 5").is_some()
+        );
         ok("select * from (select * from events limit 10) e");
         assert!(first("select * from (select * from events) e limit 10").is_some());
         // Qualified names, joins, unions, TABLE, INSERT … SELECT, EXPLAIN.
         assert!(first("select * from public.events").is_some());
         assert!(first("select * from users u join events e on e.uid = u.id").is_some());
         assert!(first("select * from users, events").is_some());
-        assert!(first("select * from audit_log").is_some(), "unqualified may resolve there");
+        assert!(
+            first("select * from audit_log").is_some(),
+            "unqualified may resolve there"
+        );
         ok("select * from other.audit_log");
         ok("select 1 from users union select 2 from events limit 3");
         assert!(first("select 1 from users union select 2 from events").is_some());
@@ -633,8 +638,14 @@ mod tests {
         ok("SELECT * FROM orders o WHERE o.TENANT_ID = $1 AND id = 2");
         ok("select * from orders where (status = 'x' and \"tenant_id\" = 1)");
         // Not in a string, a comment, a subquery or the join condition.
-        assert_eq!(first("select * from orders where note = 'tenant_id = 1'"), v);
-        assert_eq!(first("select * from orders where id = 1 -- and tenant_id = 1"), v);
+        assert_eq!(
+            first("select * from orders where note = 'tenant_id = 1'"),
+            v
+        );
+        assert_eq!(
+            first("select * from orders where id = 1 -- and tenant_id = 1"),
+            v
+        );
         assert_eq!(
             first("select * from orders where id in (select id from t where tenant_id = 1)"),
             v
@@ -649,13 +660,19 @@ mod tests {
             v
         );
         // A subquery reading the table is checked too.
-        assert_eq!(first("select * from users where id in (select uid from orders)"), v);
+        assert_eq!(
+            first("select * from users where id in (select uid from orders)"),
+            v
+        );
         // The configured column name.
         let p = Policy {
             tenant_column: "org_id".into(),
             ..policy()
         };
-        assert_eq!(evaluate("select * from orders where org_id = 1", &p), vec![]);
+        assert_eq!(
+            evaluate("select * from orders where org_id = 1", &p),
+            vec![]
+        );
         assert_eq!(
             evaluate("select * from orders where tenant_id = 1", &p)[0].reason(&p),
             "llm-guardrail: missing org_id filter on tenant-scoped table orders"
@@ -747,7 +764,10 @@ mod tests {
             pre(&ctx("claude-agent", "select * from events")),
             PreQueryResult::Block { reason } if reason.contains("large table events")
         ));
-        assert_eq!(pre(&ctx("psql", "drop table events")), PreQueryResult::Continue);
+        assert_eq!(
+            pre(&ctx("psql", "drop table events")),
+            PreQueryResult::Continue
+        );
         kv_write("keywords", r#"["robot"]"#).unwrap();
         assert_eq!(
             pre(&ctx("claude-agent", "drop table events")),

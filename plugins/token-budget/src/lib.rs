@@ -277,7 +277,10 @@ mod tests {
         assert_eq!(tagged(&hc(&t), "other-name"), None);
         assert_eq!(tagged(&hc(&[]), "ai-classifier"), None);
         // A client's own SET cannot stand in for the classifier's tag.
-        assert_eq!(tagged(&hc(&[("helios.ai_traffic", "true")]), "ai-classifier"), None);
+        assert_eq!(
+            tagged(&hc(&[("helios.ai_traffic", "true")]), "ai-classifier"),
+            None
+        );
         assert_eq!(
             tagged(
                 &hc(&[("plugin.ai-classifier.ai_traffic", "true")]),
@@ -293,9 +296,15 @@ mod tests {
         kv_write("budget:bot:gpt-4", r#"{"minute": 100}"#).unwrap();
         assert_eq!(decide_pre_query("bot", "gpt-4", T0), Ok(None));
         observe_post_query("bot", "gpt-4", &bytes(396), T0 + 1_000).unwrap();
-        assert_eq!(decide_pre_query("bot", "gpt-4", T0 + 2_000), Ok(None), "99 tokens");
+        assert_eq!(
+            decide_pre_query("bot", "gpt-4", T0 + 2_000),
+            Ok(None),
+            "99 tokens"
+        );
         observe_post_query("bot", "gpt-4", &bytes(4), T0 + 3_000).unwrap();
-        let r = decide_pre_query("bot", "gpt-4", T0 + 15_000).unwrap().unwrap();
+        let r = decide_pre_query("bot", "gpt-4", T0 + 15_000)
+            .unwrap()
+            .unwrap();
         assert!(r.starts_with(PREFIX), "{r}");
         assert!(r.contains("minute budget (100 of 100 tokens)"), "{r}");
         assert!(r.ends_with("retry in 45 s"), "{r}");
@@ -337,7 +346,10 @@ mod tests {
         assert_eq!((k.as_str(), b.day), ("budget:a:m", Some(1)));
         kv_write("budget:a:m", r#"{"hour": 1}"#).unwrap();
         let e = decide_pre_query("a", "m", T0).unwrap_err();
-        assert!(e.starts_with("token-budget: budget:a:m is not a budget"), "{e}");
+        assert!(
+            e.starts_with("token-budget: budget:a:m is not a budget"),
+            "{e}"
+        );
     }
 
     #[test]
