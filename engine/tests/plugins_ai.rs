@@ -295,7 +295,8 @@ fn token_budget_blocks_an_agent_model_pair_in_both_protocols() {
     );
     // A human's identical query passes.
     let mut human = client(&proxy, SUPERUSER, "psql");
-    assert_eq!(human.simple_query("select * from t").unwrap().len(), 51);
+    // 50 rows, RowDescription, CommandComplete.
+    assert_eq!(human.simple_query("select * from t").unwrap().len(), 52);
 
     // Extended protocol: a per-minute budget, every execution of one prepared statement counts.
     kv_put(&proxy, "token-budget", "budget:claude-agent:claude", r#"{"minute": 3000, "day": 1000000}"#);
@@ -429,9 +430,16 @@ fn chain_classifier_budget_guardrail_on_an_agent_stream_and_a_human_one() {
     let mut refusals = Vec::new();
     let mut tokens = Vec::new();
     for sql in stream {
-        match agent.simple_query(sql) {
-            Ok(_) => {}
-            Err(e) => refusals.push((*sql, refusal(&e))),
+        let ran = match agent.simple_query(sql) {
+            Ok(_) => true,
+            Err(e) => {
+                refusals.push((*sql, refusal(&e)));
+                false
+            }
+        };
+        if !ran {
+            // A refused execution's outcome may carry no response bytes: nothing to meter.
+            continue;
         }
         // Budget consumed after each statement that ran (read-your-writes on the shard; the
         // admin copy follows).
