@@ -215,12 +215,21 @@ fn sha256_hex(mut caller: Caller<'_, HostState>, in_ptr: i32, in_len: i32, out_p
     64
 }
 
+/// `now_ms`: the host's wall clock, milliseconds since the Unix epoch (ABI 1.1), for plugins'
+/// time windows and timestamps (a `wasm32-unknown-unknown` module has no clock of its own).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Defines the `env` imports and WASI preview 1 in `linker`.
 pub(crate) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "kv_get", kv_get)?;
     linker.func_wrap("env", "kv_set", kv_set)?;
     linker.func_wrap("env", "kv_delete", kv_delete)?;
     linker.func_wrap("env", "sha256_hex", sha256_hex)?;
+    linker.func_wrap("env", "now_ms", now_ms)?;
     wasmtime_wasi::p1::add_to_linker_sync(linker, |s: &mut HostState| &mut s.wasi)?;
     // Blocking waits would outlast the epoch deadline (see the module doc).
     linker.allow_shadowing(true);

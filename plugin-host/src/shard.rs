@@ -1,14 +1,17 @@
 //! [`ShardPlugins`]: the per-shard instance cache and the hook chains.
 
 use crate::context::{
-    AuthDecision, AuthInput, Blocked, HookContext, Outcome, PostQueryInput, PreQueryDecision,
-    QueryContext, RouteDecision,
+    Attributes, AuthDecision, AuthInput, Blocked, HookContext, Outcome, PostQueryInput,
+    PreQueryDecision, QueryContext, RouteDecision,
 };
 use crate::imports::{self, HostState, Limiter, ShardRc};
 use crate::kv::{Replica, ShardKv};
 use crate::runtime::{hook_index, CallSettings, Generation, LoadedPlugin, Shared};
 use helios_config::plugins::OnError;
-use helios_plugin_abi::{AuthResult, Hook, PreQueryResult, RouteResult, DEFAULT_BLOCK_REASON};
+use helios_plugin_abi::{
+    annotation_error, annotation_prefix, AuthResult, Hook, PreQueryResult, RouteResult,
+    DEFAULT_BLOCK_REASON,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::cell::RefCell;
@@ -111,6 +114,9 @@ pub struct ShardPlugins {
     by_hook: [Vec<usize>; 4],
     kv: ShardKv,
     buf: Vec<u8>,
+    /// The `annotate` results of the last `pre_query` chain, prefixed
+    /// (`plugin.<name>.<key>`); see [`ShardPlugins::take_annotations`].
+    annotations: Attributes,
 }
 
 impl ShardPlugins {
@@ -125,6 +131,7 @@ impl ShardPlugins {
             by_hook: Default::default(),
             kv,
             buf: Vec::with_capacity(4096),
+            annotations: Attributes::new(),
         };
         s.install(gen);
         s
@@ -175,8 +182,11 @@ impl ShardPlugins {
 
     /// Runs the `pre_query` chain in plugin order. A block stops the chain; a rewrite is seen by
     /// the later plugins (their `query` is the rewritten text; `normalized` and `tables` still
-    /// describe the original). A failing plugin blocks (`fail_closed`, the default) or is
-    /// skipped (`fail_open`).
+    /// describe the original). An `annotate` result continues the chain and adds its attributes,
+    /// as `plugin.<name>.<key>`, to the later plugins' `hook_context.attributes`; the engine
+    /// takes them with [`ShardPlugins::take_annotations`] for the execution's `route` and
+    /// `post_query`. A failing plugin blocks (`fail_closed`, the default) or is skipped
+    /// (`fail_open`).
     ///
     /// Measured cost (`benches/hook_call.rs`, release build, one `block-drop` plugin, 100-byte
     /// query, result `Continue`, on the 2-core development machine with other builds running,
@@ -186,11 +196,14 @@ impl ShardPlugins {
     pub fn pre_query(&mut self, ctx: &QueryContext<'_>) -> PreQueryDecision {
         const H: Hook = Hook::PreQuery;
         self.refresh();
+        self.annotations.clear();
         if self.by_hook[hook_index(H)].is_empty() {
             return PreQueryDecision::Continue;
         }
         encode(&mut self.buf, ctx);
         let mut rewritten: Option<String> = None;
+        // The session's attributes plus the annotations so far, once a plugin annotated.
+        let mut merged: Option<Attributes> = None;
         for k in 0..self.by_hook[hook_index(H)].len() {
             let i = self.by_hook[hook_index(H)][k];
             let slot = &mut self.slots[i];
@@ -200,14 +213,24 @@ impl ShardPlugins {
                     return PreQueryDecision::Block(blocked(&slot.plugin, reason));
                 }
                 Ok(Some(PreQueryResult::Rewrite { sql })) => {
-                    encode(
-                        &mut self.buf,
-                        &QueryContext {
-                            query: &sql,
-                            ..*ctx
-                        },
-                    );
+                    encode_with(&mut self.buf, ctx, Some(&sql), merged.as_ref());
                     rewritten = Some(sql);
+                }
+                Ok(Some(PreQueryResult::Annotate { attributes })) => {
+                    if let Some(e) = annotation_error(&attributes) {
+                        if let Some(b) = self.failed(i, H, Failure::BadResult(e)) {
+                            return PreQueryDecision::Block(b);
+                        }
+                        continue;
+                    }
+                    let prefix = annotation_prefix(&slot.plugin.name);
+                    let m = merged.get_or_insert_with(|| ctx.hook_context.attributes.clone());
+                    for (key, v) in attributes {
+                        let key = format!("{prefix}{key}");
+                        m.insert(key.clone(), v.clone());
+                        self.annotations.insert(key, v);
+                    }
+                    encode_with(&mut self.buf, ctx, rewritten.as_deref(), merged.as_ref());
                 }
                 Err(f) => {
                     if let Some(b) = self.failed(i, H, f) {
@@ -220,6 +243,13 @@ impl ShardPlugins {
             Some(sql) => PreQueryDecision::Rewrite { sql },
             None => PreQueryDecision::Continue,
         }
+    }
+
+    /// The attributes the last [`ShardPlugins::pre_query`] chain's `annotate` results added
+    /// (`plugin.<name>.<key>` → value; empty when none did, also after a block). The engine
+    /// adds them to the `hook_context.attributes` of that execution's `route` and `post_query`.
+    pub fn take_annotations(&mut self) -> Attributes {
+        std::mem::take(&mut self.annotations)
     }
 
     /// Measured: median 1.42 µs per call (criterion, `route` plugin answering `default`,
@@ -448,6 +478,27 @@ fn encode<T: Serialize>(buf: &mut Vec<u8>, value: &T) {
     buf.clear();
     // Serialising plain data into a Vec cannot fail.
     serde_json::to_writer(&mut *buf, value).expect("context serialises");
+}
+
+/// `ctx` with its query replaced by `sql` and its attributes by `attributes`, where given.
+fn encode_with(
+    buf: &mut Vec<u8>,
+    ctx: &QueryContext<'_>,
+    sql: Option<&str>,
+    attributes: Option<&Attributes>,
+) {
+    let hc = HookContext {
+        attributes: attributes.unwrap_or(ctx.hook_context.attributes),
+        ..*ctx.hook_context
+    };
+    encode(
+        buf,
+        &QueryContext {
+            query: sql.unwrap_or(ctx.query),
+            hook_context: &hc,
+            ..*ctx
+        },
+    );
 }
 
 fn blocked(plugin: &LoadedPlugin, reason: String) -> Blocked {

@@ -30,6 +30,9 @@ pub struct Facts {
     analysis: Rc<Analysis>,
     /// The node the database's pool is on (when no route plugin chose one).
     default_node: String,
+    /// The session's attributes plus what `pre_query` plugins annotated (`plugin.<name>.<key>`),
+    /// when one did: what this execution's `route` and `post_query` see.
+    attributes: Option<Attributes>,
 }
 
 pub struct PluginStage {
@@ -209,6 +212,7 @@ impl Stage for PluginStage {
             )
         };
         let hc = self.hook_context(ex.id);
+        let hc_annotated;
         let mut qc = QueryContext {
             query: &ex.sql,
             normalized: &normalized,
@@ -224,6 +228,21 @@ impl Stage for PluginStage {
                 PreQueryDecision::Rewrite { sql } => rewritten = Some(sql),
                 PreQueryDecision::Block(b) => verdict = Err(block(b.reason)),
             }
+        }
+        // Tags of earlier plugins (ai-classifier's) reach route and post_query of this
+        // execution only.
+        let annotations = p.take_annotations();
+        let attributes = (!annotations.is_empty()).then(|| {
+            let mut m = self.attributes.clone();
+            m.extend(annotations);
+            m
+        });
+        if let Some(m) = &attributes {
+            hc_annotated = HookContext {
+                attributes: m,
+                ..hc
+            };
+            qc.hook_context = &hc_annotated;
         }
         if let Some(r) = &rewritten {
             qc.query = r;
@@ -247,6 +266,7 @@ impl Stage for PluginStage {
             normalized,
             analysis,
             default_node: self.default_node.clone(),
+            attributes,
         });
         verdict
     }
@@ -259,7 +279,10 @@ impl Stage for PluginStage {
         if !p.has_hook(Hook::PostQuery) {
             return;
         }
-        let hc = self.hook_context(ex.id);
+        let mut hc = self.hook_context(ex.id);
+        if let Some(m) = &f.attributes {
+            hc.attributes = m;
+        }
         let qc = QueryContext {
             query: &ex.sql,
             normalized: &f.normalized,

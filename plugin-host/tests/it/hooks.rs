@@ -299,3 +299,52 @@ fn plugin_order_is_config_order_then_discovered_by_name() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `annotate` (ABI 1.1): ai-classifier's tags reach the later plugins of the same chain under
+/// `plugin.<its configured name>.`, the engine gets them from `take_annotations`, and a plugin
+/// before the classifier does not see them.
+#[test]
+fn annotations_reach_later_plugins_under_the_annotating_plugins_name() {
+    let budget = |name: &str| {
+        entry(
+            name,
+            "token-budget",
+            "config = { classifier = \"cls\", default_budget = { day = 0 } }",
+        )
+    };
+    let cfg = config(&format!(
+        "enabled = true\n{}{}",
+        entry("cls", "ai-classifier", ""),
+        budget("budget")
+    ));
+    let rt = runtime_ok(&cfg);
+    let mut shard = rt.shard(0);
+    let agent = Session {
+        application_name: "claude-agent".into(),
+        ..Session::default()
+    };
+    let reason = answer(agent.pre_query(&mut shard, "select 1"));
+    assert!(
+        reason.starts_with("token-budget: agent claude-agent with model claude exhausted its day budget"),
+        "{reason}"
+    );
+    let tags = shard.take_annotations();
+    assert_eq!(tags.get("plugin.cls.ai_traffic").map(String::as_str), Some("true"));
+    assert_eq!(tags.get("plugin.cls.agent_id").map(String::as_str), Some("claude-agent"));
+    assert_eq!(tags.get("plugin.cls.model_id").map(String::as_str), Some("claude"));
+    assert!(shard.take_annotations().is_empty(), "taken");
+    // Human traffic: no tags, nothing blocked.
+    assert_eq!(pre(&mut shard, "select 1"), PreQueryDecision::Continue);
+    assert!(shard.take_annotations().is_empty());
+
+    // The budget plugin before the classifier sees no tags on pre_query.
+    let cfg = config(&format!(
+        "enabled = true\n{}{}",
+        budget("budget"),
+        entry("cls", "ai-classifier", "")
+    ));
+    let rt = runtime_ok(&cfg);
+    let mut shard = rt.shard(0);
+    assert_eq!(agent.pre_query(&mut shard, "select 1"), PreQueryDecision::Continue);
+    assert_eq!(shard.take_annotations().len(), 4);
+}

@@ -1,4 +1,4 @@
-//! HeliosProxy plugin SDK (`helios-plugin-abi`), ABI version 1.
+//! HeliosProxy plugin SDK (`helios-plugin-abi`), ABI version 1.1.
 //!
 //! A plugin is a `cdylib` built for `wasm32-unknown-unknown` or `wasm32-wasip1` (then `std`'s
 //! clocks, random numbers and `HashMap` work; files, environment and network do not). It writes
@@ -21,7 +21,7 @@
 //!
 //! The SDK provides the `alloc`/`dealloc` exports, the JSON encoding of inputs and results, and
 //! safe wrappers over the host imports ([`kv_read`], [`kv_write`], [`kv_remove`],
-//! [`sha256_digest_hex`]); plugin code never touches a raw pointer. The host
+//! [`sha256_digest_hex`], [`now_unix_ms`]); plugin code never touches a raw pointer. The host
 //! (`helios-plugin-host`) depends on this crate for the very same types, so what the SDK emits is
 //! by construction what the host reads. The wire format is specified in `docs/plugin-abi.md`.
 //!
@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 
 /// The ABI version this crate implements (`docs/plugin-abi.md`). Manifests carry
 /// `schema_version` of the same major.
-pub const ABI_VERSION: &str = "1.0";
+pub const ABI_VERSION: &str = "1.1";
 
 /// The reason used when a plugin blocks without saying why.
 pub const DEFAULT_BLOCK_REASON: &str = "blocked by plugin";
@@ -204,6 +204,58 @@ pub enum PreQueryResult {
         /// The replacement SQL.
         sql: String,
     },
+    /// Let the query through unchanged and attach request attributes (ABI 1.1): the later
+    /// `pre_query` plugins of the chain, the `route` chain and every `post_query` of the same
+    /// execution see each `key` → `value` in `hook_context.attributes` as
+    /// `plugin.<this plugin's configured name>.<key>` (the host adds the prefix, so no plugin
+    /// can forge another's tags or a session attribute). Keys are 1–64 characters of
+    /// `[A-Za-z0-9_.-]`, values at most 1024 bytes, at most 16 per result; anything else fails
+    /// the call like a trap. Nothing persists past the execution.
+    Annotate {
+        /// Attribute name (without the prefix) → value.
+        attributes: BTreeMap<String, String>,
+    },
+}
+
+/// The prefix under which later hooks of the same execution see `plugin`'s
+/// [`PreQueryResult::Annotate`] attributes: `plugin.<plugin>.`.
+pub fn annotation_prefix(plugin: &str) -> String {
+    format!("plugin.{plugin}.")
+}
+
+/// Most attributes one [`PreQueryResult::Annotate`] may carry.
+pub const MAX_ANNOTATIONS: usize = 16;
+/// Longest annotation key (before the host's prefix), bytes.
+pub const MAX_ANNOTATION_KEY: usize = 64;
+/// Longest annotation value, bytes.
+pub const MAX_ANNOTATION_VALUE: usize = 1024;
+
+/// Why an [`PreQueryResult::Annotate`] result is refused (`None`: it is valid).
+pub fn annotation_error(attributes: &BTreeMap<String, String>) -> Option<String> {
+    if attributes.len() > MAX_ANNOTATIONS {
+        return Some(format!(
+            "{} annotations (at most {MAX_ANNOTATIONS})",
+            attributes.len()
+        ));
+    }
+    for (k, v) in attributes {
+        let ok = !k.is_empty()
+            && k.len() <= MAX_ANNOTATION_KEY
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !ok {
+            return Some(format!(
+                "annotation key {k:?} is not 1-{MAX_ANNOTATION_KEY} characters of [A-Za-z0-9_.-]"
+            ));
+        }
+        if v.len() > MAX_ANNOTATION_VALUE {
+            return Some(format!(
+                "annotation {k:?} has {} bytes (at most {MAX_ANNOTATION_VALUE})",
+                v.len()
+            ));
+        }
+    }
+    None
 }
 
 /// Result of `route`. An empty result (length 0) means `Default`.
@@ -326,6 +378,11 @@ mod imports {
         pub fn kv_set(key_ptr: *const u8, key_len: i32, val_ptr: *const u8, val_len: i32) -> i32;
         pub fn kv_delete(key_ptr: *const u8, key_len: i32) -> i32;
         pub fn sha256_hex(in_ptr: *const u8, in_len: i32, out_ptr: *mut u8) -> i32;
+        pub fn now_ms() -> i64;
+    }
+
+    pub fn clock_ms() -> i64 {
+        unsafe { now_ms() }
     }
 
     pub fn get(key: &[u8], out: &mut [u8]) -> i32 {
@@ -396,6 +453,35 @@ mod imports {
     pub fn clear() {
         KV.with(|kv| kv.borrow_mut().clear());
     }
+
+    thread_local! {
+        static CLOCK: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+    }
+
+    pub fn clock_ms() -> i64 {
+        CLOCK.with(|c| c.get()).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        })
+    }
+
+    pub fn set_clock(ms: Option<i64>) {
+        CLOCK.with(|c| c.set(ms));
+    }
+}
+
+/// Native builds only: makes [`now_unix_ms`] return `ms` (`None`: the real clock again), so a
+/// plugin's unit tests can step through its time windows.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn set_clock_for_tests(ms: Option<u64>) {
+    imports::set_clock(ms.map(|m| m as i64));
+}
+
+/// The host's wall clock: milliseconds since the Unix epoch (host import `env.now_ms`, ABI 1.1).
+/// For time windows and timestamps; it can step (NTP), so do not use it to time a call.
+pub fn now_unix_ms() -> u64 {
+    imports::clock_ms().max(0) as u64
 }
 
 /// Native builds only: empties the emulated KV (for plugin unit tests).
@@ -676,6 +762,39 @@ mod tests {
         // The earlier product's ABI said "standby".
         let r: RouteResult = serde_json::from_str(r#"{"action":"standby"}"#).unwrap();
         assert_eq!(r, RouteResult::Replica);
+    }
+
+    #[test]
+    fn annotate_result_and_its_checks() {
+        let r = PreQueryResult::Annotate {
+            attributes: BTreeMap::from([("ai_traffic".to_string(), "true".to_string())]),
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"action":"annotate","attributes":{"ai_traffic":"true"}}"#
+        );
+        let ok = BTreeMap::from([("agent_id".to_string(), "x".repeat(1024))]);
+        assert_eq!(annotation_error(&ok), None);
+        for bad in ["", "a b", "helios:x", &"k".repeat(65)] {
+            let m = BTreeMap::from([(bad.to_string(), "v".to_string())]);
+            assert!(annotation_error(&m).is_some(), "{bad:?} accepted");
+        }
+        let long = BTreeMap::from([("k".to_string(), "v".repeat(1025))]);
+        assert!(annotation_error(&long).is_some());
+        let many: BTreeMap<String, String> =
+            (0..17).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(annotation_error(&many).is_some());
+        assert_eq!(annotation_prefix("ai-classifier"), "plugin.ai-classifier.");
+    }
+
+    #[test]
+    fn test_clock_overrides_the_real_one() {
+        let real = now_unix_ms();
+        assert!(real > 1_700_000_000_000, "{real}");
+        set_clock_for_tests(Some(42));
+        assert_eq!(now_unix_ms(), 42);
+        set_clock_for_tests(None);
+        assert!(now_unix_ms() >= real);
     }
 
     #[test]
