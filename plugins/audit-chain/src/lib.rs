@@ -1,0 +1,1 @@
+use helios_plugin_abi as _;
