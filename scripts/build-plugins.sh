@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the guest plugins (plugins/, its own cargo workspace) for wasm32-unknown-unknown in
-# release mode and copies each example to target/plugins/<name>.wasm under the repository root,
+# release mode and copies each example and first-party plugin to target/plugins/<name>.wasm under the repository root,
 # where the plugin-host tests and benchmarks look for them (override with HELIOS_PLUGIN_WASM_DIR).
 #
 #   scripts/build-plugins.sh            # build all
@@ -25,7 +25,9 @@ fi
 cargo build --release --target wasm32-unknown-unknown --workspace
 
 mkdir -p "$out"
-for dir in examples/*/; do
+# The examples and the first-party plugins (every cdylib crate directly under plugins/).
+for dir in examples/*/ */; do
+    grep -q cdylib "$dir/Cargo.toml" 2>/dev/null || continue
     name="$(basename "$dir")"
     crate="${name//-/_}"
     cp "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/$crate.wasm" "$out/$name.wasm"
