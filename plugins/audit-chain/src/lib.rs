@@ -257,7 +257,10 @@ pub fn verify_chain(
         }
         if rec.prev_hash != prev {
             report.broken = fail(if seq == 0 {
-                format!("record 0's prev_hash is {}, not the genesis hash", rec.prev_hash)
+                format!(
+                    "record 0's prev_hash is {}, not the genesis hash",
+                    rec.prev_hash
+                )
             } else {
                 format!(
                     "record {seq}'s prev_hash {} is not the SHA-256 of record {} ({prev}): \
@@ -343,12 +346,20 @@ mod tests {
 
     #[test]
     fn fingerprint_is_the_normalized_shape_not_the_literals() {
-        let a = build_record(&exec(1, "SELECT * FROM t WHERE id = ?", true), 0, GENESIS, false);
+        let a = build_record(
+            &exec(1, "SELECT * FROM t WHERE id = ?", true),
+            0,
+            GENESIS,
+            false,
+        );
         let mut other = exec(2, "SELECT * FROM t WHERE id = ?", true);
         other.query_context.query = Cow::Borrowed("SELECT * FROM t WHERE id = 99");
         let b = build_record(&other, 0, GENESIS, false);
         assert_eq!(a.fingerprint, b.fingerprint);
-        assert_eq!(a.fingerprint, sha256_digest_hex("SELECT * FROM t WHERE id = ?"));
+        assert_eq!(
+            a.fingerprint,
+            sha256_digest_hex("SELECT * FROM t WHERE id = ?")
+        );
         let c = build_record(&exec(3, "SELECT ?", true), 0, GENESIS, false);
         assert_ne!(a.fingerprint, c.fingerprint);
         // No statement text by default; with include_statement the normalized text only.
@@ -367,7 +378,10 @@ mod tests {
         observe(&exec(2, "SELECT ?", true));
         let a: AuditRecord = kv_read_json(record_key(0, 0)).unwrap();
         let b: AuditRecord = kv_read_json(record_key(0, 1)).unwrap();
-        assert_eq!((a.statement, b.statement.as_deref()), (None, Some("SELECT ?")));
+        assert_eq!(
+            (a.statement, b.statement.as_deref()),
+            (None, Some("SELECT ?"))
+        );
         kv_clear_for_tests();
     }
 
@@ -418,7 +432,10 @@ mod tests {
 
         // Two records swapped (each still says its own seq: caught by seq, then by hash).
         chain_of(4);
-        let (a, b) = (kv_read(record_key(0, 1)).unwrap(), kv_read(record_key(0, 2)).unwrap());
+        let (a, b) = (
+            kv_read(record_key(0, 1)).unwrap(),
+            kv_read(record_key(0, 2)).unwrap(),
+        );
         kv_write(record_key(0, 1), &b).unwrap();
         kv_write(record_key(0, 2), &a).unwrap();
         assert_eq!(verify_chain(0, kv_get).unwrap().broken.unwrap().seq, 1);

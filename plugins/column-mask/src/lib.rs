@@ -303,10 +303,14 @@ pub fn apply_rules(
     // The rules whose table the statement names.
     let named = |r: &MaskRule| {
         let t = r.table_name();
-        tables
+        tables.iter().any(|x| {
+            x.rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .eq_ignore_ascii_case(&t)
+        }) || toks
             .iter()
-            .any(|x| x.rsplit('.').next().unwrap_or_default().eq_ignore_ascii_case(&t))
-            || toks.iter().any(|k| word(&k.t).is_some_and(|w| names(w, &t)))
+            .any(|k| word(&k.t).is_some_and(|w| names(w, &t)))
     };
     let live: Vec<&MaskRule> = active.into_iter().filter(|r| named(r)).collect();
     if live.is_empty() {
@@ -317,7 +321,8 @@ pub fn apply_rules(
     // TABLE t / COPY t: every column, unmasked.
     if let Some(first) = toks.first() {
         if kw(&first.t, Keyword::TABLE)
-            || (kw(&first.t, Keyword::COPY) && !matches!(toks.get(1).map(|t| &t.t), Some(Token::LParen)))
+            || (kw(&first.t, Keyword::COPY)
+                && !matches!(toks.get(1).map(|t| &t.t), Some(Token::LParen)))
         {
             return Masked::Refused(format!(
                 "{P} TABLE/COPY of a table with masked columns ({first_table}) is not allowed; \
@@ -400,7 +405,8 @@ pub fn apply_rules(
             continue;
         }
         if in_list && list_depth == Some(depth) {
-            if word(t).is_some_and(|w| w.quote_style.is_none() && END_OF_LIST.contains(&w.keyword)) {
+            if word(t).is_some_and(|w| w.quote_style.is_none() && END_OF_LIST.contains(&w.keyword))
+            {
                 if let Some(f) = frames.last_mut() {
                     f.in_list = false;
                 }
@@ -450,7 +456,10 @@ pub fn apply_rules(
                 first_table, w.value
             ));
         }
-        let Some(rule) = live.iter().find(|r| names(w, &r.column.to_ascii_lowercase())) else {
+        let Some(rule) = live
+            .iter()
+            .find(|r| names(w, &r.column.to_ascii_lowercase()))
+        else {
             continue;
         };
         // The reference starts at its first qualifier.
@@ -461,7 +470,11 @@ pub fn apply_rules(
         {
             start -= 2;
         }
-        let before = if start > 0 { Some(&toks[start - 1].t) } else { None };
+        let before = if start > 0 {
+            Some(&toks[start - 1].t)
+        } else {
+            None
+        };
         if start == i && is_alias_position(before) {
             continue; // `x AS ssn`, `x ssn`: an output name, not the column
         }
@@ -498,9 +511,8 @@ pub fn apply_rules(
             && match next {
                 None | Some(Token::Comma) | Some(Token::SemiColon) => true,
                 Some(Token::RParen) => list_depth == Some(depth),
-                Some(x) => word(x).is_some_and(|w| {
-                    w.quote_style.is_none() && END_OF_LIST.contains(&w.keyword)
-                }),
+                Some(x) => word(x)
+                    .is_some_and(|w| w.quote_style.is_none() && END_OF_LIST.contains(&w.keyword)),
             };
         let mut text = format!("{}({})", rule.mask_function, &sql[a..b]);
         if whole_item {
@@ -550,8 +562,8 @@ pub fn load_rules() -> Result<Vec<MaskRule>, String> {
     let Some(raw) = kv_read("rules") else {
         return Ok(Vec::new());
     };
-    let rules: Vec<MaskRule> =
-        serde_json::from_slice(&raw).map_err(|e| format!("{P} the rules in KV do not parse: {e}"))?;
+    let rules: Vec<MaskRule> = serde_json::from_slice(&raw)
+        .map_err(|e| format!("{P} the rules in KV do not parse: {e}"))?;
     if let Some(bad) = rules.iter().find(|r| !r.valid()) {
         return Err(format!(
             "{P} rule {bad:?} is invalid (table, column and mask_function must be plain \
@@ -763,21 +775,47 @@ mod tests {
     fn roles_exempt_and_other_tables_are_untouched() {
         let reader: BTreeSet<String> = ["pii_reader".to_string()].into();
         assert_eq!(
-            apply_rules("SELECT ssn, email FROM customers", &["customers"], &rules(), &reader, false),
-            Masked::Rewritten("SELECT ssn, masking.mask_email(email) AS email FROM customers".into())
+            apply_rules(
+                "SELECT ssn, email FROM customers",
+                &["customers"],
+                &rules(),
+                &reader,
+                false
+            ),
+            Masked::Rewritten(
+                "SELECT ssn, masking.mask_email(email) AS email FROM customers".into()
+            )
         );
         let both: BTreeSet<String> = ["pii_reader".to_string(), "support".to_string()].into();
         assert_eq!(
-            apply_rules("SELECT * FROM customers", &["customers"], &rules(), &both, false),
+            apply_rules(
+                "SELECT * FROM customers",
+                &["customers"],
+                &rules(),
+                &both,
+                false
+            ),
             Masked::Unchanged
         );
         assert_eq!(
-            apply_rules("SELECT ssn, * FROM employees", &["employees"], &rules(), &none(), false),
+            apply_rules(
+                "SELECT ssn, * FROM employees",
+                &["employees"],
+                &rules(),
+                &none(),
+                false
+            ),
             Masked::Unchanged
         );
         // Unterminated literal naming the table: refused; not naming it: left to the server.
         assert!(matches!(
-            apply_rules("SELECT ssn FROM customers WHERE x = 'oops", &[], &rules(), &none(), false),
+            apply_rules(
+                "SELECT ssn FROM customers WHERE x = 'oops",
+                &[],
+                &rules(),
+                &none(),
+                false
+            ),
             Masked::Refused(_)
         ));
         assert_eq!(
@@ -789,7 +827,8 @@ mod tests {
     #[test]
     fn roles_come_from_the_identity_or_trusted_session_attributes() {
         let mut h = HookContext::default();
-        h.attributes.insert("helios.roles".into(), "pii_reader, x".into());
+        h.attributes
+            .insert("helios.roles".into(), "pii_reader, x".into());
         assert!(session_roles(&h, false).is_empty());
         assert_eq!(
             session_roles(&h, true),
@@ -821,7 +860,10 @@ mod tests {
     #[test]
     fn the_hook_reads_rules_and_switches_from_kv() {
         kv_clear_for_tests();
-        assert_eq!(mask(&qc("SELECT ssn FROM customers", None)), PreQueryResult::Continue);
+        assert_eq!(
+            mask(&qc("SELECT ssn FROM customers", None)),
+            PreQueryResult::Continue
+        );
         kv_write(
             "rules",
             r#"[{"table":"customers","column":"ssn","mask_function":"mask_ssn","unmask_role":"pii_reader"}]"#,
@@ -832,7 +874,10 @@ mod tests {
         };
         assert_eq!(mask(&qc("SELECT ssn FROM customers", None)), masked);
         // helios.roles is ignored until trust_session_roles.
-        assert_eq!(mask(&qc("SELECT ssn FROM customers", Some("pii_reader"))), masked);
+        assert_eq!(
+            mask(&qc("SELECT ssn FROM customers", Some("pii_reader"))),
+            masked
+        );
         kv_write("trust_session_roles", "true").unwrap();
         assert_eq!(
             mask(&qc("SELECT ssn FROM customers", Some("pii_reader"))),
@@ -849,7 +894,10 @@ mod tests {
         );
         // A broken policy refuses everything.
         kv_write("rules", "[{\"table\": 1}]").unwrap();
-        assert!(matches!(mask(&qc("SELECT 1", None)), PreQueryResult::Block { .. }));
+        assert!(matches!(
+            mask(&qc("SELECT 1", None)),
+            PreQueryResult::Block { .. }
+        ));
         kv_write(
             "rules",
             r#"[{"table":"customers","column":"ssn","mask_function":"x); drop table t; --","unmask_role":"r"}]"#,

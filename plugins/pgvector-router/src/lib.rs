@@ -54,8 +54,7 @@ pub fn is_vector_top_k(sql: &str) -> bool {
             }
             Token::SemiColon => open.clear(),
             Token::Word(w) if w.quote_style.is_none() => match w.keyword {
-                Keyword::ORDER
-                    if matches!(sig.get(i + 1), Some(Token::Word(b)) if b.keyword == Keyword::BY && b.quote_style.is_none()) =>
+                Keyword::ORDER if matches!(sig.get(i + 1), Some(Token::Word(b)) if b.keyword == Keyword::BY && b.quote_style.is_none()) =>
                 {
                     open.push(depth);
                     i += 1;
@@ -85,7 +84,11 @@ pub fn decide(ctx: &QueryContext, tag: &str) -> RouteResult {
     if !ctx.is_read_only || !is_vector_top_k(&ctx.query) {
         return RouteResult::Default;
     }
-    match ctx.hook_context.attributes.get(&format!("helios.{tag}_node")) {
+    match ctx
+        .hook_context
+        .attributes
+        .get(&format!("helios.{tag}_node"))
+    {
         Some(node) if !node.trim().is_empty() => RouteResult::Node {
             target: node.trim().to_owned(),
         },
@@ -129,10 +132,18 @@ mod tests {
     fn each_operator_in_order_by_routes_to_the_vector_node() {
         for op in ["<->", "<#>", "<=>"] {
             let sql = format!("SELECT id FROM items ORDER BY embedding {op} '[1,2,3]' LIMIT 5");
-            assert_eq!(decide(&ctx(&sql, true, VEC), DEFAULT_TAG), node("r1"), "{op}");
+            assert_eq!(
+                decide(&ctx(&sql, true, VEC), DEFAULT_TAG),
+                node("r1"),
+                "{op}"
+            );
             // Without spaces, with a parameter, lower case.
             let sql = format!("select id from items order by embedding{op}$1 limit 5");
-            assert_eq!(decide(&ctx(&sql, true, VEC), DEFAULT_TAG), node("r1"), "{op}");
+            assert_eq!(
+                decide(&ctx(&sql, true, VEC), DEFAULT_TAG),
+                node("r1"),
+                "{op}"
+            );
         }
     }
 
@@ -183,13 +194,19 @@ mod tests {
     #[test]
     fn no_tagged_node_or_a_write_is_default() {
         let sql = "SELECT id FROM items ORDER BY v <-> $1 LIMIT 5";
-        assert_eq!(decide(&ctx(sql, true, &[]), DEFAULT_TAG), RouteResult::Default);
+        assert_eq!(
+            decide(&ctx(sql, true, &[]), DEFAULT_TAG),
+            RouteResult::Default
+        );
         assert_eq!(
             decide(&ctx(sql, true, &[("helios.vector_node", " ")]), DEFAULT_TAG),
             RouteResult::Default
         );
         let w = "DELETE FROM items WHERE id IN (SELECT id FROM items ORDER BY v <-> $1 LIMIT 5)";
-        assert_eq!(decide(&ctx(w, false, VEC), DEFAULT_TAG), RouteResult::Default);
+        assert_eq!(
+            decide(&ctx(w, false, VEC), DEFAULT_TAG),
+            RouteResult::Default
+        );
         // Unterminated string: does not tokenize, not a vector query.
         assert_eq!(
             decide(&ctx("SELECT 1 ORDER BY v <-> 'x", true, VEC), DEFAULT_TAG),

@@ -107,7 +107,10 @@ mod tests {
 
     #[test]
     fn no_region_is_default_even_when_enforcing() {
-        assert_eq!(decide(None, &cfg(&[("eu", "r1")], true)), RouteResult::Default);
+        assert_eq!(
+            decide(None, &cfg(&[("eu", "r1")], true)),
+            RouteResult::Default
+        );
     }
 
     #[test]
@@ -146,7 +149,10 @@ mod tests {
             regions: None,
             enforce: true,
         };
-        assert!(matches!(decide(Some("eu"), &none), RouteResult::Block { .. }));
+        assert!(matches!(
+            decide(Some("eu"), &none),
+            RouteResult::Block { .. }
+        ));
         let none = Residency {
             regions: None,
             enforce: false,
