@@ -252,8 +252,9 @@ fn residency_router_keeps_sessions_in_their_region() {
     let (p, r1) = (c.primary.port.to_string(), c.r1.port.to_string());
 
     let mut eu = connect(&proxy, SUPERUSER, "", "app");
-    eu.batch_execute("SET helios.region = 'eu'").unwrap();
+    // The SET is routed to r1 too: poll until the health checker has it serving.
     poll(Duration::from_secs(15), "eu on r1", || {
+        eu.batch_execute("SET helios.region = 'eu'").ok()?;
         (one(&mut eu, "SELECT inet_server_port()") == r1).then_some(())
     });
     let port_of = eu.prepare("SELECT inet_server_port()::text").unwrap();
@@ -558,6 +559,10 @@ fn audit_chain_records_every_execution_and_the_verifier_finds_a_tampered_record(
     assert!(out.contains("not the SHA-256 of record 2"), "{out}");
     // The chain goes on after the tamper; restoring the record makes it whole again.
     c.simple_query("select 2").unwrap();
+    poll(Duration::from_secs(10), "8 records", || {
+        (get_kv(admin, "audit-chain", &format!("chain:{shard}:seq")).as_deref() == Some(b"8"))
+            .then_some(())
+    });
     put_kv(admin, "audit-chain", &key, &raw);
     let (ok, out) = verify(&cli, &["--admin", &url, "--max-shards", "4"]);
     assert!(ok && out.contains("8 records"), "{out}");

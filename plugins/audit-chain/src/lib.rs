@@ -213,17 +213,20 @@ pub struct ChainReport {
 /// Walks shard `shard`'s chain through `get` (a KV lookup: admin API or a KV export).
 /// `None` when the shard has no chain (`seq` absent). Only the stored bytes are hashed, so the
 /// check does not depend on how this crate serialises.
+///
+/// A live chain may grow while it is read (an append writes record, then tail, then seq): the
+/// tail is read after the walk, and when it does not match the last record the walk goes on
+/// through records appended since, as long as they link.
 pub fn verify_chain(
     shard: u64,
     mut get: impl FnMut(&str) -> Option<Vec<u8>>,
 ) -> Option<ChainReport> {
     let text = |v: Option<Vec<u8>>| v.map(|b| String::from_utf8_lossy(&b).trim().to_owned());
     let seq_text = text(get(&key(shard, "seq")))?;
-    let tail_hash = text(get(&key(shard, "tail_hash"))).unwrap_or_default();
     let mut report = ChainReport {
         shard,
         records: 0,
-        tail_hash: tail_hash.clone(),
+        tail_hash: String::new(),
         broken: None,
     };
     let Ok(records) = seq_text.parse::<u64>() else {
@@ -274,9 +277,25 @@ pub fn verify_chain(
         }
         prev = sha256_digest_hex(&bytes);
     }
+    let tail_hash = text(get(&key(shard, "tail_hash"))).unwrap_or_default();
+    report.tail_hash = tail_hash.clone();
+    // Records appended during the walk.
+    let mut next = records;
+    while tail_hash != prev {
+        let Some(bytes) = get(&record_key(shard, next)) else {
+            break;
+        };
+        match serde_json::from_slice::<AuditRecord>(&bytes) {
+            Ok(r) if r.seq == next && r.shard == shard && r.prev_hash == prev => {}
+            _ => break,
+        }
+        prev = sha256_digest_hex(&bytes);
+        next += 1;
+    }
+    report.records = next;
     if tail_hash != prev {
         report.broken = Some(Broken {
-            seq: records.saturating_sub(1),
+            seq: next.saturating_sub(1),
             what: format!(
                 "tail_hash {tail_hash} is not the SHA-256 of the last record ({prev}): the last \
                  record was altered, or records were removed from the end"
@@ -410,6 +429,23 @@ mod tests {
         bytes.push(b' ');
         kv_write(&k, bytes).unwrap();
         assert_eq!(verify_chain(0, kv_get).unwrap().broken.unwrap().seq, 2);
+        kv_clear_for_tests();
+    }
+
+    #[test]
+    fn a_chain_growing_while_it_is_read_verifies() {
+        chain_of(3);
+        // An append lands between the reads of `seq` and `tail_hash`.
+        let mut appended = false;
+        let r = verify_chain(0, |k| {
+            if k == key(0, "tail_hash") && !appended {
+                appended = true;
+                observe(&exec(9, "SELECT ?", true));
+            }
+            kv_read(k)
+        })
+        .unwrap();
+        assert_eq!((r.records, r.broken), (4, None));
         kv_clear_for_tests();
     }
 

@@ -28,9 +28,13 @@ fn is_distance_op(t: &Token) -> bool {
     }
 }
 
-/// True when `sql` has a pgvector distance operator inside an `ORDER BY` clause (at any nesting:
-/// a subquery's or a window's `ORDER BY` counts). A statement that does not tokenize is not a
-/// vector query (the server reports its syntax error wherever it runs).
+/// True when `sql` is a read that has a pgvector distance operator inside an `ORDER BY` clause
+/// (at any nesting: a subquery's or a window's `ORDER BY` counts). A statement that does not
+/// tokenize is not a vector query (the server reports its syntax error wherever it runs).
+///
+/// A read here: it starts with `SELECT`, `WITH`, `TABLE`, `VALUES` or `(`, and has no
+/// `INSERT`/`UPDATE`/`DELETE`/`MERGE` (a data-modifying CTE), `INTO` or locking `FOR` word — on
+/// top of the proxy's own `is_read_only`, which counts a data-modifying CTE as a query.
 pub fn is_vector_top_k(sql: &str) -> bool {
     let dialect = PostgreSqlDialect {};
     let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
@@ -40,6 +44,29 @@ pub fn is_vector_top_k(sql: &str) -> bool {
         .iter()
         .filter(|t| !matches!(t, Token::Whitespace(_)))
         .collect();
+    let kw = |t: &Token, ks: &[Keyword]| {
+        matches!(t, Token::Word(w) if w.quote_style.is_none() && ks.contains(&w.keyword))
+    };
+    let starts_as_read = sig.first().is_some_and(|t| {
+        matches!(t, Token::LParen)
+            || kw(t, &[Keyword::SELECT, Keyword::WITH, Keyword::TABLE, Keyword::VALUES])
+    });
+    let writes = sig.iter().any(|t| {
+        kw(
+            t,
+            &[
+                Keyword::INSERT,
+                Keyword::UPDATE,
+                Keyword::DELETE,
+                Keyword::MERGE,
+                Keyword::INTO,
+                Keyword::FOR,
+            ],
+        )
+    });
+    if !starts_as_read || writes {
+        return false;
+    }
     // The paren depths at which an ORDER BY clause is open.
     let mut open: Vec<i32> = Vec::new();
     let mut depth = 0i32;
@@ -163,6 +190,11 @@ mod tests {
             "WITH d AS (SELECT v <#> $1 AS dist FROM items) SELECT * FROM d ORDER BY dist",
             // The ORDER BY ended at LIMIT; the operator comes after it, outside.
             "SELECT id FROM items ORDER BY id LIMIT (SELECT count(*) FROM t WHERE a <-> b < 1)",
+            // Writes, also when the proxy's classification calls them read-only.
+            "WITH d AS (DELETE FROM t WHERE id IN (SELECT id FROM t ORDER BY v <-> $1 LIMIT 1) RETURNING 1) SELECT 1",
+            "SELECT id INTO x FROM items ORDER BY v <-> $1",
+            "SELECT id FROM items ORDER BY v <-> $1 LIMIT 1 FOR UPDATE",
+            "DELETE FROM items WHERE id IN (SELECT id FROM items ORDER BY v <-> $1 LIMIT 5)",
             // The subquery's ORDER BY ended with its parenthesis.
             "SELECT id FROM (SELECT id FROM t ORDER BY id) s WHERE v <-> $1 < 0.5",
             "SELECT 1",
