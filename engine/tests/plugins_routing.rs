@@ -174,9 +174,8 @@ fn pgvector_router_sends_top_k_queries_to_the_vector_node() {
         (one(&mut cl, TOP_K) == "t").then_some(())
     });
     for op in ["<->", "<#>", "<=>"] {
-        let sql = format!(
-            "SELECT pg_is_in_recovery() FROM items ORDER BY p {op} point '(1,1)' LIMIT 2"
-        );
+        let sql =
+            format!("SELECT pg_is_in_recovery() FROM items ORDER BY p {op} point '(1,1)' LIMIT 2");
         assert_eq!(one(&mut cl, &sql), "t", "{sql}");
     }
     // The answer is the nearest neighbours, computed on the standby.
@@ -224,9 +223,11 @@ fn pgvector_router_sends_top_k_queries_to_the_vector_node() {
     // The operator changes the tag to follow (KV `tag`): no node has `gpu` → default routing,
     // `ann` (r1 has it) → r1 again.
     put_kv(admin, "pgvector-router", "tag", "\"gpu\"");
-    poll(Duration::from_secs(10), "tag gpu: top-K on the primary", || {
-        (one(&mut cl, TOP_K) == "f").then_some(())
-    });
+    poll(
+        Duration::from_secs(10),
+        "tag gpu: top-K on the primary",
+        || (one(&mut cl, TOP_K) == "f").then_some(()),
+    );
     for _ in 0..3 {
         assert!(!cl.query_one(&knn, &[&"(1,1)"]).unwrap().get::<_, bool>(0));
     }
@@ -284,7 +285,8 @@ fn residency_router_keeps_sessions_in_their_region() {
     // A region without a node, enforced: every execution refused, in both protocols.
     let mut apac = connect(&proxy, SUPERUSER, "", "app");
     let st = apac.prepare("SELECT inet_server_port()::text").unwrap();
-    apac.batch_execute("SET helios.region = 'apac'").unwrap_err();
+    apac.batch_execute("SET helios.region = 'apac'")
+        .unwrap_err();
     // (The SET itself is routed too, and refused; the attribute is set all the same, as the
     // proxy records `SET helios.*` before the hooks run.)
     for _ in 0..3 {
@@ -339,8 +341,12 @@ fn column_mask_masks_by_role_and_refuses_what_it_cannot_mask() {
         "config = { rules = [{ table = \"customers\", column = \"ssn\", mask_function = \"mask_ssn\", \
          unmask_role = \"pii_reader\" }], trust_session_roles = true }",
     );
-    let cfg = config(&pg, TRUST, "", &db_section("app", &db, "transaction", 4, ""))
-        + &plugins_section("", &entry);
+    let cfg = config(
+        &pg,
+        TRUST,
+        "",
+        &db_section("app", &db, "transaction", 4, ""),
+    ) + &plugins_section("", &entry);
     let proxy = start_proxy(&cfg, None);
     let admin = proxy.admin_port();
     let mut c = connect(&proxy, SUPERUSER, "", "app");
@@ -384,12 +390,17 @@ fn column_mask_masks_by_role_and_refuses_what_it_cannot_mask() {
         let e = c.simple_query(sql).unwrap_err();
         let (code, msg) = db_error(&e);
         assert_eq!(code, "42000", "{sql}");
-        assert!(msg.starts_with("column-mask:") && msg.contains(want), "{sql}: {msg}");
+        assert!(
+            msg.starts_with("column-mask:") && msg.contains(want),
+            "{sql}: {msg}"
+        );
     }
 
     // Extended protocol: the prepared statement is masked at every execution, and the role
     // decides per execution.
-    let st = c.prepare("SELECT ssn FROM customers WHERE id = $1").unwrap();
+    let st = c
+        .prepare("SELECT ssn FROM customers WHERE id = $1")
+        .unwrap();
     for _ in 0..3 {
         let v: String = c.query_one(&st, &[&1i32]).unwrap().get(0);
         assert_eq!(v, "XXX-XX-6789");
@@ -433,20 +444,33 @@ fn column_mask_masks_by_role_and_refuses_what_it_cannot_mask() {
 // audit-chain
 // ---------------------------------------------------------------------------------------------
 
-/// The `helios-plugin` CLI (package helios-plugin-host), built here if needed.
+/// The `helios-plugin` CLI (package helios-plugin-host). `cargo test --workspace` (scripts/test.sh)
+/// builds it beside this test; run alone, build it with
+/// `cargo build -p helios-engine -p helios-plugin-host --tests --bins` (a build of the binary
+/// alone selects other dependency features and recompiles wasmtime). Built here only if missing.
 fn helios_plugin_cli() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .current_dir(&root)
-        .args(["build", "-q", "-p", "helios-plugin-host", "--bin", "helios-plugin"])
-        .status()
-        .expect("run cargo build");
-    assert!(st.success(), "building helios-plugin failed");
-    target.join("debug/helios-plugin")
+    let bin = target.join("debug/helios-plugin");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .current_dir(&root)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "helios-plugin-host",
+                "--bin",
+                "helios-plugin",
+            ])
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "building helios-plugin failed");
+    }
+    bin
 }
 
 fn verify(cli: &PathBuf, source: &[&str]) -> (bool, String) {
@@ -474,11 +498,15 @@ fn audit_chain_records_every_execution_and_the_verifier_finds_a_tampered_record(
     std::fs::create_dir_all(&dir).unwrap();
     let export = dir.join("kv.json");
     let _ = std::fs::remove_file(&export);
-    let cfg = config(&pg, TRUST, "", &db_section("app", &db, "transaction", 4, ""))
-        + &plugins_section(
-            &format!("kv_persist_path = \"{}\"", export.display()),
-            &plugin_entry("audit-chain", "config = { include_statement = true }"),
-        );
+    let cfg = config(
+        &pg,
+        TRUST,
+        "",
+        &db_section("app", &db, "transaction", 4, ""),
+    ) + &plugins_section(
+        &format!("kv_persist_path = \"{}\"", export.display()),
+        &plugin_entry("audit-chain", "config = { include_statement = true }"),
+    );
     let proxy = start_proxy(&cfg, None);
     let admin = proxy.admin_port();
     let mut c = connect(&proxy, SUPERUSER, "", "app");
@@ -552,10 +580,14 @@ fn audit_chain_records_every_execution_and_the_verifier_finds_a_tampered_record(
     );
     // The KV export (saved at most once a second) shows the same.
     let export_arg = export.display().to_string();
-    let out = poll(Duration::from_secs(10), "the export to show the tamper", || {
-        let (ok, out) = verify(&cli, &["--kv-file", &export_arg, "--max-shards", "4"]);
-        (!ok && out.contains("BROKEN at record 3")).then_some(out)
-    });
+    let out = poll(
+        Duration::from_secs(10),
+        "the export to show the tamper",
+        || {
+            let (ok, out) = verify(&cli, &["--kv-file", &export_arg, "--max-shards", "4"]);
+            (!ok && out.contains("BROKEN at record 3")).then_some(out)
+        },
+    );
     assert!(out.contains("not the SHA-256 of record 2"), "{out}");
     // The chain goes on after the tamper; restoring the record makes it whole again.
     c.simple_query("select 2").unwrap();
@@ -567,7 +599,10 @@ fn audit_chain_records_every_execution_and_the_verifier_finds_a_tampered_record(
     let (ok, out) = verify(&cli, &["--admin", &url, "--max-shards", "4"]);
     assert!(ok && out.contains("8 records"), "{out}");
     // A wrong plugin name is an error, not an empty OK.
-    let (ok, out) = verify(&cli, &["--admin", &url, "--plugin", "nobody", "--max-shards", "2"]);
+    let (ok, out) = verify(
+        &cli,
+        &["--admin", &url, "--plugin", "nobody", "--max-shards", "2"],
+    );
     assert!(!ok, "{out}");
     drop(c);
     drop(proxy);

@@ -286,15 +286,15 @@ fn run(cli: Cli) -> Result<()> {
                     max_shards,
                 },
         } => {
-            let mut get: Box<dyn FnMut(&str) -> Result<Option<Vec<u8>>>> = match (kv_file, admin)
-            {
+            let mut get: Box<dyn FnMut(&str) -> Result<Option<Vec<u8>>>> = match (kv_file, admin) {
                 (Some(path), _) => {
                     let ns = audit::read_export(&path, &plugin)?;
                     Box::new(move |k: &str| Ok(ns.get(k.as_bytes()).cloned()))
                 }
                 (None, Some(url)) => {
                     let base = audit::AdminUrl::parse(&url)?;
-                    Box::new(move |k: &str| base.kv_get(&plugin, k, token.as_deref()))
+                    let name = plugin.clone();
+                    Box::new(move |k: &str| base.kv_get(&name, k, token.as_deref()))
                 }
                 (None, None) => bail!("give --kv-file or --admin"),
             };
@@ -394,7 +394,12 @@ mod audit {
         }
 
         /// `GET /plugins/{plugin}/kv/{key}`: `Ok(None)` on 404.
-        pub fn kv_get(&self, plugin: &str, key: &str, token: Option<&str>) -> Result<Option<Vec<u8>>> {
+        pub fn kv_get(
+            &self,
+            plugin: &str,
+            key: &str,
+            token: Option<&str>,
+        ) -> Result<Option<Vec<u8>>> {
             let enc = |s: &str| {
                 s.bytes()
                     .map(|b| {
