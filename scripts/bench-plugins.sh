@@ -22,7 +22,7 @@
 # run (10), ROUNDS (3), HELIOS_CORES (1), MODE (simple; or prepared: the hook then runs at
 # Parse only), HOOK_BENCH (1: run the criterion bench, ~1 min; 0: print the documented number),
 # CARGO_TARGET_DIR (where the release binary is built; default target), BUILD (1; 0: use the
-# release binary already there).
+# release binary already there), HELIOS (the heliosproxy binary to run; then give BUILD=0).
 # Everything shares this machine's cores: compare the ratio from one run, not absolute TPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +63,7 @@ if [ "${BUILD:-1}" = 1 ]; then
   echo "building heliosproxy (release)…" >&2
   cargo build --release -q -p helios-engine
 fi
-HELIOS=$TARGET_DIR/release/heliosproxy
+HELIOS=${HELIOS:-$TARGET_DIR/release/heliosproxy}
 
 WORK=$(mktemp -d /tmp/helios-bench-plugins.XXXXXX)
 PIDS=()

@@ -288,10 +288,23 @@ pub fn apply_rules(
     if active.is_empty() {
         return Masked::Unchanged;
     }
+    // No rule's table name in the text at all (the common case): nothing to tokenize.
+    let lower = sql.to_ascii_lowercase();
+    let mentioned = |r: &MaskRule| {
+        lower.contains(&r.table_name())
+            || tables.iter().any(|x| {
+                x.rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .eq_ignore_ascii_case(&r.table_name())
+            })
+    };
+    if !active.iter().any(|r| mentioned(r)) {
+        return Masked::Unchanged;
+    }
     let Some(toks) = tokens(sql) else {
         // Unterminated literal or comment: cannot tell where the column is. Refuse when a
         // masked table may be involved (the server would reject the text anyway).
-        let lower = sql.to_ascii_lowercase();
         return match active.iter().find(|r| lower.contains(&r.table_name())) {
             Some(r) => Masked::Refused(format!(
                 "{P} cannot tokenize a statement that may read masked table {}",
@@ -557,12 +570,35 @@ fn config_bool(key: &str) -> bool {
     kv_read_json::<bool>(key).unwrap_or(false)
 }
 
+/// The last `rules` value read and what it parsed to.
+type RulesCache = Option<(Vec<u8>, Result<Vec<MaskRule>, String>)>;
+
+thread_local! {
+    // Parsing once per change of `rules`, not per call.
+    static RULES: std::cell::RefCell<RulesCache> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// The rules from KV: `Ok(empty)` when there are none, `Err` when they do not parse.
 pub fn load_rules() -> Result<Vec<MaskRule>, String> {
     let Some(raw) = kv_read("rules") else {
         return Ok(Vec::new());
     };
-    let rules: Vec<MaskRule> = serde_json::from_slice(&raw)
+    RULES.with(|c| {
+        let mut c = c.borrow_mut();
+        match &*c {
+            Some((seen, parsed)) if *seen == raw => parsed.clone(),
+            _ => {
+                let parsed = parse_rules(&raw);
+                *c = Some((raw, parsed.clone()));
+                parsed
+            }
+        }
+    })
+}
+
+fn parse_rules(raw: &[u8]) -> Result<Vec<MaskRule>, String> {
+    let rules: Vec<MaskRule> = serde_json::from_slice(raw)
         .map_err(|e| format!("{P} the rules in KV do not parse: {e}"))?;
     if let Some(bad) = rules.iter().find(|r| !r.valid()) {
         return Err(format!(

@@ -36,6 +36,10 @@ fn is_distance_op(t: &Token) -> bool {
 /// `INSERT`/`UPDATE`/`DELETE`/`MERGE` (a data-modifying CTE), `INTO` or locking `FOR` word — on
 /// top of the proxy's own `is_read_only`, which counts a data-modifying CTE as a query.
 pub fn is_vector_top_k(sql: &str) -> bool {
+    // Most statements have none of the operators' text at all: no tokenizing for them.
+    if !["<->", "<#>", "<=>"].iter().any(|op| sql.contains(op)) {
+        return false;
+    }
     let dialect = PostgreSqlDialect {};
     let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
         return false;
@@ -44,12 +48,18 @@ pub fn is_vector_top_k(sql: &str) -> bool {
         .iter()
         .filter(|t| !matches!(t, Token::Whitespace(_)))
         .collect();
-    let kw = |t: &Token, ks: &[Keyword]| {
-        matches!(t, Token::Word(w) if w.quote_style.is_none() && ks.contains(&w.keyword))
-    };
+    let kw = |t: &Token, ks: &[Keyword]| matches!(t, Token::Word(w) if w.quote_style.is_none() && ks.contains(&w.keyword));
     let starts_as_read = sig.first().is_some_and(|t| {
         matches!(t, Token::LParen)
-            || kw(t, &[Keyword::SELECT, Keyword::WITH, Keyword::TABLE, Keyword::VALUES])
+            || kw(
+                t,
+                &[
+                    Keyword::SELECT,
+                    Keyword::WITH,
+                    Keyword::TABLE,
+                    Keyword::VALUES,
+                ],
+            )
     });
     let writes = sig.iter().any(|t| {
         kw(
@@ -124,6 +134,10 @@ pub fn decide(ctx: &QueryContext, tag: &str) -> RouteResult {
 }
 
 fn route(ctx: &QueryContext) -> RouteResult {
+    // The KV read only for the statements that need it.
+    if !ctx.is_read_only || !is_vector_top_k(&ctx.query) {
+        return RouteResult::Default;
+    }
     let tag = kv_read_json::<String>("tag").unwrap_or_else(|| DEFAULT_TAG.to_owned());
     decide(ctx, &tag)
 }
