@@ -46,10 +46,10 @@ is_wasip1() {
 }
 
 mkdir -p "$out"
-# The examples and the first-party plugins (every crate directory of plugins/ but the SDK and its macros).
+# The examples and the first-party plugins (every cdylib crate directly under plugins/).
 for dir in examples/*/ */; do
+    grep -q cdylib "$dir/Cargo.toml" 2>/dev/null || continue
     name="$(basename "$dir")"
-    [[ "$name" == abi || "$name" == abi-macros || "$name" == examples || ! -f "$dir/Cargo.toml" ]] && continue
     crate="${name//-/_}"
     target=wasm32-unknown-unknown
     if is_wasip1 "$name"; then target=wasm32-wasip1; fi

@@ -75,6 +75,8 @@ pub struct Outcome<'a> {
 pub(crate) struct PostQueryInput<'a> {
     pub query_context: &'a QueryContext<'a>,
     pub outcome: &'a Outcome<'a>,
+    /// Wall clock at the call, µs since the Unix epoch (ABI 1.1).
+    pub unix_time_us: u64,
 }
 
 #[derive(Serialize)]
@@ -201,8 +203,15 @@ mod tests {
         let post = serde_json::to_vec(&PostQueryInput {
             query_context: &qc,
             outcome: &outcome,
+            unix_time_us: 1_700_000_000_000_000,
         })
         .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<helios_plugin_abi::PostQueryContext<'_>>(&post)
+                .unwrap()
+                .unix_time_us,
+            1_700_000_000_000_000
+        );
         let sdk: helios_plugin_abi::PostQueryContext<'_> = serde_json::from_slice(&post).unwrap();
         assert_eq!(sdk.query_context.hook_context.request_id, 42);
         assert_eq!(sdk.outcome.target_node.as_deref(), Some("replica-1"));

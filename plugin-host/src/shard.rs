@@ -312,6 +312,9 @@ impl ShardPlugins {
             &PostQueryInput {
                 query_context: ctx,
                 outcome,
+                unix_time_us: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64),
             },
         );
         for k in 0..self.by_hook[hook_index(H)].len() {

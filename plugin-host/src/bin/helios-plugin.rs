@@ -114,6 +114,34 @@ enum Cmd {
         #[arg(long)]
         trust_root: PathBuf,
     },
+    /// The audit-chain plugin's log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk every shard's chain and report the first broken link (exit status 1 if any, or if
+    /// there is no chain at all).
+    Verify {
+        /// A KV export: the proxy's `kv_persist_path` file.
+        #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
+        kv_file: Option<PathBuf>,
+        /// The admin API, e.g. http://127.0.0.1:9090 (reads `GET /plugins/{name}/kv/{key}`).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Bearer token for the admin API.
+        #[arg(long)]
+        token: Option<String>,
+        /// The plugin's configured name (its KV namespace).
+        #[arg(long, default_value = "audit-chain")]
+        plugin: String,
+        /// Shards to look for (chains are per shard: 0..N).
+        #[arg(long, default_value_t = 256)]
+        max_shards: u64,
+    },
 }
 
 fn read_signature(path: &Path) -> Result<Vec<u8>> {
@@ -291,8 +319,200 @@ fn run(cli: Cli) -> Result<()> {
                 (None, _) => {}
             }
         }
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Verify {
+                    kv_file,
+                    admin,
+                    token,
+                    plugin,
+                    max_shards,
+                },
+        } => {
+            let mut get: Box<dyn FnMut(&str) -> Result<Option<Vec<u8>>>> = match (kv_file, admin) {
+                (Some(path), _) => {
+                    let ns = audit::read_export(&path, &plugin)?;
+                    Box::new(move |k: &str| Ok(ns.get(k.as_bytes()).cloned()))
+                }
+                (None, Some(url)) => {
+                    let base = audit::AdminUrl::parse(&url)?;
+                    let name = plugin.clone();
+                    Box::new(move |k: &str| base.kv_get(&name, k, token.as_deref()))
+                }
+                (None, None) => bail!("give --kv-file or --admin"),
+            };
+            let mut chains = 0;
+            let mut records = 0;
+            let mut broken = 0;
+            for shard in 0..max_shards {
+                let mut err = None;
+                let report = audit_chain::verify_chain(shard, |k| match get(k) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        err.get_or_insert(e);
+                        None
+                    }
+                });
+                if let Some(e) = err {
+                    return Err(e);
+                }
+                let Some(r) = report else { continue };
+                chains += 1;
+                records += r.records;
+                match &r.broken {
+                    None => println!(
+                        "shard {shard}: {} records, tail {}: OK",
+                        r.records, r.tail_hash
+                    ),
+                    Some(b) => {
+                        broken += 1;
+                        println!(
+                            "shard {shard}: {} records: BROKEN at record {}: {}",
+                            r.records, b.seq, b.what
+                        );
+                    }
+                }
+            }
+            if chains == 0 {
+                bail!("no audit chain found for plugin {plugin:?}");
+            }
+            if broken > 0 {
+                bail!("{broken} of {chains} chains broken");
+            }
+            println!("OK — {records} records in {chains} chains");
+        }
     }
     Ok(())
+}
+
+/// Reading the audit chain's KV: a `kv_persist_path` export or the admin API.
+mod audit {
+    use anyhow::{bail, Context, Result};
+    use base64::Engine as _;
+    use std::collections::{BTreeMap, HashMap};
+    use std::io::{Read, Write};
+    use std::path::Path;
+
+    /// One namespace of a KV export (format 1: plugin → base64 key → base64 value).
+    pub fn read_export(path: &Path, plugin: &str) -> Result<HashMap<Vec<u8>, Vec<u8>>> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            format: u32,
+            namespaces: BTreeMap<String, BTreeMap<String, String>>,
+        }
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let f: File = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a plugin KV export", path.display()))?;
+        if f.format != 1 {
+            bail!("{}: unknown KV export format {}", path.display(), f.format);
+        }
+        let Some(ns) = f.namespaces.get(plugin) else {
+            bail!("{} has no namespace {plugin:?}", path.display());
+        };
+        let b64 = base64::engine::general_purpose::STANDARD;
+        ns.iter()
+            .map(|(k, v)| Ok((b64.decode(k)?, b64.decode(v)?)))
+            .collect::<Result<_>>()
+            .with_context(|| format!("{}: bad base64", path.display()))
+    }
+
+    /// `http://host:port` of the admin API (plain HTTP: the admin API listens on loopback or
+    /// behind the operator's own TLS terminator).
+    pub struct AdminUrl {
+        host: String,
+    }
+
+    impl AdminUrl {
+        pub fn parse(url: &str) -> Result<AdminUrl> {
+            let Some(rest) = url.strip_prefix("http://") else {
+                bail!("--admin takes http://host:port, not {url:?}");
+            };
+            let host = rest.trim_end_matches('/');
+            if host.is_empty() || host.contains('/') {
+                bail!("--admin takes http://host:port, not {url:?}");
+            }
+            Ok(AdminUrl {
+                host: host.to_string(),
+            })
+        }
+
+        /// `GET /plugins/{plugin}/kv/{key}`: `Ok(None)` on 404.
+        pub fn kv_get(
+            &self,
+            plugin: &str,
+            key: &str,
+            token: Option<&str>,
+        ) -> Result<Option<Vec<u8>>> {
+            let enc = |s: &str| {
+                s.bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-_.~:".contains(&b) {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect::<String>()
+            };
+            let mut s = std::net::TcpStream::connect(&self.host)
+                .with_context(|| format!("connecting to the admin API at {}", self.host))?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+            let auth = token
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            write!(
+                s,
+                "GET /plugins/{}/kv/{} HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
+                enc(plugin),
+                enc(key),
+                self.host
+            )?;
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw)?;
+            let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                bail!("malformed HTTP response from {}", self.host);
+            };
+            let head = String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase();
+            let status: u16 = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .context("malformed HTTP status line")?;
+            let mut body = raw[at + 4..].to_vec();
+            if head.contains("transfer-encoding: chunked") {
+                body = dechunk(&body)?;
+            }
+            match status {
+                200 => Ok(Some(body)),
+                404 if String::from_utf8_lossy(&body).contains("has no key") => Ok(None),
+                _ => bail!(
+                    "GET /plugins/{plugin}/kv/{key}: HTTP {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ),
+            }
+        }
+    }
+
+    fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+                bail!("malformed chunked body");
+            };
+            let size_text = String::from_utf8_lossy(&b[..eol]);
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .context("malformed chunk size")?;
+            b = &b[eol + 2..];
+            if size == 0 {
+                return Ok(out);
+            }
+            if b.len() < size + 2 {
+                bail!("truncated chunked body");
+            }
+            out.extend_from_slice(&b[..size]);
+            b = &b[size + 2..];
+        }
+    }
 }
 
 #[cfg(unix)]

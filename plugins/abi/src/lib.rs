@@ -140,6 +140,10 @@ pub struct PostQueryContext<'a> {
     pub query_context: QueryContext<'a>,
     /// How it ended.
     pub outcome: Outcome,
+    /// The wall clock when the host called `post_query`: microseconds since the Unix epoch
+    /// (ABI 1.1; 0 from an older host). `wasm32-unknown-unknown` has no clock of its own.
+    #[serde(default)]
+    pub unix_time_us: u64,
 }
 
 /// Input of `authenticate`: the session that is being established (no query yet; `request_id` is
