@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
         ..AnomalyConfig::default()
     };
     let mut shard = ShardSignal::new(0);
-    let mut view = view();
+    let mut session = view();
     let mut sec = 0u64;
     let mut n = 0u64;
     c.bench_function("signal/statement_100_bytes", |b| {
@@ -52,7 +52,7 @@ fn bench(c: &mut Criterion) {
             if n.is_multiple_of(1000) {
                 sec += 1;
             }
-            let r = shard.statement(&cfg, &mut view, black_box(STATEMENT), sec);
+            let r = shard.statement(&cfg, &mut session, black_box(STATEMENT), sec);
             shard.take_events();
             r
         })

@@ -561,7 +561,8 @@ fn tempdir() -> std::path::PathBuf {
 /// The other switches, each changing what happens: `block` for credential stuffing (the
 /// login) and rate spikes (the tenant's statements), a database with `anomaly = false` (no
 /// events), `audit.interval_s` (interim summaries of a long session), and `[drift]` with
-/// `drift = true` (`/drift` serves an `error_rate_high` alert).
+/// `drift = true` (`/drift` serves an `error_rate_high` alert; the database without it, failing
+/// as often, gets none: drift is off by default).
 #[test]
 fn blocks_opt_outs_interim_summaries_and_drift() {
     let pg = shared_pg();
@@ -612,6 +613,9 @@ fn blocks_opt_outs_interim_summaries_and_drift() {
     while start.elapsed() < Duration::from_millis(3200) {
         c.simple_query("select 1").unwrap();
         let _ = c.simple_query("select nosuch_col_zz");
+        // The same failures on `quiet`, which does not set `drift`: drift is off by default.
+        q.simple_query("select 1").unwrap();
+        let _ = q.simple_query("select nosuch_col_zz");
         std::thread::sleep(Duration::from_millis(100));
     }
     c.simple_query("select 1 where '' = '' or 1=1").unwrap();
@@ -646,6 +650,16 @@ fn blocks_opt_outs_interim_summaries_and_drift() {
             .cloned()
     });
     assert_eq!(alert["user"], SUPERUSER);
+    // `quiet` failed as often, but a database without `drift = true` is not watched.
+    let d = admin_json(admin, "/drift");
+    assert!(
+        d["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["context"] != "quiet"),
+        "a drift alert for a database that did not opt in: {d}"
+    );
     assert!(
         alert["value"]["error_rate"].as_f64().unwrap() >= 0.2,
         "{alert}"
