@@ -122,11 +122,24 @@ fn cost_governor_charges_rows_and_blocks_over_budget_in_both_protocols() {
         "",
         &plugin_entry("cost-governor", "config = { alpha = 0.001, beta = 0.0 }"),
     );
-    assert_eq!(kv_get(&proxy, "cost-governor", "alpha").as_deref(), Some("0.001"));
+    assert_eq!(
+        kv_get(&proxy, "cost-governor", "alpha").as_deref(),
+        Some("0.001")
+    );
     // The operator seeds day budgets of 0.5 (500 rows) for two tenants; with no
     // authenticate plugin the tenant is the user name.
-    kv_put(&proxy, "cost-governor", "tenant:simple_t:budget", r#"{"day": 0.5}"#);
-    kv_put(&proxy, "cost-governor", "tenant:ext_t:budget", r#"{"day": 0.5}"#);
+    kv_put(
+        &proxy,
+        "cost-governor",
+        "tenant:simple_t:budget",
+        r#"{"day": 0.5}"#,
+    );
+    kv_put(
+        &proxy,
+        "cost-governor",
+        "tenant:ext_t:budget",
+        r#"{"day": 0.5}"#,
+    );
     // A tenant without a budget is not governed.
     let mut free = client(&proxy, "free_t", "psql");
     for _ in 0..8 {
@@ -163,25 +176,52 @@ fn cost_governor_charges_rows_and_blocks_over_budget_in_both_protocols() {
     let mut e = client(&proxy, "ext_t", "psql");
     let st = e.prepare("select * from t where id <= $1").unwrap();
     for i in 0..5 {
-        let rows = e.query(&st, &[&100i32]).unwrap_or_else(|x| panic!("exec {i}: {x}"));
+        let rows = e
+            .query(&st, &[&100i32])
+            .unwrap_or_else(|x| panic!("exec {i}: {x}"));
         assert_eq!(rows.len(), 100);
     }
     let msg = refusal(&e.query(&st, &[&1i32]).unwrap_err());
-    assert!(msg.contains("tenant ext_t exhausted its day budget"), "{msg}");
+    assert!(
+        msg.contains("tenant ext_t exhausted its day budget"),
+        "{msg}"
+    );
     // Each later execution is refused too; the other tenant's session is untouched.
     assert!(e.query(&st, &[&1i32]).is_err());
-    assert_eq!(free.query_one("select count(*) from t", &[]).unwrap().get::<_, i64>(0), 1000);
+    assert_eq!(
+        free.query_one("select count(*) from t", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        1000
+    );
     // The operator raises the budget: executions run again.
-    kv_put(&proxy, "cost-governor", "tenant:ext_t:budget", r#"{"day": 100}"#);
-    poll(T, "the raised budget applies", || e.query(&st, &[&1i32]).ok());
+    kv_put(
+        &proxy,
+        "cost-governor",
+        "tenant:ext_t:budget",
+        r#"{"day": 100}"#,
+    );
+    poll(T, "the raised budget applies", || {
+        e.query(&st, &[&1i32]).ok()
+    });
     // A minute budget of 0 refuses at once, with the minute's retry.
-    kv_put(&proxy, "cost-governor", "tenant:ext_t:budget", r#"{"minute": 0, "day": 100}"#);
+    kv_put(
+        &proxy,
+        "cost-governor",
+        "tenant:ext_t:budget",
+        r#"{"minute": 0, "day": 100}"#,
+    );
     let msg = poll(T, "the minute budget applies", || {
         e.query(&st, &[&1i32]).err().map(|x| refusal(&x))
     });
     assert!(msg.contains("minute budget"), "{msg}");
     // Day over minute: both exhausted, the day is reported.
-    kv_put(&proxy, "cost-governor", "tenant:ext_t:budget", r#"{"minute": 0, "day": 0}"#);
+    kv_put(
+        &proxy,
+        "cost-governor",
+        "tenant:ext_t:budget",
+        r#"{"minute": 0, "day": 0}"#,
+    );
     let msg = poll(T, "the day budget applies", || {
         e.query(&st, &[&1i32])
             .err()
@@ -195,8 +235,11 @@ fn cost_governor_charges_rows_and_blocks_over_budget_in_both_protocols() {
 fn ai_classifier_tags_later_plugins_and_leaves_no_request_keys() {
     let pg = shared_pg();
     let db = fresh_db(&pg, "ai_cls");
-    pg.psql(&db, "create table t (id int); insert into t values (1), (2)")
-        .unwrap();
+    pg.psql(
+        &db,
+        "create table t (id int); insert into t values (1), (2)",
+    )
+    .unwrap();
     // kv_max_keys = 40 per namespace: 50 tagged executions would leave 150 keys if post_query
     // did not delete them, and the namespace would refuse the operator's PUT below.
     let proxy = proxy_with(
@@ -204,7 +247,10 @@ fn ai_classifier_tags_later_plugins_and_leaves_no_request_keys() {
         &db,
         "kv_max_keys = 40",
         &(plugin_entry("ai-classifier", "")
-            + &plugin_entry("token-budget", "config = { default_budget = { day = 1000000 } }")),
+            + &plugin_entry(
+                "token-budget",
+                "config = { default_budget = { day = 1000000 } }",
+            )),
     );
     // application_name signal, simple protocol.
     let mut agent = client(&proxy, SUPERUSER, "claude-agent");
@@ -215,7 +261,10 @@ fn ai_classifier_tags_later_plugins_and_leaves_no_request_keys() {
     let usage = poll(T, "token-budget saw the tags", || {
         kv_get(&proxy, "token-budget", "usage:claude-agent:claude")
     });
-    assert!(json(&usage)["day"]["tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert!(
+        json(&usage)["day"]["tokens"].as_u64().unwrap() > 0,
+        "{usage}"
+    );
     // The marker signal and the extended protocol: a human app name, a generated-by comment.
     let mut marked = client(&proxy, SUPERUSER, "reporting");
     let st = marked
@@ -255,7 +304,10 @@ fn ai_classifier_tags_later_plugins_and_leaves_no_request_keys() {
         .batch_execute("SET helios.agent_id = 'someone-else'")
         .unwrap();
     other.simple_query("select 1").unwrap();
-    assert_eq!(kv_get(&proxy, "token-budget", "usage:someone-else:unknown"), None);
+    assert_eq!(
+        kv_get(&proxy, "token-budget", "usage:someone-else:unknown"),
+        None
+    );
 }
 
 #[test]
@@ -275,7 +327,12 @@ fn token_budget_blocks_an_agent_model_pair_in_both_protocols() {
             + &plugin_entry("token-budget", "config = { bytes_per_token = 4 }")),
     );
     // ~5.5 KB per result ≈ 1,400 tokens: a 3,000-token day budget allows three results.
-    kv_put(&proxy, "token-budget", "budget:gpt-runner:gpt", r#"{"day": 3000}"#);
+    kv_put(
+        &proxy,
+        "token-budget",
+        "budget:gpt-runner:gpt",
+        r#"{"day": 3000}"#,
+    );
     let mut c = client(&proxy, SUPERUSER, "gpt-runner");
     let mut refused = None;
     for i in 0..6 {
@@ -299,7 +356,12 @@ fn token_budget_blocks_an_agent_model_pair_in_both_protocols() {
     assert_eq!(human.simple_query("select * from t").unwrap().len(), 52);
 
     // Extended protocol: a per-minute budget, every execution of one prepared statement counts.
-    kv_put(&proxy, "token-budget", "budget:claude-agent:claude", r#"{"minute": 3000, "day": 1000000}"#);
+    kv_put(
+        &proxy,
+        "token-budget",
+        "budget:claude-agent:claude",
+        r#"{"minute": 3000, "day": 1000000}"#,
+    );
     let mut a = client(&proxy, SUPERUSER, "claude-agent");
     let st = a.prepare("select * from t where id <= $1").unwrap();
     let mut n = 0;
@@ -310,10 +372,16 @@ fn token_budget_blocks_an_agent_model_pair_in_both_protocols() {
         }
         n += 1;
         // Three fit a minute; a minute that ends during the loop allows three more.
-        assert!(n < 8, "{n} executions of ~1,400 tokens fit a 3,000-token minute");
+        assert!(
+            n < 8,
+            "{n} executions of ~1,400 tokens fit a 3,000-token minute"
+        );
     };
     assert!(n >= 2, "refused after {n} executions: {msg}");
-    assert!(msg.contains("minute budget") && msg.contains("retry in"), "{msg}");
+    assert!(
+        msg.contains("minute budget") && msg.contains("retry in"),
+        "{msg}"
+    );
     let u = json(&kv_get(&proxy, "token-budget", "usage:claude-agent:claude").unwrap());
     assert!(u["day"]["tokens"].as_u64().unwrap() >= 3000, "{u}");
 }
@@ -341,9 +409,15 @@ fn llm_guardrail_refuses_dangerous_sql_from_ai_traffic_only() {
     );
     let mut bot = client(&proxy, SUPERUSER, "claude-bot");
     for (sql, reason) in [
-        ("DROP TABLE scratch", "llm-guardrail: DROP/TRUNCATE forbidden in LLM-tagged traffic"),
+        (
+            "DROP TABLE scratch",
+            "llm-guardrail: DROP/TRUNCATE forbidden in LLM-tagged traffic",
+        ),
         ("truncate scratch", "llm-guardrail: DROP/TRUNCATE forbidden"),
-        ("DELETE FROM scratch", "llm-guardrail: DELETE/UPDATE without WHERE forbidden"),
+        (
+            "DELETE FROM scratch",
+            "llm-guardrail: DELETE/UPDATE without WHERE forbidden",
+        ),
         (
             "update orders set id = id where_x",
             "llm-guardrail: DELETE/UPDATE without WHERE forbidden",
@@ -352,7 +426,10 @@ fn llm_guardrail_refuses_dangerous_sql_from_ai_traffic_only() {
             "delete from scratch using (select 1 from events where id = 1 limit 1) s",
             "llm-guardrail: DELETE/UPDATE without WHERE forbidden",
         ),
-        ("SELECT * FROM events", "llm-guardrail: SELECT without LIMIT against large table events"),
+        (
+            "SELECT * FROM events",
+            "llm-guardrail: SELECT without LIMIT against large table events",
+        ),
         (
             "select * from orders where id = 1 -- and tenant_id = 1",
             "llm-guardrail: missing tenant_id filter on tenant-scoped table orders",
@@ -375,12 +452,19 @@ fn llm_guardrail_refuses_dangerous_sql_from_ai_traffic_only() {
         let msg = refusal(&bot.query(&st, &[&1i32]).unwrap_err());
         assert!(msg.contains("missing tenant_id filter"), "{msg}");
     }
-    let st = bot.prepare("select * from orders where tenant_id = $1").unwrap();
+    let st = bot
+        .prepare("select * from orders where tenant_id = $1")
+        .unwrap();
     for _ in 0..3 {
         assert_eq!(bot.query(&st, &[&1i32]).unwrap().len(), 1);
     }
     // The operator adds a large table through the admin route.
-    kv_put(&proxy, "llm-guardrail", "large_tables", r#"["events", "orders"]"#);
+    kv_put(
+        &proxy,
+        "llm-guardrail",
+        "large_tables",
+        r#"["events", "orders"]"#,
+    );
     let msg = poll(T, "the new large table applies", || {
         bot.query(&st, &[&1i32]).err().map(|e| refusal(&e))
     });
@@ -416,7 +500,12 @@ fn chain_classifier_budget_guardrail_on_an_agent_stream_and_a_human_one() {
                 "config = { keywords = [], large_tables = [\"events\"], tenant_scoped_tables = [\"orders\"] }",
             )),
     );
-    kv_put(&proxy, "token-budget", "budget:claude-agent:claude", r#"{"day": 1000000}"#);
+    kv_put(
+        &proxy,
+        "token-budget",
+        "budget:claude-agent:claude",
+        r#"{"day": 1000000}"#,
+    );
 
     // One statement stream, run by both clients.
     let stream: &[&str] = &[
@@ -452,8 +541,12 @@ fn chain_classifier_budget_guardrail_on_an_agent_stream_and_a_human_one() {
         tokens.push(now);
     }
     assert_eq!(refusals.len(), 3, "{refusals:?}");
-    assert!(refusals[0].1.starts_with("llm-guardrail: SELECT without LIMIT against large table events"));
-    assert!(refusals[1].1.starts_with("llm-guardrail: DELETE/UPDATE without WHERE forbidden"));
+    assert!(refusals[0]
+        .1
+        .starts_with("llm-guardrail: SELECT without LIMIT against large table events"));
+    assert!(refusals[1]
+        .1
+        .starts_with("llm-guardrail: DELETE/UPDATE without WHERE forbidden"));
     assert_eq!(refusals[2].0, "DROP TABLE scratch");
     assert_eq!(
         refusals[2].1,
@@ -461,7 +554,9 @@ fn chain_classifier_budget_guardrail_on_an_agent_stream_and_a_human_one() {
     );
     // The extended protocol in the same chain: each execution is metered, the DROP refused
     // at each.
-    let st = agent.prepare("select * from orders where tenant_id = $1").unwrap();
+    let st = agent
+        .prepare("select * from orders where tenant_id = $1")
+        .unwrap();
     for _ in 0..3 {
         assert_eq!(agent.query(&st, &[&2i32]).unwrap().len(), 1);
         let seen = *tokens.last().unwrap();
@@ -477,14 +572,22 @@ fn chain_classifier_budget_guardrail_on_an_agent_stream_and_a_human_one() {
         assert!(msg.starts_with("llm-guardrail: DROP/TRUNCATE"), "{msg}");
     }
     // The budget runs out: token-budget (before the guardrail) refuses the agent.
-    kv_put(&proxy, "token-budget", "budget:claude-agent:claude", r#"{"day": 1}"#);
+    kv_put(
+        &proxy,
+        "token-budget",
+        "budget:claude-agent:claude",
+        r#"{"day": 1}"#,
+    );
     let msg = poll(T, "the exhausted budget refuses", || {
         agent
             .simple_query("select * from orders where tenant_id = 1")
             .err()
             .map(|e| refusal(&e))
     });
-    assert!(msg.starts_with("token-budget: agent claude-agent with model claude"), "{msg}");
+    assert!(
+        msg.starts_with("token-budget: agent claude-agent with model claude"),
+        "{msg}"
+    );
 
     // A human's identical statements all pass, and nothing is metered for them.
     let mut human = client(&proxy, SUPERUSER, "psql");

@@ -329,7 +329,7 @@ fn run(cli: Cli) -> Result<()> {
                     max_shards,
                 },
         } => {
-            let mut get: Box<dyn FnMut(&str) -> Result<Option<Vec<u8>>>> = match (kv_file, admin) {
+            let mut get: Box<KvReader> = match (kv_file, admin) {
                 (Some(path), _) => {
                     let ns = audit::read_export(&path, &plugin)?;
                     Box::new(move |k: &str| Ok(ns.get(k.as_bytes()).cloned()))
@@ -548,6 +548,9 @@ pub fn main_with(bin: &str, args: impl IntoIterator<Item = std::ffi::OsString>) 
         }
     }
 }
+
+/// Reads one KV key of the audited plugin (from an export file or the admin API).
+type KvReader = dyn FnMut(&str) -> Result<Option<Vec<u8>>>;
 
 #[allow(dead_code)] // Unused where cargo-helios-plugin includes this file.
 fn main() -> ExitCode {

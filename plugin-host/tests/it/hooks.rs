@@ -325,13 +325,24 @@ fn annotations_reach_later_plugins_under_the_annotating_plugins_name() {
     };
     let reason = answer(agent.pre_query(&mut shard, "select 1"));
     assert!(
-        reason.starts_with("token-budget: agent claude-agent with model claude exhausted its day budget"),
+        reason.starts_with(
+            "token-budget: agent claude-agent with model claude exhausted its day budget"
+        ),
         "{reason}"
     );
     let tags = shard.take_annotations();
-    assert_eq!(tags.get("plugin.cls.ai_traffic").map(String::as_str), Some("true"));
-    assert_eq!(tags.get("plugin.cls.agent_id").map(String::as_str), Some("claude-agent"));
-    assert_eq!(tags.get("plugin.cls.model_id").map(String::as_str), Some("claude"));
+    assert_eq!(
+        tags.get("plugin.cls.ai_traffic").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        tags.get("plugin.cls.agent_id").map(String::as_str),
+        Some("claude-agent")
+    );
+    assert_eq!(
+        tags.get("plugin.cls.model_id").map(String::as_str),
+        Some("claude")
+    );
     assert!(shard.take_annotations().is_empty(), "taken");
     // Human traffic: no tags, nothing blocked.
     assert_eq!(pre(&mut shard, "select 1"), PreQueryDecision::Continue);
@@ -345,6 +356,9 @@ fn annotations_reach_later_plugins_under_the_annotating_plugins_name() {
     ));
     let rt = runtime_ok(&cfg);
     let mut shard = rt.shard(0);
-    assert_eq!(agent.pre_query(&mut shard, "select 1"), PreQueryDecision::Continue);
+    assert_eq!(
+        agent.pre_query(&mut shard, "select 1"),
+        PreQueryDecision::Continue
+    );
     assert_eq!(shard.take_annotations().len(), 4);
 }
