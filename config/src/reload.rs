@@ -487,7 +487,11 @@ mod tests {
         assert!(got.contains(&"databases.<alias>.pool_size"), "{got:?}");
         assert!(!got.contains(&"databases.<alias>.password"), "{got:?}");
         assert!(
-            got.ends_with(&["plugins.plugin.source", "plugins.plugin.config"]),
+            got.ends_with(&[
+                "plugins.plugin.source",
+                "plugins.plugin.config",
+                "plugins.plugin.optional"
+            ]),
             "{got:?}"
         );
     }

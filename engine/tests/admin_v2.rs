@@ -243,7 +243,7 @@ fn shadow_compares_two_nodes() {
 fn plugins_report_counters_merged_across_shards() {
     let pg = shared_pg();
     // A signed artefact: block-drop with a sidecar manifest (version 1.2.3) and a signature of
-    // it by the key `release`, which the trust root holds (docs/plugin-abi.md, with openssl).
+    // its wasm bytes by the key `release`, which the trust root holds (docs/plugin-abi.md, with openssl).
     let dir = std::env::temp_dir().join(format!("helios-v2-signed-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("keys")).unwrap();
@@ -260,9 +260,7 @@ fn plugins_report_counters_merged_across_shards() {
             "set -e
              openssl genpkey -algorithm Ed25519 -out signing.pem
              openssl pkey -in signing.pem -pubout -outform DER | tail -c 32 | base64 > keys/release.pub
-             printf 'helios-plugin-signature-v1\nname: %s\nversion: %s\nhooks: %s\nwasm_sha256: %s\n' \
-                 block-drop 1.2.3 pre_query \"$(sha256sum block-drop.wasm | cut -d' ' -f1)\" > message
-             openssl pkeyutl -sign -inkey signing.pem -rawin -in message | base64 -w0 > block-drop.sig",
+             openssl pkeyutl -sign -inkey signing.pem -rawin -in block-drop.wasm | base64 -w0 > block-drop.sig",
         )
         .current_dir(&dir)
         .output()
