@@ -569,13 +569,18 @@ fn cargo_helios_plugin_sign_matches_openssl_byte_for_byte() {
         &format!("rm my_plugin.sig && {cargo_cli} sign --key signing.pem --wasm my_plugin.wasm && cmp my_plugin.sig openssl.sig"),
         dir.path(),
     );
-    // A wrong key type is an error, not a signature.
+    // A wrong key type is an error, not a signature: a PEM public key is no signing key. (A
+    // trust-root `.pub` file, base64 of 32 bytes, cannot be told from a base64 seed.)
+    sh(
+        "openssl pkey -in signing.pem -pubout -out public.pem",
+        dir.path(),
+    );
     let out = Command::new(cargo_cli)
         .args([
             "helios-plugin",
             "sign",
             "--key",
-            "keys/official.pub",
+            "public.pem",
             "--input",
             "my_plugin.wasm",
         ])
@@ -629,9 +634,10 @@ fn cli_keygen_sign_pack_inspect_verify() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not verify against any key"), "{err}");
-    // Bare wasm signed over its bytes verifies with the CLI as well.
+    // Bare wasm signed over its bytes verifies with the CLI as well (without the manifest
+    // signature, which needs a manifest beside it).
     sh(
-        &format!("rm p.sig && {cli} sign --key keys/release.key --input p.wasm && {cli} verify p.wasm --trust-root keys"),
+        &format!("rm p.sig p.manifest.sig && {cli} sign --key keys/release.key --input p.wasm && {cli} verify p.wasm --trust-root keys"),
         dir.path(),
     );
     // --unsigned ignores the sidecar.

@@ -109,12 +109,16 @@ fn a_sleeping_wasip1_plugin_fails_at_once_and_recovers() {
 #[test]
 fn limits_apply_to_wasip1_plugins() {
     // Fuel: the same budget cuts a WASI plugin's call (the HashMap work of wasi:time is more
-    // than 10 000 instructions), and the next call gets its budget again.
-    let rt = wasi_runtime("fuel_per_call = 10000");
+    // than 50 000 units; a plain statement, measured, between 10 000 and 20 000), and the next
+    // call gets its budget again; with a budget 20 times larger wasi:time answers.
+    let rt = wasi_runtime("fuel_per_call = 50000");
     let mut shard = rt.shard(0);
     let r = answer(pre(&mut shard, "wasi:time"));
-    assert!(r.contains("ran out of fuel (10000 units)"), "{r}");
+    assert!(r.contains("ran out of fuel (50000 units)"), "{r}");
     assert_eq!(pre(&mut shard, "SELECT 1"), PreQueryDecision::Continue);
+    let rt = wasi_runtime("fuel_per_call = 1000000");
+    let r = answer(pre(&mut rt.shard(0), "wasi:time"));
+    assert!(r.starts_with("time: unix="), "{r}");
 }
 
 /// A minimal plugin module, hand-assembled (the host is built without a WAT parser): `memory`,
@@ -165,7 +169,8 @@ fn module_importing(import: Option<(&str, &str)>) -> Vec<u8> {
         &mut m,
         10,
         &[
-            0x03, 0x04, 0x00, 0x41, 0x00, 0x0b, 0x02, 0x00, 0x0b, 0x04, 0x00, 0x42, 0x00, 0x0b,
+            // alloc returns 1024 (0 is the host's "out of memory"), dealloc, pre_query → 0.
+            0x03, 0x05, 0x00, 0x41, 0x80, 0x08, 0x0b, 0x02, 0x00, 0x0b, 0x04, 0x00, 0x42, 0x00, 0x0b,
         ],
     );
     m
